@@ -1,0 +1,44 @@
+"""mmr: curated data -> SFT -> GSPO RL for multimodal reasoning models (Qwen2.5-VL, Qwen3-VL)."""
+
+from setuptools import find_packages, setup
+
+# Ranges known to work together (tested versions are listed in README.md).
+# transformers: verl 0.9.1's range; it has both Qwen2.5-VL and Qwen3-VL.
+CORE = [
+    "torch>=2.6",
+    "transformers>=5.5.3,<5.11,!=5.6.0",
+    "tokenizers>=0.21",
+    "safetensors",
+    "numpy",
+    "pillow>=10",
+    "pyarrow>=19",
+    "omegaconf>=2.3,<2.4",
+    "pyyaml",
+    "math-verify>=0.9,<0.10",
+    "tqdm",
+    "rich",
+    "wandb",
+    "openai>=1.50",
+]
+
+EXTRAS = {
+    "sft": ["deepspeed>=0.19.8,<0.20"],
+    "gpu": ["flash-attn>=2.7"],
+    # verl is pinned to one release: mmr's RL recipe uses that release's config keys.
+    "rl": ["verl==0.9.1", "vllm", "ray[default]>=2.41"],
+    "dev": ["pytest>=8", "pytest-timeout", "ruff==0.17.6"],
+}
+
+setup(
+    name="mmr",
+    version="0.1.0",
+    description="Train multimodal reasoning models: curated data, SFT with DeepSpeed, GSPO RL on verl.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mmr", "mmr.*"]),
+    package_data={"mmr": ["**/*.jinja", "**/*.txt", "**/*.yaml"]},
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["mmr=mmr.cli:main"]},
+)
