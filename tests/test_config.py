@@ -36,7 +36,9 @@ class RecipeConfig:
 
 def test_defaults_yaml_and_overrides_merge_in_order(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("seed: 3\noptim:\n  lr: 2.0e-5\nmodel:\n  path: Qwen/Qwen2.5-VL-7B-Instruct\n")
+    recipe.write_text(
+        "seed: 3\noptim:\n  lr: 2.0e-5\nmodel:\n  path: Qwen/Qwen2.5-VL-7B-Instruct\n"
+    )
     cfg = load_config(RecipeConfig, recipe, ["optim.lr=5e-6", "output_dir=/tmp/run1"])
     assert cfg.seed == 3
     assert cfg.optim.lr == pytest.approx(5e-6)  # override beats YAML
@@ -85,7 +87,7 @@ def test_scalar_given_for_a_section_is_rejected():
 
 @pytest.mark.parametrize("bad", ["optim.lr", "=3", "optim..lr=3"])
 def test_malformed_override(bad):
-    with pytest.raises(ConfigError, match="key.sub=value"):
+    with pytest.raises(ConfigError, match=r"key\.sub=value"):
         parse_overrides([bad])
 
 

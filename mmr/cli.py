@@ -1,0 +1,95 @@
+"""The `mmr` command: one subcommand per stage.
+
+    mmr models tiny --family qwen2_5_vl --out DIR   build a tiny offline model (tests, demo)
+    mmr models list                                 the supported model families
+    mmr sft | rl | data | reward | eval | demo      the stages (each says if not built yet)
+
+A subcommand parses only its own flags and hands the rest (`key.sub=value` overrides)
+to its stage, so each stage keeps its options next to its code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+# Stages not built yet: the issue that builds each. Their subcommands exit 2 with one line
+# instead of pretending to run.
+_PENDING = {
+    "sft": "the SFT trainer (issue 5)",
+    "rl": "GSPO RL on verl (issue 6)",
+    "data": "the data curation pipeline (issue 7)",
+    "reward": "the reward CLI (issue 4)",
+    "eval": "evaluation (issue 8)",
+    "demo": "the end-to-end demo (issue 8)",
+}
+
+_HELP = {
+    "sft": "supervised fine-tuning (torchrun + DeepSpeed ZeRO-2)",
+    "rl": "GSPO reinforcement learning on verl",
+    "data": "data curation: collect, clean, distill, select, dedup, difficulty",
+    "reward": "score responses with the mmr reward",
+    "eval": "generate and score on a benchmark file",
+    "demo": "run the whole pipeline on a tiny model, offline, on CPU",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmr",
+        description="Train multimodal reasoning models: curated data -> SFT -> GSPO RL.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in ("sft", "rl", "data", "reward", "eval", "demo"):
+        sub.add_parser(
+            name,
+            help=_HELP[name],
+            description=_HELP[name],
+            epilog="Flags and key.sub=value overrides after the command go to the stage.",
+        )
+    _add_models_parser(sub)
+    return parser
+
+
+def _add_models_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="supported model families and tiny test models")
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    msub.add_parser("list", help="list the supported model families")
+    tiny = msub.add_parser("tiny", help="build a tiny model, tokenizer and processor offline")
+    tiny.add_argument("--family", required=True, help="qwen2_5_vl or qwen3_vl")
+    tiny.add_argument("--out", required=True, help="output folder (loadable by from_pretrained)")
+    tiny.add_argument("--seed", type=int, default=0, help="weight init seed (default 0)")
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from mmr.models import FAMILIES, tiny
+
+    if args.models_command == "list":
+        for family in FAMILIES.values():
+            print(f"{family.name:12s} model_type={family.model_type:12s} {family.model_class.__name__}")
+        return 0
+    if args.family not in FAMILIES:
+        print(f"mmr models tiny: unknown family {args.family!r}; choose from {', '.join(FAMILIES)}")
+        return 2
+    out = tiny.build(args.family, args.out, seed=args.seed)
+    print(f"wrote a tiny {args.family} model to {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    # Stage flags are the stage's own: the top-level parser only picks the command.
+    args, stage_argv = parser.parse_known_args(argv)
+    if args.command == "models":
+        if stage_argv:
+            parser.error(f"unrecognized arguments: {' '.join(stage_argv)}")
+        return _run_models(args)
+    if args.command in _PENDING:
+        print(f"mmr {args.command}: {_PENDING[args.command]} is not built yet.", file=sys.stderr)
+        return 2
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
