@@ -1,5 +1,7 @@
 """mmr: curated data -> SFT -> GSPO RL for multimodal reasoning models (Qwen2.5-VL, Qwen3-VL)."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 # Ranges known to work together (tested versions are listed in README.md).
@@ -33,7 +35,7 @@ setup(
     name="mmr",
     version="0.1.0",
     description="Train multimodal reasoning models: curated data, SFT with DeepSpeed, GSPO RL on verl.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mmr", "mmr.*"]),
