@@ -1,0 +1,191 @@
+"""Reward throughput: math-verify workers (2 vs 1) and the async judge (64 vs sequential).
+
+    .venv/bin/python benchmarks/rewards.py [--rollouts 4096] [--judge-requests 1024]
+
+Rollouts: 256 prompts x 16 rollouts of mixed difficulty (plain numbers, LaTeX that needs
+math-verify, multiple choice, a few pathological answers), answers drawn from a few
+variants per prompt as in RL. Printed figures, all measured in this one run:
+- baseline: a plain in-process rule + math-verify function without timeouts (unsafe in
+  threads, no backstop) - what the safety has to cost nearly nothing against;
+- `score_batch` with 1 and with 2 math-verify workers (ms per rollout, and the ratio);
+- judge: N requests to a local server with 100 ms latency at concurrency 64, and a short
+  sequential run, extrapolated to N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.rewards.fake_judge
+
+from mmr.rewards.accuracy import extract_final_answer, relaxed_match
+from mmr.rewards.compose import RewardScorer, shutdown
+from mmr.rewards.config import RewardConfig
+
+T = "<think>Let me work this out step by step.</think> "
+
+
+def _latex_prompt(rng: random.Random) -> tuple[str, list[str]]:
+    a, b, c = rng.randint(1, 9), rng.randint(2, 9), rng.randint(1, 20)
+    kind = rng.randrange(5)
+    if kind == 0:
+        return f"\\frac{{{a}}}{{{b}}}", [
+            f"\\dfrac{{{a * 2}}}{{{b * 2}}}",
+            f"{a}/{b}",
+            f"\\frac{{{a + 1}}}{{{b}}}",
+        ]
+    if kind == 1:
+        return f"(x+{a})^2", [f"x^2+{2 * a}x+{a * a}", f"x^2+{a * a}", f"(x+{a})(x+{a})"]
+    if kind == 2:
+        return f"{a}\\sqrt{{{b}}}", [
+            f"\\sqrt{{{a * a * b}}}",
+            f"{a + 1}\\sqrt{{{b}}}",
+            f"\\sqrt{{{b}}}\\cdot {a}",
+        ]
+    if kind == 3:
+        return f"[{a}, {a + c})", [f"x \\in [{a},{a + c})", f"({a}, {a + c})", f"[{a},{a + c})"]
+    return f"\\frac{{\\pi}}{{{b}}}", [
+        f"\\pi/{b}",
+        f"\\frac{{{a}\\pi}}{{{a * b}}}",
+        f"\\frac{{\\pi}}{{{b + 1}}}",
+    ]
+
+
+def make_rollouts(n: int, seed: int) -> list[dict]:
+    """`n` rollouts in groups of 16: numbers 40%, LaTeX 35%, MCQ 24%, pathological ~1%."""
+    rng = random.Random(seed)
+    items: list[dict] = []
+    for g in range((n + 15) // 16):
+        kind = rng.random()
+        question = None
+        if kind < 0.40:
+            gold_value = rng.randint(1, 99_999)
+            gold = f"{gold_value:,}" if rng.random() < 0.3 else str(gold_value)
+            variants = [str(gold_value), f"{gold_value}.0", f"{gold_value} cm", str(gold_value + 1)]
+        elif kind < 0.75:
+            gold, variants = _latex_prompt(rng)
+        elif kind < 0.99:
+            options = rng.sample(range(10, 99), 4)
+            question = "Which is it?\n" + "\n".join(f"{L}. {v}" for L, v in zip("ABCD", options))
+            gold = rng.choice("ABCD")
+            variants = ["(B)", "C", f"{options['ABCD'.index(gold)]}", f"\\text{{{gold}}}", "A. x"]
+        else:  # pathological: a 50,000-digit number, 300 nested fractions
+            gold = "7"
+            variants = ["9" * 50_000, "\\frac{1}{" * 300 + "2" + "}" * 300]
+        for _ in range(16):
+            answer = rng.choice(variants)
+            items.append(
+                {
+                    "response": T + f"\\boxed{{{answer}}}",
+                    "ground_truth": gold,
+                    "question": question,
+                    "group": g,
+                }
+            )
+    return items[:n]
+
+
+def baseline(items: list[dict]) -> float:
+    """Rules then math-verify, in-process, timeouts off: the unsafe reference."""
+    import logging
+
+    from math_verify import parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeouts are off" notes
+    start = time.perf_counter()
+    for item in items:
+        answer, _ = extract_final_answer(item["response"])
+        if answer is None:
+            continue
+        decision = relaxed_match(answer, item["ground_truth"], item["question"])
+        if decision.correct is None and len(answer) <= 1000:
+            g = parse(f"${item['ground_truth']}$", parsing_timeout=None)
+            p = parse(f"${answer}$", parsing_timeout=None)
+            verify(g, p, timeout_seconds=None)
+    return time.perf_counter() - start
+
+
+def timed_scoring(items: list[dict], warmup: list[dict], workers: int) -> tuple[float, list[dict]]:
+    cfg = RewardConfig()
+    cfg.accuracy.workers = workers
+    scorer = RewardScorer(cfg)
+    scorer.score_batch(warmup)  # starts the workers; different strings, so caches stay cold
+    start = time.perf_counter()
+    rows = scorer.score_batch(items)
+    elapsed = time.perf_counter() - start
+    shutdown()  # one pool at a time: the next measurement starts from the same state
+    return elapsed, rows
+
+
+def bench_judge(n: int, sequential_n: int) -> tuple[float, float]:
+    import logging
+
+    from mmr.rewards.config import JudgeConfig
+    from mmr.rewards.judge import Judge
+    from tests.rewards.fake_judge import FakeJudgeServer
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    server = FakeJudgeServer().start()
+    server.latency_s = 0.1
+    try:
+        results = []
+        for concurrency, count in ((64, n), (1, sequential_n)):
+            judge = Judge(
+                JudgeConfig(enabled=True, base_url=server.base_url, concurrency=concurrency)
+            )
+            judge.judge_many([("warm", "up", f"{concurrency}")])
+            items = [(f"q{i}", "2", f"answer {concurrency}-{i}") for i in range(count)]
+            start = time.perf_counter()
+            verdicts = judge.judge_many(items)
+            results.append(time.perf_counter() - start)
+            assert all(v is True for v in verdicts), "judge benchmark got failures"
+            judge.close()
+    finally:
+        server.stop()
+    return results[0], results[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rollouts", type=int, default=4096)
+    parser.add_argument("--judge-requests", type=int, default=1024)
+    parser.add_argument("--sequential-requests", type=int, default=32)
+    args = parser.parse_args()
+
+    items = make_rollouts(args.rollouts, seed=0)
+    warmup = make_rollouts(256, seed=1)
+    n = len(items)
+    t_base = baseline(items)
+    t1, rows1 = timed_scoring(items, warmup, workers=1)
+    t2, rows2 = timed_scoring(items, warmup, workers=2)
+    assert [r["accuracy"] for r in rows1] == [r["accuracy"] for r in rows2]
+    decided = {}
+    for r in rows2:
+        key = r["decided_by"].split(":")[0]
+        decided[key] = decided.get(key, 0) + 1
+    print(f"rollouts: {n} (decided by: {decided}); mean accuracy "
+          f"{sum(r['accuracy'] for r in rows2) / n:.3f}")  # fmt: skip
+    print(
+        f"baseline in-process rules + math-verify, no timeouts: {1e3 * t_base / n:.3f} ms/rollout"
+    )
+    print(f"score_batch, 1 worker : {t1:.2f} s  {1e3 * t1 / n:.3f} ms/rollout")
+    print(f"score_batch, 2 workers: {t2:.2f} s  {1e3 * t2 / n:.3f} ms/rollout  "
+          f"(goal <= 0.5 ms)")  # fmt: skip
+    print(
+        f"2 workers vs 1: {t1 / t2:.2f}x (goal >= 1.8x); 2 workers vs baseline: {t_base / t2:.2f}x"
+    )
+
+    t_conc, t_seq = bench_judge(args.judge_requests, args.sequential_requests)
+    seq_est = t_seq / args.sequential_requests * args.judge_requests
+    print(f"judge, {args.judge_requests} requests, 100 ms latency, concurrency 64: {t_conc:.2f} s "
+          f"(goal <= 3 s)")  # fmt: skip
+    print(f"judge, sequential: {t_seq:.2f} s for {args.sequential_requests} requests -> "
+          f"~{seq_est:.0f} s for {args.judge_requests}; concurrency 64 is {seq_est / t_conc:.0f}x faster")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

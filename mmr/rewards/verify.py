@@ -1,0 +1,388 @@
+"""Accuracy, part 2: math-verify in worker processes, with a hard timeout per item.
+
+math-verify's own timeouts use `signal.alarm`: they only work in a process's main thread,
+count whole seconds, and cannot interrupt a long C call (a 50,000-digit integer). verl
+calls reward functions from worker threads. So math-verify runs here, in a small pool of
+long-lived processes, each item under math-verify's own timeouts *and* a backstop: a worker
+that spends more than `hard_timeout_s` on one item is killed and replaced, that item
+scores 0 with status "timeout", and the rest of its chunk is sent again.
+
+Work goes to the workers in chunks (one message per chunk each way) so the per-item IPC
+cost stays small. One pool serves every caller: a dispatcher thread owns the workers, and
+any thread may call `verify_many` at the same time.
+
+    pool = VerifyPool(num_workers=2)
+    pool.verify_many([("\\frac{1}{2}", "0.5")])   # [VerifyResult(correct=True, status="ok")]
+    pool.close()                                    # also registered with atexit
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import math
+import multiprocessing as mp
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+
+__all__ = ["VerifyPool", "VerifyResult", "explain_pair", "run_pair", "verify_pair"]
+
+log = logging.getLogger(__name__)
+
+# How often the dispatcher wakes up to look for overrunning workers.
+_TICK_S = 0.05
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """math-verify's verdict on one (answer, gold) pair."""
+
+    correct: bool
+    status: str = "ok"  # ok | timeout | error: <message>
+    parsed_answer: str = ""  # filled by explain requests only
+    parsed_gold: str = ""
+
+
+# ---------------------------------------------------------------------------------------
+# The work itself (runs in a worker's main thread, or in-process when workers=0)
+
+
+class _TimeoutFlag(logging.Handler):
+    """Notices math-verify's timeout warnings and swallows its log records.
+
+    math-verify reports a timeout only as a log line that echoes the whole input (possibly
+    50,000 characters); the return value is the same as for a plain mismatch.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.timed_out = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Timeout"):
+            self.timed_out = True
+
+
+_FLAG: _TimeoutFlag | None = None
+
+
+def _install_flag() -> _TimeoutFlag:
+    global _FLAG
+    if _FLAG is None:
+        _FLAG = _TimeoutFlag()
+        for name in ("math_verify", "math_verify.parser", "math_verify.grader"):
+            logger = logging.getLogger(name)
+            logger.handlers = [_FLAG]
+            logger.propagate = False
+            logger.setLevel(logging.WARNING)
+    return _FLAG
+
+
+def run_pair(pred: str, gold: str, parse_s: int, verify_s: int, explain: bool) -> VerifyResult:
+    """math-verify on one pair with its own (signal) timeouts: main thread of a process only."""
+    from math_verify import parse, verify
+
+    flag = _install_flag()
+    flag.timed_out = False
+    try:
+        gold_parsed = parse(f"${gold}$", parsing_timeout=parse_s)
+        pred_parsed = parse(f"${pred}$", parsing_timeout=parse_s)
+        correct = bool(
+            gold_parsed
+            and pred_parsed
+            and verify(gold_parsed, pred_parsed, timeout_seconds=verify_s)
+        )
+    except Exception as err:  # math-verify catches most; anything left is this item's error
+        return VerifyResult(False, f"error: {type(err).__name__}: {str(err)[:200]}")
+    status = "timeout" if flag.timed_out else "ok"
+    if not explain:
+        return VerifyResult(correct and status == "ok", status)
+    return VerifyResult(
+        correct and status == "ok", status, _short(pred_parsed), _short(gold_parsed)
+    )
+
+
+def _short(parsed: object) -> str:
+    try:
+        text = repr(parsed)
+    except Exception:  # sympy's repr of a huge expression may itself fail
+        text = "<unprintable>"
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+def verify_pair(pred: str, gold: str, parse_timeout_s: int = 2, verify_timeout_s: int = 2) -> bool:
+    """math-verify in this process; only safe in the main thread (signals)."""
+    return run_pair(pred, gold, parse_timeout_s, verify_timeout_s, explain=False).correct
+
+
+def explain_pair(
+    pred: str, gold: str, parse_timeout_s: int = 2, verify_timeout_s: int = 2
+) -> VerifyResult:
+    """Like `verify_pair`, with math-verify's parse of both sides; main thread only."""
+    return run_pair(pred, gold, parse_timeout_s, verify_timeout_s, explain=True)
+
+
+def _worker_main(conn: Connection, progress, work_fn=run_pair) -> None:
+    """Worker loop: receive a chunk, score each item, send the chunk's results back."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    while True:
+        try:
+            chunk = conn.recv()
+        except (EOFError, OSError):
+            return
+        if chunk is None:
+            return
+        tasks, parse_s, verify_s = chunk
+        results = []
+        for i, (pred, gold, explain) in enumerate(tasks):
+            progress[1] = time.monotonic()  # start time first: the parent reads index, then time
+            progress[0] = i
+            results.append(work_fn(pred, gold, parse_s, verify_s, explain))
+        progress[1] = 0.0
+        conn.send(results)
+
+
+# ---------------------------------------------------------------------------------------
+# The pool
+
+
+@dataclass
+class _Job:
+    results: list[VerifyResult | None]
+    remaining: int
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Chunk:
+    job: _Job
+    positions: list[int]  # where each task's result goes in job.results
+    tasks: list[tuple[str, str, bool]]
+
+
+@dataclass
+class _Worker:
+    proc: mp.process.BaseProcess
+    conn: Connection
+    progress: object  # RawArray('d', 2): [index in chunk, start time of that item]
+    chunk: _Chunk | None = None
+
+
+def _context() -> mp.context.BaseContext:
+    # forkserver: safe from a threaded parent (verl, the judge's loop thread), and a killed
+    # worker is replaced in milliseconds since the server has math-verify imported already.
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["math_verify", "mmr.rewards.verify"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+class VerifyPool:
+    """Long-lived math-verify workers with chunked dispatch and a kill-on-overrun backstop."""
+
+    def __init__(
+        self,
+        num_workers: int = 2,
+        hard_timeout_s: float = 6.0,
+        parse_timeout_s: int = 2,
+        verify_timeout_s: int = 2,
+        chunk_size: int = 64,
+        work_fn: Callable[..., VerifyResult] = run_pair,
+    ) -> None:
+        """`work_fn` (a module-level function, for tests) replaces `run_pair` in workers."""
+        if num_workers < 1:
+            raise ValueError("VerifyPool needs at least one worker")
+        self.num_workers = num_workers
+        self.hard_timeout_s = hard_timeout_s
+        self.parse_timeout_s = int(parse_timeout_s)
+        self.verify_timeout_s = int(verify_timeout_s)
+        self.chunk_size = chunk_size
+        self._work_fn = work_fn
+        self.timeouts = 0  # items killed by the backstop, over the pool's life
+        self._ctx = _context()
+        self._lock = threading.Lock()
+        self._queue: deque[_Chunk] = deque()
+        self._wake_recv, self._wake_send = mp.Pipe(duplex=False)
+        self._workers: list[_Worker] = []
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        atexit.register(self.close)
+
+    # -- public -------------------------------------------------------------------------
+
+    def verify_many(
+        self, pairs: list[tuple[str, str]], explain: bool = False
+    ) -> list[VerifyResult]:
+        """Verdicts for (answer, gold) pairs, in order; blocks until all are in."""
+        if not pairs:
+            return []
+        if self._closed:
+            raise RuntimeError("VerifyPool is closed")
+        job = _Job(results=[None] * len(pairs), remaining=len(pairs))
+        # About four chunks per worker: few messages, yet an even share of the work.
+        size = max(1, min(self.chunk_size, math.ceil(len(pairs) / (4 * self.num_workers))))
+        chunks = [
+            _Chunk(
+                job,
+                list(range(i, min(i + size, len(pairs)))),
+                [(p, g, explain) for p, g in pairs[i : i + size]],
+            )
+            for i in range(0, len(pairs), size)
+        ]
+        with self._lock:
+            self._queue.extend(chunks)
+            self._ensure_started()
+        self._wake_send.send_bytes(b"w")
+        job.done.wait()
+        return [r if r is not None else VerifyResult(False, "error: lost") for r in job.results]
+
+    def close(self) -> None:
+        """Stop the dispatcher and the workers (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        with contextlib.suppress(OSError):
+            self._wake_send.send_bytes(b"q")
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for worker in self._workers:
+            self._stop_worker(worker)
+        self._workers = []
+        with self._lock:
+            pending, self._queue = list(self._queue), deque()
+        for chunk in pending:  # anyone still waiting gets errors, not a hang
+            for pos in chunk.positions:
+                self._deliver(chunk.job, pos, VerifyResult(False, "error: pool closed"))
+
+    def __enter__(self) -> VerifyPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- dispatcher ---------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if self._thread is None:
+            self._workers = [self._spawn() for _ in range(self.num_workers)]
+            self._thread = threading.Thread(target=self._loop, name="mmr-verify", daemon=True)
+            self._thread.start()
+
+    def _spawn(self) -> _Worker:
+        parent, child = mp.Pipe(duplex=True)
+        progress = self._ctx.RawArray("d", 2)
+        proc = self._ctx.Process(
+            target=_worker_main,
+            args=(child, progress, self._work_fn),
+            name="mmr-verify-worker",
+            daemon=True,
+        )
+        proc.start()
+        child.close()
+        return _Worker(proc, parent, progress)
+
+    def _loop(self) -> None:
+        while not self._closed:
+            self._assign()
+            busy = {w.conn: w for w in self._workers if w.chunk is not None}
+            ready = wait([self._wake_recv, *busy], timeout=_TICK_S)
+            for conn in ready:
+                if conn is self._wake_recv:
+                    while self._wake_recv.poll():
+                        self._wake_recv.recv_bytes()
+                    continue
+                worker = busy[conn]
+                try:
+                    results = conn.recv()
+                except (EOFError, OSError):
+                    self._replace(worker, "error: math-verify worker died")
+                    continue
+                self._finish(worker, results)
+            self._check_overruns()
+
+    def _assign(self) -> None:
+        with self._lock:
+            for worker in self._workers:
+                if worker.chunk is None and self._queue:
+                    chunk = self._queue.popleft()
+                    worker.chunk = chunk
+                    worker.progress[0] = 0
+                    worker.progress[1] = time.monotonic()
+                    try:
+                        worker.conn.send((chunk.tasks, self.parse_timeout_s, self.verify_timeout_s))
+                    except (OSError, ValueError):
+                        self._replace(worker, "error: math-verify worker died", locked=True)
+
+    def _finish(self, worker: _Worker, results: list[VerifyResult]) -> None:
+        chunk, worker.chunk = worker.chunk, None
+        for pos, result in zip(chunk.positions, results):
+            self._deliver(chunk.job, pos, result)
+
+    def _check_overruns(self) -> None:
+        now = time.monotonic()
+        for worker in list(self._workers):
+            started = worker.progress[1]
+            if worker.chunk is not None and started and now - started > self.hard_timeout_s:
+                self.timeouts += 1
+                self._replace(worker, "timeout")
+
+    def _replace(self, worker: _Worker, status: str, locked: bool = False) -> None:
+        """Kill a stuck or dead worker; its current item gets `status`, the rest go back."""
+        chunk, worker.chunk = worker.chunk, None
+        index = int(worker.progress[0])
+        self._stop_worker(worker, kill=True)
+        self._workers[self._workers.index(worker)] = self._spawn()
+        if chunk is None:
+            return
+        index = min(max(index, 0), len(chunk.tasks) - 1)
+        log.warning("math-verify item exceeded its limit (%s); worker replaced", status)
+        self._deliver(chunk.job, chunk.positions[index], VerifyResult(False, status))
+        # Results of the items before `index` died with the worker: they run again.
+        rest = [i for i in range(len(chunk.tasks)) if i != index]
+        if rest:
+            retry = _Chunk(
+                chunk.job, [chunk.positions[i] for i in rest], [chunk.tasks[i] for i in rest]
+            )
+            if locked:
+                self._queue.appendleft(retry)
+            else:
+                with self._lock:
+                    self._queue.appendleft(retry)
+
+    @staticmethod
+    def _deliver(job: _Job, pos: int, result: VerifyResult) -> None:
+        if job.results[pos] is None:
+            job.results[pos] = result
+            job.remaining -= 1
+            if job.remaining == 0:
+                job.done.set()
+
+    @staticmethod
+    def _stop_worker(worker: _Worker, kill: bool = False) -> None:
+        if not kill:
+            try:
+                worker.conn.send(None)
+            except (OSError, ValueError):
+                kill = True
+        if kill and worker.proc.is_alive():
+            worker.proc.kill()
+        worker.proc.join(timeout=2)
+        if worker.proc.is_alive():
+            worker.proc.kill()
+            worker.proc.join(timeout=2)
+        worker.conn.close()
+
+
+def default_workers() -> int:
+    """Two workers, or fewer on a one-core machine."""
+    return max(1, min(2, os.cpu_count() or 1))

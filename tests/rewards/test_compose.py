@@ -1,0 +1,130 @@
+"""Composition, row schema, config, import hygiene and verl compatibility."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from mmr.config import ConfigError, load_config
+from mmr.rewards import RewardConfig, compute_score, score_batch, summarize
+from mmr.rewards.compose import VERL_KEYS
+
+ROOT = Path(__file__).resolve().parents[2]
+OK = r"<think>t</think> \boxed{4}"
+ROW_KEYS = {"score", "accuracy", "format", "length", "judge", "judge_fallback",
+            "extracted_answer", "decided_by", "error", "response_tokens", "tokens_source"}  # fmt: skip
+
+
+def test_default_weights_and_row_keys() -> None:
+    rows = score_batch(
+        [
+            {"response": OK, "ground_truth": "4"},
+            {"response": r"\boxed{4}", "ground_truth": "4"},  # right, but no thinking
+            {"response": r"<think>t</think> \boxed{5}", "ground_truth": "4"},
+            {"response": "garbage"},  # no ground truth
+            "not a dict",
+        ]
+    )
+    assert [r["score"] for r in rows] == pytest.approx([1.0, 0.9, 0.1, 0.0, 0.0])
+    assert all(set(r) == ROW_KEYS for r in rows)
+    assert rows[3]["error"] == "missing field(s): ground_truth"
+    summary = summarize(rows)
+    assert summary["rows"] == 5 and summary["errors"] == 2
+    assert summary["mean_accuracy"] == pytest.approx(0.4)
+
+
+def test_weights_are_configurable() -> None:
+    cfg = load_config(RewardConfig, None, ["weights.accuracy=1.0", "weights.format=0.5"])
+    rows = score_batch([{"response": OK, "ground_truth": "4"}], cfg)
+    assert rows[0]["score"] == pytest.approx(1.5)
+
+
+def test_budget_length_part_is_weighted_into_the_score() -> None:
+    cfg = load_config(
+        RewardConfig, None,
+        ["length.mode=budget", "length.budget_tokens=10", "length.max_tokens=20", "length.weight=0.5"],
+    )  # fmt: skip
+    rows = score_batch([{"response": OK, "ground_truth": "4", "response_tokens": 15}], cfg)
+    assert rows[0]["length"] == -0.5 and rows[0]["score"] == pytest.approx(1.0 - 0.25)
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [("length.mode=short", "length.mode"), ("plugin.mode=mix", "plugin.mode"),
+     ("accuracy.parse_timeout_s=0", "accuracy.parse_timeout_s"), ("judge.concurency=4", "judge.concurency"),
+     ("length.budget_tokens=50000", "length.budget_tokens")],
+)  # fmt: skip
+def test_bad_config_names_the_key(override: str, key: str) -> None:
+    overrides = [override] + (["length.mode=budget"] if "budget_tokens" in override else [])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(RewardConfig, None, overrides)
+
+
+def test_compute_score_has_verls_signature_and_fixed_keys() -> None:
+    out = compute_score("openmmreasoner", OK, "4", {"question": "2+2?"})
+    assert set(out) == set(VERL_KEYS)
+    assert out["score"] == 1.0 and out["pred"] == "4"
+    wrong = compute_score(
+        data_source="x", solution_str="no answer", ground_truth="4", extra_info=None
+    )
+    assert set(wrong) == set(VERL_KEYS) and wrong["score"] == 0.0 and wrong["pred"] == ""
+
+
+def test_compute_score_reads_config_from_kwargs(tmp_path) -> None:
+    path = tmp_path / "reward.yaml"
+    path.write_text("weights:\n  accuracy: 2.0\n")
+    assert compute_score("s", OK, "4", {}, config=str(path))["score"] == pytest.approx(2.1)
+    out = compute_score("s", OK, "4", {}, config=str(path), overrides=["weights.format=0"])
+    assert out["score"] == pytest.approx(2.0)
+
+
+def test_verl_loads_and_calls_it_like_its_reward_manager() -> None:
+    """verl 0.9.1's own loader, then the call its NaiveRewardManager makes, from threads."""
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    config = OmegaConf.create(
+        {
+            "reward": {
+                "custom_reward_function": {
+                    "path": str(ROOT / "mmr" / "rewards" / "__init__.py"),
+                    "name": "compute_score",
+                    "reward_kwargs": {"overrides": ["weights.format=0.2"]},
+                }
+            }
+        }
+    )
+    fn = get_custom_reward_fn(config)
+    cases = [(r"<think>a</think> \boxed{\frac{1}{2}}", "0.5", 1.1),
+             (r"<think>a</think> \boxed{x^2-1}", "(x-1)(x+1)", 1.1),
+             (r"<think>a</think> \boxed{7}", "8", 0.2), ("nothing", "8", 0.0)] * 8  # fmt: skip
+
+    def call(case: tuple[str, str, float]) -> dict:
+        # verl runs compute_score in an executor thread: no signals may be used here
+        return fn(
+            data_source="mmr_test",
+            solution_str=case[0],
+            ground_truth=case[1],
+            extra_info={"num_turns": None, "rollout_reward_scores": {}},
+        )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(call, cases))
+    assert [r["score"] for r in results] == pytest.approx([c[2] for c in cases])
+    # verl stacks each key over the batch, taking the key list from the first result
+    assert all(list(r) == list(results[0]) for r in results)
+
+
+def test_import_is_light_and_imports_no_stage() -> None:
+    code = (
+        "import sys, mmr.rewards, mmr.rewards.cli; "
+        "bad = [m for m in ('torch', 'transformers', 'math_verify', 'httpx', 'mmr.sft', 'mmr.rl', "
+        "'mmr.data.pipeline', 'mmr.eval') if m in sys.modules]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,80 @@
+"""Plug-ins: loading by file or module, add/replace, containment of failures."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from mmr.rewards import RewardConfig, RewardScorer
+from mmr.rewards.plugins import PluginRunner, load_function
+from tests.rewards import plugin_fns
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+OK = r"<think>t</think> \boxed{4}"
+
+
+def _cfg(function: str, mode: str = "replace", weight: float = 1.0, **kwargs) -> RewardConfig:
+    cfg = RewardConfig(function=function)
+    cfg.plugin.mode, cfg.plugin.weight, cfg.plugin.kwargs = mode, weight, kwargs
+    return cfg
+
+
+def test_load_by_module_and_by_file(tmp_path) -> None:
+    assert load_function("tests.rewards.plugin_fns:constant") is plugin_fns.constant
+    path = tmp_path / "my_reward.py"
+    path.write_text("def fn(data_source, solution_str, ground_truth, extra_info=None, **kw):\n"
+                    "    return 0.75\n")  # fmt: skip
+    assert load_function(f"{path}:fn")("s", "x", "y") == 0.75
+    example = load_function(f"{ROOT}/examples/custom_reward.py:brevity_reward")
+    out = example("math", OK, "4", {}, target_words=100)
+    assert out["score"] > 1.0 and set(out) == {"score", "brevity", "words"}
+
+
+@pytest.mark.parametrize(
+    "spec,error",
+    [("no_colon", ValueError), ("/nope/missing.py:fn", FileNotFoundError),
+     ("tests.rewards.plugin_fns:missing", AttributeError), ("no_such_pkg_xyz:fn", ImportError)],
+)  # fmt: skip
+def test_load_errors_name_the_problem(spec: str, error: type) -> None:
+    with pytest.raises(error):
+        load_function(spec)
+
+
+def test_replace_mode_uses_the_plugin_score_and_parts() -> None:
+    rows = RewardScorer(_cfg("tests.rewards.plugin_fns:with_parts")).score_batch(
+        [{"response": OK, "ground_truth": "4"}]
+    )
+    assert rows[0]["score"] == 0.5 and rows[0]["plugin"] == 0.5
+    assert rows[0]["brevity"] == 0.2 and rows[0]["accuracy"] == 0.0  # its part replaced mmr's
+
+
+def test_add_mode_adds_the_weighted_plugin_score() -> None:
+    cfg = _cfg("tests.rewards.plugin_fns:constant", mode="add", weight=2.0, value=0.25)
+    rows = RewardScorer(cfg).score_batch([{"response": OK, "ground_truth": "4"}])
+    assert rows[0]["score"] == pytest.approx(0.9 + 0.1 + 2.0 * 0.25)
+
+
+def test_failures_score_zero_are_counted_and_logged_once(caplog) -> None:
+    caplog.set_level(logging.ERROR, logger="mmr.rewards.plugins")
+    scorer = RewardScorer(_cfg("tests.rewards.plugin_fns:flaky"))
+    golds = ["raise", "raise", "raise", "nan", "none", "nodict", "fine"]
+    rows = scorer.score_batch([{"response": OK + str(i), "ground_truth": g}
+                               for i, g in enumerate(golds)])  # fmt: skip
+    assert [r["score"] for r in rows] == [0.0] * 6 + [1.0]
+    assert [r["plugin_error"] for r in rows] == [True] * 6 + [False]
+    assert "RuntimeError: boom" in rows[0]["error"]
+    assert scorer.plugin_errors == 6
+    # three raises with different messages share one traceback; nan/none/nodict one each
+    tracebacks = [r for r in caplog.records if "Traceback" in r.getMessage()]
+    assert len(tracebacks) == 4
+    assert sum("RuntimeError" in r.getMessage() for r in tracebacks) == 1
+
+
+def test_runner_accepts_numpy_like_scalars() -> None:
+    class Scalar:
+        def item(self) -> float:
+            return 0.5
+
+    runner = PluginRunner(lambda **kw: Scalar())
+    assert runner("s", "x", "y", None) == (0.5, {}, None)
