@@ -21,6 +21,8 @@ CORE = [
     "rich",
     "wandb",
     "openai>=1.50",
+    # The LLM judge's async client: httpx (under openai) pools slowly at concurrency 64.
+    "aiohttp>=3.9",
 ]
 
 EXTRAS = {

@@ -17,13 +17,14 @@ from collections.abc import Sequence
 # Stages not built yet: the issue that builds each. Their subcommands exit 2 with one line
 # instead of pretending to run.
 _PENDING = {
-    "sft": "the SFT trainer (issue 5)",
     "rl": "GSPO RL on verl (issue 6)",
     "data": "the data curation pipeline (issue 7)",
-    "reward": "the reward CLI (issue 4)",
     "eval": "evaluation (issue 8)",
     "demo": "the end-to-end demo (issue 8)",
 }
+
+# Built stages parse their own flags, `--help` included.
+_BUILT = ("sft", "reward")
 
 _HELP = {
     "sft": "supervised fine-tuning (torchrun + DeepSpeed ZeRO-2)",
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("sft", "rl", "data", "reward", "eval", "demo"):
         sub.add_parser(
             name,
+            add_help=name not in _BUILT,
             help=_HELP[name],
             description=_HELP[name],
             epilog="Flags and key.sub=value overrides after the command go to the stage.",
@@ -67,7 +69,9 @@ def _run_models(args: argparse.Namespace) -> int:
 
     if args.models_command == "list":
         for family in FAMILIES.values():
-            print(f"{family.name:12s} model_type={family.model_type:12s} {family.model_class.__name__}")
+            print(
+                f"{family.name:12s} model_type={family.model_type:12s} {family.model_class.__name__}"
+            )
         return 0
     if args.family not in FAMILIES:
         print(f"mmr models tiny: unknown family {args.family!r}; choose from {', '.join(FAMILIES)}")
@@ -85,6 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if stage_argv:
             parser.error(f"unrecognized arguments: {' '.join(stage_argv)}")
         return _run_models(args)
+    if args.command == "sft":
+        from mmr.sft.train import main as sft_main
+
+        return sft_main(stage_argv)
+    if args.command == "reward":
+        from mmr.rewards.cli import main as reward_main
+
+        return reward_main(stage_argv)
     if args.command in _PENDING:
         print(f"mmr {args.command}: {_PENDING[args.command]} is not built yet.", file=sys.stderr)
         return 2
