@@ -1,0 +1,450 @@
+"""Procedurally generated visual reasoning tasks with exact answers, and a rule-based teacher.
+
+Tests and the CPU demo cannot download data, so they train and evaluate on these. Four kinds:
+
+- `count`:   shapes on a 4x4 grid; "how many red shapes" (level 3: "how many red circles").
+- `bars`:    a four-bar chart on a unit grid; "which bar is the tallest/shortest" (A-D) or
+             "how many units taller is X than Y" (a number).
+- `digits`:  two seven-segment digits; "what is their sum/product" (a number).
+- `largest`: 2-4 shapes of one type and different colours; "which colour is largest" (A-D).
+
+Levels 1-3 add objects and bring values closer (count: more distractors, colour+shape at
+level 3; bars/largest: a smaller gap between the answer and the runner-up; digits: wider
+range, coloured ink, noise). Images are 112x112 PNG: 4x4 cells of 28 px, the tiny models'
+whole pixel budget (16 merged tokens of Qwen2.5-VL), so nothing is resized away.
+
+Everything a task shows lives in `meta` (`kind`, `level`, `form`, `scene`, `options`):
+`render(meta)` redraws the image from it, `solve(meta)` gives the answer and
+`teacher_response(meta)` writes a short `<think>` trace that "reads" the scene from it.
+
+Splits are held-out *scenes*: a task's content hashes into train or test (1 scene in 4 is
+reserved for test) and a draw that lands in the other split is drawn again, so no seed ever
+gives the same task in both. Task i of a split draws from `Random(f"{seed}/{split}/{i}")`,
+so the splits also use disjoint seeds. Both splits have the same distribution (i.i.d., not
+compositional held-out), which is what comparing accuracies before and after training needs.
+
+    python -m mmr.data.synthetic --n 200 --split train --out runs/demo/tasks_train.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from mmr.data.io import write_samples
+from mmr.data.schema import IMAGE_PLACEHOLDER, Sample
+
+__all__ = [
+    "KINDS",
+    "chance_accuracy",
+    "generate_tasks",
+    "render",
+    "solve",
+    "teacher_response",
+    "write_synthetic",
+]
+
+KINDS = ("count", "bars", "digits", "largest")
+LEVELS = (1, 2, 3)
+SPLITS = ("train", "test")
+SIZE = 112
+CELL = 28
+PALETTE = {
+    "red": (220, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 90, 220),
+    "yellow": (230, 190, 20),
+    "purple": (140, 60, 180),
+    "orange": (245, 130, 30),
+}
+INK = {"black": (0, 0, 0), **PALETTE}
+SHAPES = ("circle", "square", "triangle")
+LETTERS = "ABCD"
+BAR_BASE, BAR_UNIT = 104, 10  # baseline y and pixels per unit: value 9 reaches y=14
+TEST_SHARE = 4  # one scene in TEST_SHARE belongs to the test split
+INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+# Seven-segment digits: which of the segments a-g (top, upper right, lower right, bottom,
+# lower left, upper left, middle) are lit. Drawn as rectangles, so no font is involved and
+# the pixels do not depend on the Pillow version or the fonts installed.
+SEGMENTS = ("abcdef", "bc", "abdeg", "abcdg", "bcfg", "acdfg", "acdefg", "abc", "abcdefg", "abcdfg")
+
+
+# ---------------------------------------------------------------------------------------
+# Scenes: rng -> meta (kind, level, form, scene, options). Integers only, so JSON is exact.
+
+
+def _sample_count(rng: random.Random, level: int) -> dict[str, Any]:
+    pool = rng.sample(list(PALETTE), 2 + level)
+    colour, by_shape = pool[0], level == 3
+    shape = rng.choice(SHAPES) if by_shape else None
+    # Answers start at 1 and spread to 7 so that no constant answer is right often.
+    k = rng.randint(*((1, 4), (2, 6), (2, 7))[level - 1])
+    n_other = rng.randint(*((1, 3), (2, 5), (3, 7))[level - 1])
+    specs = [(colour, shape or rng.choice(SHAPES)) for _ in range(k)]
+    while len(specs) < k + n_other:
+        spec = (rng.choice(pool), rng.choice(SHAPES))
+        if spec[0] != colour or (by_shape and spec[1] != shape):
+            specs.append(spec)
+    rng.shuffle(specs)
+    objects = []
+    for cell, (c, s) in zip(sorted(rng.sample(range(16), len(specs))), specs):
+        size = 20 if level == 1 else rng.randint(14, 22)
+        slack = (CELL - size) // 2 - 1
+        x = cell % 4 * CELL + CELL // 2 + rng.randint(-slack, slack)
+        y = cell // 4 * CELL + CELL // 2 + rng.randint(-slack, slack)
+        objects.append({"shape": s, "colour": c, "x": x, "y": y, "size": size})
+    form = "colour_shape" if by_shape else "colour"
+    return {
+        "form": form,
+        "scene": {"target": {"colour": colour, "shape": shape}, "objects": objects},
+    }
+
+
+def _sample_bars(rng: random.Random, level: int) -> dict[str, Any]:
+    colours = rng.sample(list(PALETTE), 4)
+    form = rng.choice(("tallest", "shortest", "diff"))
+    values = [rng.randint(1, 9) for _ in range(4)]
+    compare = None
+    if form == "diff":
+        i, j = rng.sample(range(4), 2)
+        d = rng.randint(*((4, 8), (2, 5), (1, 3))[level - 1])
+        values[j] = rng.randint(1, 9 - d)
+        values[i] = values[j] + d
+        compare = [colours[i], colours[j]]
+    else:
+        # The answer beats every other bar by `gap` units or more and the runner-up by exactly
+        # `gap`: large at level 1, one unit at level 3. "shortest" is "tallest" upside down.
+        gap = rng.randint(3, 5) if level == 1 else 4 - level
+        top = rng.randint(1 + gap, 9)
+        values = [top, top - gap] + [rng.randint(1, top - gap) for _ in range(2)]
+        rng.shuffle(values)
+        values = [10 - v for v in values] if form == "shortest" else values
+    bars = [
+        {"colour": c, "value": v, "x0": k * CELL + 5, "x1": k * CELL + 22}
+        for k, (c, v) in enumerate(zip(colours, values))
+    ]
+    scene = {"bars": bars, "baseline": BAR_BASE, "unit": BAR_UNIT, "compare": compare}
+    options = None if form == "diff" else rng.sample(colours, 4)
+    return {"form": form, "scene": scene, "options": options}
+
+
+def _sample_digits(rng: random.Random, level: int) -> dict[str, Any]:
+    low, high = ((1, 5), (1, 9), (0, 9))[level - 1]
+    digits = [rng.randint(low, high), rng.randint(low, high)]
+    boxes = []
+    for half in (0, 1):
+        w = 36 if level == 1 else rng.randint(26, 36)
+        h = 64 if level == 1 else rng.randint(48, 64)
+        t = 8 if level < 3 else 6
+        x = half * 56 + (56 - w) // 2 + rng.randint(-4, 4)
+        y = (SIZE - h) // 2 + rng.randint(-8, 8)
+        boxes.append([x, y, w, h, t])
+    ink = "black" if level == 1 else rng.choice(list(INK))
+    # Light grey specks at level 3: clutter that never matches the ink colour.
+    specks = [[rng.randrange(SIZE), rng.randrange(SIZE)] for _ in range(30 if level == 3 else 0)]
+    scene = {"digits": digits, "boxes": boxes, "ink": ink, "specks": specks}
+    return {"form": rng.choice(("sum", "product")), "scene": scene}
+
+
+def _sample_largest(rng: random.Random, level: int) -> dict[str, Any]:
+    n = level + 1
+    colours = rng.sample(list(PALETTE), n)
+    # One shape type per scene: then "largest" means the same thing for every object.
+    shape = rng.choice(SHAPES)
+    gap = (rng.randint(14, 20), rng.randint(8, 12), rng.randint(4, 6))[level - 1]
+    top = rng.randint(14 + gap, 48)
+    sizes = [top, top - gap] + [rng.randint(14, top - gap) for _ in range(n - 2)]
+    rng.shuffle(sizes)
+    objects = []
+    for cell, colour, size in zip(sorted(rng.sample(range(4), n)), colours, sizes):
+        slack = (56 - size) // 2 - 2
+        x = cell % 2 * 56 + 28 + rng.randint(-slack, slack)
+        y = cell // 2 * 56 + 28 + rng.randint(-slack, slack)
+        objects.append({"colour": colour, "x": x, "y": y, "size": size})
+    absent = [c for c in PALETTE if c not in colours]
+    options = rng.sample(colours + rng.sample(absent, 4 - n), 4)
+    return {"form": "largest", "scene": {"shape": shape, "objects": objects}, "options": options}
+
+
+# ---------------------------------------------------------------------------------------
+# Drawing: meta -> image, a pure function of the scene.
+
+
+def _shape(draw: ImageDraw.ImageDraw, shape: str, x: int, y: int, size: int, rgb: tuple) -> None:
+    h = size // 2
+    box = (x - h, y - h, x - h + size - 1, y - h + size - 1)
+    if shape == "circle":
+        draw.ellipse(box, fill=rgb)
+    elif shape == "square":
+        draw.rectangle(box, fill=rgb)
+    else:
+        draw.polygon([(x, box[1]), (box[0], box[3]), (box[2], box[3])], fill=rgb)
+
+
+def _segment_boxes(x: int, y: int, w: int, h: int, t: int) -> dict[str, tuple[int, ...]]:
+    """Segment rectangles (x0, y0, x1, y1, inclusive) of a digit in box (x, y, w, h)."""
+    m = y + h // 2
+    return {
+        "a": (x, y, x + w - 1, y + t - 1),
+        "b": (x + w - t, y, x + w - 1, m),
+        "c": (x + w - t, m, x + w - 1, y + h - 1),
+        "d": (x, y + h - t, x + w - 1, y + h - 1),
+        "e": (x, m, x + t - 1, y + h - 1),
+        "f": (x, y, x + t - 1, m),
+        "g": (x, m - t // 2, x + w - 1, m - t // 2 + t - 1),
+    }
+
+
+def render(meta: dict[str, Any]) -> Image.Image:
+    """The task's image, drawn from its `meta` alone."""
+    image = Image.new("RGB", (SIZE, SIZE), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    kind, scene = meta["kind"], meta["scene"]
+    if kind == "count":
+        for o in scene["objects"]:
+            _shape(draw, o["shape"], o["x"], o["y"], o["size"], PALETTE[o["colour"]])
+    elif kind == "bars":
+        for u in range(1, 10):  # the unit grid is what makes heights readable as numbers
+            y = scene["baseline"] - u * scene["unit"]
+            draw.line([(0, y), (SIZE - 1, y)], fill=(215, 215, 215))
+        for b in scene["bars"]:
+            top = scene["baseline"] - b["value"] * scene["unit"]
+            draw.rectangle(
+                (b["x0"], top, b["x1"], scene["baseline"] - 1), fill=PALETTE[b["colour"]]
+            )
+        draw.line([(0, scene["baseline"]), (SIZE - 1, scene["baseline"])], fill=(0, 0, 0), width=2)
+    elif kind == "digits":
+        for x, y in scene["specks"]:
+            draw.rectangle((x, y, x + 1, y + 1), fill=(200, 200, 200))
+        for digit, box in zip(scene["digits"], scene["boxes"]):
+            rects = _segment_boxes(*box)
+            for seg in SEGMENTS[digit]:
+                draw.rectangle(rects[seg], fill=INK[scene["ink"]])
+    elif kind == "largest":
+        for o in scene["objects"]:
+            _shape(draw, scene["shape"], o["x"], o["y"], o["size"], PALETTE[o["colour"]])
+    else:
+        raise ValueError(f"unknown synthetic task kind {kind!r}")
+    return image
+
+
+# ---------------------------------------------------------------------------------------
+# Questions, answers and the teacher's traces, all from meta.
+
+
+def _ask(meta: dict[str, Any]) -> str:
+    scene, form = meta["scene"], meta["form"]
+    if meta["kind"] == "count":
+        text = f"How many {_target(meta)[0]} are there in the image?"
+    elif meta["kind"] == "bars" and form == "diff":
+        x, y = scene["compare"]
+        text = (
+            "The grid lines of the bar chart are 1 unit apart. "
+            f"How many units taller is the {x} bar than the {y} bar?"
+        )
+    elif meta["kind"] == "bars":
+        text = f"Which bar in the chart is the {form}?"
+    elif meta["kind"] == "digits":
+        text = f"The image shows two digits. What is their {form}?"
+    else:
+        text = "Which colour is the largest shape in the image?"
+    if meta.get("options"):
+        lines = [f"{letter}. {c}" for letter, c in zip(LETTERS, meta["options"])]
+        text += "\n" + "\n".join(lines) + "\nAnswer with the option's letter."
+    return f"{IMAGE_PLACEHOLDER}\n{text}\n{INSTRUCTION}"
+
+
+def _target(meta: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """What a count task counts ("red shapes", "red circles") and the objects that match."""
+    t = meta["scene"]["target"]
+    hits = [o for o in meta["scene"]["objects"] if o["colour"] == t["colour"]]
+    hits = [o for o in hits if t["shape"] in (None, o["shape"])]
+    return f"{t['colour']} {t['shape'] or 'shape'}s", hits
+
+
+def _pick(meta: dict[str, Any]) -> str:
+    """The colour an MCQ task asks for."""
+    scene, form = meta["scene"], meta["form"]
+    if meta["kind"] == "bars":
+        pick = max if form == "tallest" else min
+        return pick(scene["bars"], key=lambda b: b["value"])["colour"]
+    return max(scene["objects"], key=lambda o: o["size"])["colour"]
+
+
+def solve(meta: dict[str, Any]) -> str:
+    """The exact answer of a task: a number, or the option letter for multiple choice."""
+    kind, form, scene = meta["kind"], meta["form"], meta["scene"]
+    if meta.get("options"):
+        return LETTERS[meta["options"].index(_pick(meta))]
+    if kind == "count":
+        return str(len(_target(meta)[1]))
+    if kind == "bars":
+        value = {b["colour"]: b["value"] for b in scene["bars"]}
+        x, y = scene["compare"]
+        return str(value[x] - value[y])
+    a, b = scene["digits"]
+    return str(a + b if form == "sum" else a * b)
+
+
+def _think(meta: dict[str, Any]) -> str:
+    kind, form, scene = meta["kind"], meta["form"], meta["scene"]
+    answer = solve(meta)
+    if kind == "count":
+        what, hits = _target(meta)
+        # Naming each hit's shape when colour alone is asked; numbering them otherwise.
+        seen = [o["shape"] if form == "colour" else str(k) for k, o in enumerate(hits, 1)]
+        return f"I look for {what} and count them: {', '.join(seen)}. That makes {answer}."
+    if kind == "digits":
+        a, b = scene["digits"]
+        op = "+" if form == "sum" else "\\times"
+        return f"The digits are {a} and {b}. {a} {op} {b} = {answer}."
+    if kind == "bars":
+        values = {b["colour"]: b["value"] for b in scene["bars"]}
+        read = "Bar heights: " + ", ".join(f"{c} {v}" for c, v in values.items()) + "."
+        if form == "diff":
+            x, y = scene["compare"]
+            return f"{read} {x} minus {y} is {values[x]} - {values[y]} = {answer}."
+        return f"{read} The {form} is {_pick(meta)}, option {answer}."
+    sizes = ", ".join(f"{o['colour']} {o['size']}" for o in scene["objects"])
+    return f"Shape sizes: {sizes}. The largest is {_pick(meta)}, option {answer}."
+
+
+def teacher_response(sample_or_task: Sample | dict[str, Any]) -> str:
+    """A correct, short `<think>...</think>` trace followed by `\\boxed{answer}`."""
+    meta = sample_or_task.meta if isinstance(sample_or_task, Sample) else sample_or_task
+    return f"<think>{_think(meta)}</think>\n\\boxed{{{solve(meta)}}}"
+
+
+# ---------------------------------------------------------------------------------------
+# Generation
+
+
+_SAMPLERS = {
+    "count": _sample_count,
+    "bars": _sample_bars,
+    "digits": _sample_digits,
+    "largest": _sample_largest,
+}
+
+
+def _split_of(key: str) -> str:
+    return "test" if int(key[:8], 16) % TEST_SHARE == 0 else "train"
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def generate_tasks(
+    n: int,
+    *,
+    seed: int = 0,
+    split: str = "train",
+    kinds: Sequence[str] | None = None,
+    levels: Sequence[int] = LEVELS,
+    with_response: bool = True,
+) -> list[Sample]:
+    """`n` synthetic tasks as Samples, the same for the same arguments.
+
+    `kinds` (default all of KINDS) and `levels` take turns, so any prefix is balanced and a
+    longer call extends a shorter one. `response` holds the teacher's trace when
+    `with_response`. Ids derive from the task's content: stable, and never shared between
+    splits. `meta` holds kind, level, form, scene, options (MCQ), image_size (width, height),
+    split, seed and index.
+    """
+    kinds = tuple(kinds or KINDS)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not kinds or not set(kinds) <= set(KINDS) or not levels or not set(levels) <= {1, 2, 3}:
+        raise ValueError(f"kinds must come from {KINDS} and levels from {LEVELS}")
+    seen: set[str] = set()
+    samples = []
+    for i in range(n):
+        kind, level = kinds[i % len(kinds)], levels[i // len(kinds) % len(levels)]
+        rng = random.Random(f"{seed}/{split}/{i}")
+        for _ in range(1000):
+            meta = {"kind": kind, "level": level, "options": None, **_SAMPLERS[kind](rng, level)}
+            key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+            if _split_of(key) == split and key not in seen:
+                break
+        else:
+            raise RuntimeError(f"no new {split} task of kind {kind} level {level} in 1000 draws")
+        seen.add(key)
+        meta.update(image_size=[SIZE, SIZE], split=split, seed=seed, index=i)
+        sample = Sample(
+            id=f"synthetic-{kind}-{key[:12]}",
+            source=f"synthetic/{kind}",
+            question=_ask(meta),
+            answer=solve(meta),
+            images=[_png(render(meta))],
+            response=teacher_response(meta) if with_response else None,
+            meta=meta,
+        )
+        samples.append(sample)
+    return samples
+
+
+def _task_type(sample: Sample) -> str:
+    meta = sample.meta
+    return f"{meta['kind']}/{meta['form']}" if "kind" in meta else sample.source
+
+
+def chance_accuracy(samples: Iterable[Sample]) -> float:
+    """Accuracy of the best constant answer per task type (kind/form), e.g. always "B" or "4".
+
+    This is at least what guessing uniformly among the options would get on balanced data.
+    """
+    answers: dict[str, Counter[str]] = defaultdict(Counter)
+    for sample in samples:
+        answers[_task_type(sample)][sample.answer] += 1
+    total = sum(sum(c.values()) for c in answers.values())
+    if not total:
+        return 0.0
+    return sum(c.most_common(1)[0][1] for c in answers.values()) / total
+
+
+def write_synthetic(
+    path: str | Path, n: int, *, seed: int = 0, split: str = "train", **kw: Any
+) -> Path:
+    """Write `n` tasks (see `generate_tasks` for `kw`) to a parquet (or .jsonl) file."""
+    write_samples(path, generate_tasks(n, seed=seed, split=split, **kw))
+    return Path(path)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write synthetic visual reasoning tasks.")
+    parser.add_argument("--n", type=int, default=200, help="number of tasks")
+    parser.add_argument("--split", choices=SPLITS, default="train")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds")
+    parser.add_argument("--levels", default="1,2,3", help="comma-separated levels")
+    parser.add_argument("--no-response", action="store_true", help="leave out teacher traces")
+    parser.add_argument("--out", required=True, help="output .parquet (or .jsonl)")
+    args = parser.parse_args(argv)
+    samples = generate_tasks(
+        args.n,
+        seed=args.seed,
+        split=args.split,
+        kinds=args.kinds.split(","),
+        levels=[int(x) for x in args.levels.split(",")],
+        with_response=not args.no_response,
+    )
+    write_samples(args.out, samples)
+    print(f"wrote {len(samples)} {args.split} tasks to {args.out}")
+    print(f"chance accuracy (best constant answer per kind/form): {chance_accuracy(samples):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""mmr.data.synthetic: determinism, held-out split, exact answers, teacher traces, parquet."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mmr.data.io import read_samples
+from mmr.data.schema import Sample, check_sample, count_placeholders, extract_final_answer
+from mmr.data.synthetic import (
+    INK,
+    KINDS,
+    PALETTE,
+    chance_accuracy,
+    generate_tasks,
+    main,
+    render,
+    teacher_response,
+    write_synthetic,
+)
+
+N = 240  # 20 tasks of each kind and level
+
+
+@pytest.fixture(scope="module")
+def train() -> list[Sample]:
+    return generate_tasks(N, seed=0, split="train")
+
+
+@pytest.fixture(scope="module")
+def test() -> list[Sample]:
+    return generate_tasks(N, seed=0, split="test")
+
+
+def _recompute(meta: dict) -> str:
+    """The answer from the scene, written independently of the generator's `solve`."""
+    scene = meta["scene"]
+    if meta["kind"] == "count":
+        target = scene["target"]
+        hits = [
+            o
+            for o in scene["objects"]
+            if o["colour"] == target["colour"]
+            and (target["shape"] is None or o["shape"] == target["shape"])
+        ]
+        return str(len(hits))
+    if meta["kind"] == "digits":
+        a, b = scene["digits"]
+        return str({"sum": a + b, "product": a * b}[meta["form"]])
+    if meta["form"] == "diff":
+        height = {b["colour"]: b["value"] for b in scene["bars"]}
+        return str(height[scene["compare"][0]] - height[scene["compare"][1]])
+    if meta["kind"] == "bars":
+        ranked = sorted(scene["bars"], key=lambda b: b["value"])
+        colour = ranked[-1 if meta["form"] == "tallest" else 0]["colour"]
+    else:
+        colour = sorted(scene["objects"], key=lambda o: o["size"])[-1]["colour"]
+    return "ABCD"[meta["options"].index(colour)]
+
+
+def _pixel(image: Image.Image, x: int, y: int) -> tuple[int, int, int]:
+    return image.getpixel((x, y))
+
+
+def _check_image_shows_scene(image: Image.Image, meta: dict) -> None:
+    """Probe pixels: every object, bar and digit segment in `meta` is where it says."""
+    scene = meta["scene"]
+    if meta["kind"] in ("count", "largest"):
+        for o in scene["objects"]:
+            assert _pixel(image, o["x"], o["y"]) == PALETTE[o["colour"]]
+    elif meta["kind"] == "bars":
+        for b in scene["bars"]:
+            top = scene["baseline"] - b["value"] * scene["unit"]
+            x = (b["x0"] + b["x1"]) // 2
+            assert _pixel(image, x, top) == PALETTE[b["colour"]]
+            assert _pixel(image, x, top - 1) != PALETTE[b["colour"]]
+    else:
+        segments = ("abcdef", "bc", "abdeg", "abcdg", "bcfg", "acdfg", "acdefg", "abc", "abcdefg")
+        segments += ("abcdfg",)
+        for digit, (x, y, w, h, t) in zip(scene["digits"], scene["boxes"]):
+            centres = {
+                "a": (x + w // 2, y + t // 2),
+                "b": (x + w - 1 - t // 2, y + h // 4),
+                "c": (x + w - 1 - t // 2, y + 3 * h // 4),
+                "d": (x + w // 2, y + h - 1 - t // 2),
+                "e": (x + t // 2, y + 3 * h // 4),
+                "f": (x + t // 2, y + h // 4),
+                "g": (x + w // 2, y + h // 2),
+            }
+            for seg, (px, py) in centres.items():
+                lit = _pixel(image, px, py) == INK[scene["ink"]]
+                assert lit == (seg in segments[digit]), (digit, seg)
+
+
+def test_same_seed_gives_identical_samples(train: list[Sample]) -> None:
+    assert generate_tasks(N, seed=0, split="train") == train  # images' bytes included
+    assert generate_tasks(N // 2, seed=0, split="train") == train[: N // 2]
+    other = generate_tasks(N // 2, seed=1, split="train")
+    assert not {s.id for s in other} & {s.id for s in train}
+
+
+def test_train_and_test_never_share_a_task(train: list[Sample], test: list[Sample]) -> None:
+    other_seed = generate_tasks(N, seed=7, split="test")
+    for held_out in (test, other_seed):
+        assert not {s.id for s in train} & {s.id for s in held_out}
+        shown = {(s.question, s.images[0]) for s in train}
+        assert not any((s.question, s.images[0]) in shown for s in held_out)
+    assert len({s.id for s in train}) == len(train)
+    assert {s.meta["split"] for s in test} == {"test"}
+
+
+def test_answers_are_exact_and_images_show_the_scene(
+    train: list[Sample], test: list[Sample]
+) -> None:
+    for sample in train + test:
+        assert sample.answer == _recompute(sample.meta), sample.id
+        image = Image.open(io.BytesIO(sample.images[0]))
+        image.load()
+        assert image.format == "PNG"
+        assert list(image.size) == sample.meta["image_size"]
+        assert image.size[0] % 28 == 0 and image.size[1] % 28 == 0
+        _check_image_shows_scene(image.convert("RGB"), sample.meta)
+        assert render(sample.meta).tobytes() == image.convert("RGB").tobytes()
+
+
+def test_teacher_traces_are_short_correct_and_well_formed(train: list[Sample]) -> None:
+    shape = re.compile(r"<think>[^<>]+</think>\n\\boxed\{[^{}]+\}")
+    for sample in train:
+        response = sample.response
+        assert response == teacher_response(sample) == teacher_response(sample.meta)
+        assert shape.fullmatch(response), response
+        assert response.count("<think>") == response.count("</think>") == 1
+        assert extract_final_answer(response) == (sample.answer, "boxed")
+        assert len(response.split()) < 60
+    bare = generate_tasks(8, with_response=False)
+    assert all(s.response is None for s in bare)
+    assert [s.answer for s in bare] == [s.answer for s in train[:8]]
+
+
+def test_questions_placeholders_and_options(train: list[Sample]) -> None:
+    letters: Counter[str] = Counter()
+    for sample in train:
+        check_sample(sample)
+        assert count_placeholders(sample.question) == len(sample.images) == 1
+        assert "\\boxed{}" in sample.question
+        assert sample.source == f"synthetic/{sample.meta['kind']}"
+        options = re.findall(r"^([A-D])\. (\w+)$", sample.question, re.M)
+        if sample.meta["options"]:
+            assert [letter for letter, _ in options] == list("ABCD")
+            assert len({colour for _, colour in options}) == 4
+            letters[sample.answer] += 1
+        else:
+            assert not options and sample.answer.isdigit()
+    # Shuffled options: every letter is the answer about a quarter of the time.
+    assert min(letters.values()) > 0.15 * sum(letters.values())
+
+
+def test_kinds_and_levels_are_balanced_and_recorded(train: list[Sample]) -> None:
+    cells = Counter((s.meta["kind"], s.meta["level"]) for s in train)
+    assert set(cells) == {(k, level) for k in KINDS for level in (1, 2, 3)}
+    assert set(cells.values()) == {N // 12}
+    only = generate_tasks(9, kinds=["digits"], levels=[3])
+    assert {(s.meta["kind"], s.meta["level"]) for s in only} == {("digits", 3)}
+    with pytest.raises(ValueError):
+        generate_tasks(1, split="validation")
+    with pytest.raises(ValueError):
+        generate_tasks(1, kinds=["nope"])
+
+
+def test_levels_bring_values_closer(train: list[Sample]) -> None:
+    for sample in train:
+        meta = sample.meta
+        if meta["kind"] == "bars" and meta["form"] != "diff":
+            values = sorted(b["value"] for b in meta["scene"]["bars"])
+            gap = values[-1] - values[-2] if meta["form"] == "tallest" else values[1] - values[0]
+            assert gap >= 3 if meta["level"] == 1 else gap == 4 - meta["level"]
+        if meta["kind"] == "largest":
+            sizes = sorted(o["size"] for o in meta["scene"]["objects"])
+            assert len(sizes) == meta["level"] + 1
+            low, high = ((14, 20), (8, 12), (4, 6))[meta["level"] - 1]
+            assert low <= sizes[-1] - sizes[-2] <= high
+
+
+def test_chance_accuracy_is_low(train: list[Sample], test: list[Sample]) -> None:
+    assert chance_accuracy(train) < 0.4
+    assert chance_accuracy(test) < 0.4
+    for kind in KINDS:
+        assert chance_accuracy([s for s in train if s.meta["kind"] == kind]) < 0.5
+    constant = [Sample(id=str(i), source="x", question="q", answer="1") for i in range(5)]
+    assert chance_accuracy(constant) == 1.0
+    assert chance_accuracy([]) == 0.0
+
+
+def test_parquet_round_trip_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write_synthetic(tmp_path / "tasks.parquet", 24, seed=3, split="test")
+    assert list(read_samples(path)) == generate_tasks(24, seed=3, split="test")
+    out = tmp_path / "cli.parquet"
+    main(["--n", "8", "--split", "train", "--kinds", "bars,count", "--out", str(out)])
+    read = list(read_samples(out))
+    assert read == generate_tasks(8, kinds=["bars", "count"])
+    assert "wrote 8 train tasks" in capsys.readouterr().out
