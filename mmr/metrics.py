@@ -1,0 +1,101 @@
+"""Metric logging shared by the training stages: a progress bar, metrics.jsonl and wandb.
+
+Only rank 0 logs. `metrics.jsonl` holds one JSON object per logged step with `step` and
+the namespaced metrics (`train/loss`, `perf/tokens_per_s`, ...) plus short aliases
+(`loss`, `lr`) for quick `jq` use. On resume the file is cut back to the resumed step,
+so a killed-and-resumed run has exactly one line per step, as an uninterrupted run does.
+wandb is used when enabled (`WANDB_MODE=offline` works without a network).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+class MetricLogger:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        wandb_cfg: Any,
+        config: dict[str, Any],
+        total_steps: int,
+        rank: int,
+        *,
+        resume_at: int = 0,
+    ) -> None:
+        self.active = rank == 0
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.wandb = None
+        self.bar = None
+        if not self.active:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _truncate_after(self.path, resume_at)
+        self.file = self.path.open("a", encoding="utf-8")
+        self.bar = tqdm(total=total_steps, initial=resume_at, desc="train", dynamic_ncols=True)
+        if getattr(wandb_cfg, "enabled", False):
+            import wandb
+
+            self.wandb = wandb.init(
+                project=wandb_cfg.project,
+                name=wandb_cfg.run_name or Path(out_dir).name,
+                dir=str(out_dir),
+                config=config,
+                resume="allow",
+            )
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        clean = {k: _jsonable(v) for k, v in metrics.items()}
+        record = {"step": step, **clean, "time": round(time.time(), 3)}
+        for short in ("loss", "lr", "grad_norm"):
+            if f"train/{short}" in clean:
+                record[short] = clean[f"train/{short}"]
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in clean.items() if v is not None}, step=step)
+        self.bar.n = step
+        self.bar.set_postfix(
+            {k.split("/")[-1]: f"{v:.4g}" for k, v in clean.items() if isinstance(v, float)},
+            refresh=False,
+        )
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if not self.active:
+            return
+        self.bar.close()
+        self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Keep only the records of steps <= `step` (all of them when starting fresh: none)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            logger.warning("dropping an unreadable line of %s", path)
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

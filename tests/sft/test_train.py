@@ -1,0 +1,205 @@
+"""The SFT recipe end to end on CPU: real DeepSpeed ZeRO-2 (gloo), tiny models, real CLI.
+
+Each run is a subprocess of `mmr sft` (or torchrun), as users launch it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from mmr.data.io import write_samples
+from mmr.data.schema import Sample
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo" / "tiny_sft.yaml"
+
+
+def _png(value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (56, 56), (value * 25, 255 - value * 25, 60)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_data(path: Path, n: int = 96, text_only_every: int = 3) -> Path:
+    rng = random.Random(0)
+    samples = []
+    for i in range(n):
+        k = rng.randint(1, 9)
+        with_image = i % text_only_every != 0
+        question = ("<image>" if with_image else "") + f"What is {k} plus {k}?"
+        samples.append(
+            Sample(
+                id=f"s{i}",
+                source="unit",
+                question=question,
+                answer=str(2 * k),
+                images=[_png(k)] if with_image else [],
+                response=f"<think>{k} plus {k} is {2 * k}.</think>\\boxed{{{2 * k}}}",
+            )
+        )
+    write_samples(path, samples)
+    return path
+
+
+def _sft(out: Path, data: Path, *overrides: str, wait: bool = True):
+    cmd = [
+        str(BIN / "mmr"),
+        "sft",
+        "--config",
+        str(RECIPE),
+        f"data.train_files=[{data}]",
+        f"trainer.output_dir={out}",
+        "data.packing_length=256",
+        "data.max_length=256",
+        *overrides,
+    ]
+    if not wait:
+        return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _losses(out: Path) -> dict[int, float]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return _write_data(tmp_path_factory.mktemp("sft_data") / "train.parquet")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, data) -> Path:
+    out = tmp_path_factory.mktemp("sft_ref")
+    _sft(out, data, "trainer.max_steps=8", "trainer.save_steps=4")
+    return out
+
+
+def test_loss_falls_and_run_folder_is_complete(reference_run):
+    out = reference_run
+    losses = _losses(out)
+    assert sorted(losses) == list(range(1, 9))
+    assert losses[8] < losses[1] - 0.5
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    for key in ("train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_s",
+                "perf/non_pad_fraction", "perf/mfu"):  # fmt: skip
+        assert key in record
+    assert 0.5 < record["perf/non_pad_fraction"] <= 1.0
+    assert (out / "config.yaml").is_file()
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_8"
+
+
+# Checkpoints on disk use the original Qwen layout: the vision tower is `visual.*`.
+VISION_PREFIX = "visual."
+
+
+def test_frozen_weights_are_bit_identical_and_trained_ones_moved(reference_run):
+    base = load_file(reference_run / "base_model" / "model.safetensors")
+    final = load_file(reference_run / "final" / "model.safetensors")
+    assert base.keys() == final.keys()
+    visual = [k for k in base if k.startswith(VISION_PREFIX)]
+    assert visual
+    for key in visual:
+        assert torch.equal(base[key], final[key]), key
+    language = [k for k in base if k.startswith("model.layers.")]
+    assert any(not torch.equal(base[k], final[k]) for k in language)
+
+
+def test_only_trainable_parameters_reach_the_optimizer(reference_run):
+    folder = reference_run / "checkpoints" / "step_8"
+    optim_file = next(folder.glob("*optim_states.pt"))
+    state = torch.load(optim_file, weights_only=False)["optimizer_state_dict"]
+    partitions = state["single_partition_of_fp32_groups"]
+    n_optimized = sum(p.numel() for p in partitions)
+    base = load_file(reference_run / "base_model" / "model.safetensors")
+    n_language = sum(v.numel() for k, v in base.items() if not k.startswith(VISION_PREFIX))
+    n_visual = sum(v.numel() for k, v in base.items() if k.startswith(VISION_PREFIX))
+    # ZeRO pads the flat partition to an alignment boundary; never by a vision tower's worth.
+    assert n_language <= n_optimized < n_language + min(n_visual, 1024)
+
+
+def test_export_reloads_and_generates(reference_run):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    final = reference_run / "final"
+    model = AutoModelForImageTextToText.from_pretrained(final)
+    processor = AutoProcessor.from_pretrained(final)
+    assert model.config.text_config.use_cache is True
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Sum?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    image = Image.open(io.BytesIO(_png(3))).convert("RGB")
+    inputs = processor(text=[text], images=[image], return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_killed_run_resumes_with_the_same_losses(tmp_path, data, reference_run):
+    out = tmp_path / "killed"
+    proc = _sft(out, data, "trainer.max_steps=8", "trainer.save_steps=4", wait=False)
+    deadline = time.time() + 300
+    # Kill it (SIGKILL: no cleanup) once it has trained past the step-4 checkpoint.
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").is_file() and len(_losses(out)) >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_4"
+
+    _sft(out, data, "trainer.max_steps=8", "trainer.save_steps=4", "trainer.resume=auto")
+    resumed, reference = _losses(out), _losses(reference_run)
+    assert sorted(resumed) == sorted(reference)
+    for step in reference:
+        assert resumed[step] == pytest.approx(reference[step], abs=1e-6), step
+
+
+def test_text_only_and_image_samples_train_the_vision_tower(tmp_path, data):
+    out = tmp_path / "unfrozen"
+    # No packing and one sample per micro-batch: every third micro-batch is text only.
+    _sft(out, data, "model.freeze=[]", "data.packing=false", "data.shuffle=false",
+         "trainer.max_steps=4", "trainer.save_steps=0")  # fmt: skip
+    base = load_file(out / "base_model" / "model.safetensors")
+    final = load_file(out / "final" / "model.safetensors")
+    moved = [k for k in base if k.startswith(VISION_PREFIX) and not torch.equal(base[k], final[k])]
+    assert moved
+
+
+def test_torchrun_two_ranks_agree(tmp_path, data):
+    out = tmp_path / "ddp"
+    cmd = [
+        str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        "-m", "mmr.sft.train", "--config", str(RECIPE),
+        f"data.train_files=[{data}]", f"trainer.output_dir={out}",
+        "data.packing_length=256", "data.max_length=256",
+        "trainer.max_steps=3", "trainer.save_steps=0", "trainer.export=false",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    checksums = json.loads((out / "rank_checksums.json").read_text())
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    assert sorted(_losses(out)) == [1, 2, 3]
