@@ -203,3 +203,20 @@ def test_torchrun_two_ranks_agree(tmp_path, data):
     checksums = json.loads((out / "rank_checksums.json").read_text())
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     assert sorted(_losses(out)) == [1, 2, 3]
+
+
+def test_qwen3_vl_with_zero3_trains_and_exports(tmp_path, data):
+    """The other family, and ZeRO-3: export gathers the partitioned weights."""
+    out = tmp_path / "qwen3_z3"
+    _sft(out, data, "model.tiny_family=qwen3_vl", "deepspeed.zero_stage=3",
+         "trainer.max_steps=4", "trainer.save_steps=0")  # fmt: skip
+    losses = _losses(out)
+    assert losses[4] < losses[1]
+    base = load_file(out / "base_model" / "model.safetensors")
+    final = load_file(out / "final" / "model.safetensors")
+    assert base.keys() == final.keys()
+    # Qwen3-VL's frozen parts include pos_embed and the deepstack mergers.
+    assert any("pos_embed" in k for k in base) and any("deepstack" in k for k in base)
+    for key in (k for k in base if k.startswith(VISION_PREFIX)):
+        assert torch.equal(base[key], final[key]), key
+    assert any(not torch.equal(base[k], final[k]) for k in base if k.startswith("model."))
