@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mmr.config import load_config
+from mmr.config import ConfigError, load_config
 from mmr.sft.config import SFTConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -60,12 +60,11 @@ def test_mmfinereason_sft_numbers():
     assert cfg.deepspeed.zero_stage == 2 and cfg.data.format == "mmfinereason"
 
 
-def test_recipe_override_and_bad_key(tmp_path):
+def test_recipe_override_and_bad_key():
     cfg = load_config(SFTConfig, RECIPES / "omr_7b_sft.yaml", ["optim.lr=5e-6", "model.freeze=[]"])
     assert cfg.optim.lr == 5e-6 and cfg.model.freeze == []
-    from mmr.config import ConfigError
 
-    with pytest.raises(ConfigError, match="'trainer.max_step'.*trainer.max_steps"):
+    with pytest.raises(ConfigError, match=r"'trainer\.max_step'.*trainer\.max_steps"):
         load_config(SFTConfig, RECIPES / "omr_7b_sft.yaml", ["trainer.max_step=3"])
-    with pytest.raises(ConfigError, match="data.truncation"):
+    with pytest.raises(ConfigError, match=r"data\.truncation"):
         load_config(SFTConfig, RECIPES / "omr_7b_sft.yaml", ["data.truncation=left"])
