@@ -29,7 +29,7 @@ EXTRAS = {
     "sft": ["deepspeed>=0.19.8,<0.20"],
     "gpu": ["flash-attn>=2.7"],
     # verl is pinned to one release: mmr's RL recipe uses that release's config keys.
-    "rl": ["verl==0.9.1", "vllm", "ray[default]>=2.41"],
+    "rl": ["verl==0.9.1", "vllm", "ray[default]>=2.41", "qwen-vl-utils"],
     "dev": ["pytest>=8", "pytest-timeout", "ruff==0.17.6"],
 }
 

@@ -1,0 +1,139 @@
+"""GSPO on verl: compose verl's own `ppo_trainer` config with an mmr recipe, then run verl.
+
+    python -m mmr.rl.train --config recipes/omr_7b_gspo.yaml [verl.a.b=value ...]
+    mmr rl train --config recipes/omr_7b_gspo.yaml --dry-run     # print the verl config
+
+verl owns the trainer, the GSPO loss, vLLM rollouts and Ray; mmr only supplies the
+config, the data (`mmr rl prepare`) and the reward (`mmr.rl.reward`). A recipe has two
+sections:
+
+* `verl:` verl's own keys, nested as in verl's `ppo_trainer.yaml`, so verl's
+  documentation applies unchanged. They are merged onto verl's composed config with
+  verl's schema in struct mode: a key verl does not have fails at once, by name.
+* `reward:` mmr's reward config (`mmr.rewards.RewardConfig`), passed to every reward
+  worker through `reward.custom_reward_function.reward_kwargs`.
+
+mmr then points verl's reward settings (the `reward.*` keys of verl 0.9.1; the old
+top-level `custom_reward_function` / `reward_model.reward_manager` keys are legacy) at
+mmr's reward manager, and `--dry-run` shows the result. Differences from OpenMMReasoner's
+public scripts, which target an older verl fork: reward keys under `reward.*`, no
+`rollout.mode=sync` (removed), everything else as their recipe (see the YAML comments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from mmr.config import ConfigError, config_to_dict, load_config
+from mmr.rewards.config import RewardConfig
+
+PINNED_VERL = "0.9.1"
+
+
+@dataclass
+class RLConfig:
+    verl: dict[str, Any] = field(default_factory=dict)  # verl's own keys (ppo_trainer.yaml)
+    reward: RewardConfig = field(default_factory=RewardConfig)  # mmr's reward
+
+
+def compose_verl_config(cfg: RLConfig) -> DictConfig:
+    """verl's `ppo_trainer` config + the recipe's `verl:` keys + mmr's reward wiring."""
+    import verl
+    from hydra import compose, initialize_config_dir
+
+    if verl.__version__ != PINNED_VERL:
+        raise RuntimeError(
+            f"mmr's RL recipes use verl {PINNED_VERL}'s config keys; found verl "
+            f"{verl.__version__}. Install verl=={PINNED_VERL}."
+        )
+    config_dir = Path(verl.__file__).parent / "trainer" / "config"
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        base = compose(config_name="ppo_trainer")
+    OmegaConf.set_struct(base, True)  # unknown keys are errors, as in verl's own CLI
+    try:
+        merged = OmegaConf.merge(base, cfg.verl, _reward_wiring())
+        # verl reads reward_kwargs but its schema has no such key (its docs add it with `+`).
+        with open_dict(merged.reward.custom_reward_function):
+            merged.reward.custom_reward_function.reward_kwargs = {
+                "overrides": reward_overrides(cfg.reward)
+            }
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(
+            f"verl.{key}: {str(err).splitlines()[0]} (verl {PINNED_VERL}'s keys are in "
+            "verl/trainer/config/_generated_ppo_trainer.yaml)"
+        ) from None
+    return merged
+
+
+def _reward_wiring() -> dict[str, Any]:
+    """Point verl 0.9.1's reward loop at mmr's reward manager and reward function."""
+    bridge = str(Path(__file__).with_name("reward.py"))
+    return {
+        "reward": {
+            "reward_manager": {
+                "source": "importlib",
+                "name": "MMRRewardManager",
+                "module": {"path": bridge},
+            },
+            "custom_reward_function": {
+                "path": bridge,
+                "name": "compute_score",
+            },
+        }
+    }
+
+
+def reward_overrides(reward: RewardConfig) -> list[str]:
+    """The reward config as `key=value` strings (rebuilt by each reward worker)."""
+    out: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix[:-1]}={yaml.safe_dump(node, default_flow_style=True).strip()}")
+
+    walk(config_to_dict(reward), "")
+    return [o.removesuffix("\n...") for o in out]
+
+
+def run(verl_config: DictConfig) -> None:
+    """Hand the composed config to verl's own entry (GPUs and vLLM required)."""
+    from verl.trainer.main_ppo import main as verl_main
+
+    # verl's main is a Hydra entry; Hydra passes a given config straight through.
+    verl_main(verl_config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmr rl train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="RL recipe YAML (recipes/*_gspo.yaml)")
+    parser.add_argument("--dry-run", action="store_true", help="print the verl config and exit")
+    parser.add_argument("overrides", nargs="*", help="verl.key=value or reward.key=value")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(RLConfig, args.config, args.overrides)
+        verl_config = compose_verl_config(cfg)
+    except ConfigError as err:
+        print(f"mmr rl train: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(OmegaConf.to_yaml(verl_config, resolve=False))
+        return 0
+    run(verl_config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
