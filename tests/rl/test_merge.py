@@ -1,0 +1,52 @@
+"""mmr rl merge on a verl FSDP checkpoint of one rank (the layout verl writes with 1 GPU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+
+from mmr.rl.merge import main, merge_checkpoint
+
+
+def _fsdp_checkpoint(tiny_dir, root):
+    """verl's actor checkpoint layout: rank shards, fsdp_config.json, huggingface/."""
+    actor = root / "global_step_2" / "actor"
+    (actor / "huggingface").mkdir(parents=True)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_dir)
+    with torch.no_grad():  # "training" moved the weights
+        model.lm_head.weight.add_(0.5)
+    torch.save(model.state_dict(), actor / "model_world_size_1_rank_0.pt")
+    (actor / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 2, "world_size": 1}))
+    for f in tiny_dir.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy2(f, actor / "huggingface" / f.name)
+    return actor, model
+
+
+def test_merge_writes_a_loadable_hf_folder(tmp_path, tiny_qwen2_5_vl):
+    actor, trained = _fsdp_checkpoint(tiny_qwen2_5_vl, tmp_path)
+    out = merge_checkpoint(actor, tmp_path / "merged")
+    merged = AutoModelForImageTextToText.from_pretrained(out)
+    # verl's merger writes bf16 weights (what its FSDP actor trains in on GPUs).
+    assert merged.lm_head.weight.dtype == torch.bfloat16
+    assert torch.equal(merged.lm_head.weight, trained.lm_head.weight.to(torch.bfloat16))
+    assert (out / "chat_template.jinja").is_file()
+
+
+def test_merge_rejects_a_folder_that_is_not_a_checkpoint(tmp_path, capsys):
+    assert main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "not a verl FSDP actor checkpoint" in capsys.readouterr().err
+
+
+def test_verify_names_a_missing_processor(tmp_path, tiny_qwen2_5_vl):
+    from mmr.rl.merge import verify_hf_folder
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_qwen2_5_vl, broken)
+    (broken / "processor_config.json").unlink()
+    with pytest.raises((RuntimeError, OSError, ValueError)):
+        verify_hf_folder(broken)
