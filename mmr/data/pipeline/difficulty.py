@@ -1,0 +1,92 @@
+"""Difficulty: a small served model answers each question `num_samples` times (4); the
+share of answers that match the ground truth is the sample's pass rate (`pass_rate`,
+MMFineReason's `qwen3vl_4b_pass_rate`).
+
+    mmr data difficulty --config recipes/data/mfr.yaml --input DIR/selected --output DIR
+
+The model, sampling and `num_samples` come from `select.difficulty`, which select's
+difficulty filter also uses to rate samples that have no pass rate yet. Answers are
+checked with mmr.rewards (mmr.data.pipeline.verify). A question any of whose requests
+keeps failing is set aside as failed (DIR/failed/difficulty/), never given a pass rate
+from fewer answers than asked.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from mmr.data.pipeline.client import load_prompt, make_client, render, user_message
+from mmr.data.pipeline.config import DifficultyConfig, PipelineConfig
+from mmr.data.pipeline.runner import ShardLog, read_input, run_stage, stage_key
+from mmr.data.pipeline.verify import check_answers
+from mmr.data.schema import Sample
+
+__all__ = ["rate_samples", "run_difficulty"]
+
+
+def rate_samples(samples: list[Sample], cfg: DifficultyConfig, log: ShardLog) -> list[Sample]:
+    """Give a pass rate to samples without one (all with `recompute`); return the samples
+    that have one, in order (failed ones are in `log.failed`)."""
+    todo = [s for s in samples if cfg.recompute or s.pass_rate is None]
+    if not todo:
+        return samples
+    client = make_client(cfg.client, "select.difficulty.client")
+    template = load_prompt("difficulty", cfg.prompt_file)
+    n = cfg.num_samples
+    requests = [
+        user_message(s, render(template, question=s.question)) for s in todo for _ in range(n)
+    ]
+    results = client.chat_many(requests)
+    answered = [(todo[i // n], r.text) for i, r in enumerate(results) if r.error is None]
+    verdicts = check_answers([(s.question, text, s.answer) for s, text in answered], cfg.verify)
+    correct: dict[str, int] = {}
+    for (sample, _), (ok, _) in zip(answered, verdicts):
+        correct[sample.id] = correct.get(sample.id, 0) + ok
+    failed = set()
+    for i, sample in enumerate(todo):
+        errors = [r for r in results[i * n : (i + 1) * n] if r.error is not None]
+        if errors:
+            failed.add(id(sample))
+            log.fail(sample, f"difficulty_{errors[0].error}", errors[0].detail)
+            continue
+        sample.pass_rate = correct.get(sample.id, 0) / n
+        sample.meta["pass_rate_model"] = cfg.client.model
+        log.info("rated")
+    log.info("answers_requested", len(requests))
+    return [s for s in samples if id(s) not in failed]
+
+
+def difficulty_shard(
+    samples: list[Sample], log: ShardLog, *, cfg: DifficultyConfig
+) -> list[Sample]:
+    """The stage's `process`: rate every sample, keep all that got a pass rate."""
+    return rate_samples(samples, cfg, log)
+
+
+def run_difficulty(
+    cfg: PipelineConfig,
+    input_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Rate `input_path` into OUT/difficulty; returns the report."""
+    section = cfg.select.difficulty
+    samples, stats, total = read_input(input_path)
+    return run_stage(
+        "difficulty",
+        "difficulty",
+        out_dir,
+        samples,
+        functools.partial(difficulty_shard, cfg=section),
+        key=stage_key(input_path, section, cfg.shard_rows),
+        shard_rows=cfg.shard_rows,
+        num_proc=cfg.num_proc,
+        overwrite=overwrite,
+        total=total,
+        read_stats=stats,
+        quiet=quiet,
+    )

@@ -1,0 +1,40 @@
+"""Fixtures for the pipeline tests: a scripted OpenAI-compatible server and a clean env."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.data.pipeline.fake_server import FakeOpenAIServer
+
+
+@pytest.fixture(scope="session")
+def _server():
+    server = FakeOpenAIServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(_server: FakeOpenAIServer) -> FakeOpenAIServer:
+    """The scripted server, reset for this test."""
+    _server.reset()
+    return _server
+
+
+@pytest.fixture(autouse=True)
+def _no_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A developer's own endpoint settings must not leak into the tests.
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL_NAME", "USE_LLM_JUDGE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def png() -> bytes:
+    """A small valid PNG."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
