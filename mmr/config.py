@@ -31,7 +31,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
 
-__all__ = ["ConfigError", "config_to_dict", "load_config", "parse_overrides", "save_config"]
+__all__ = [
+    "ConfigError",
+    "check_choice",
+    "config_to_dict",
+    "load_config",
+    "parse_overrides",
+    "save_config",
+]
 
 
 class ConfigError(ValueError):
@@ -60,6 +67,15 @@ def load_config(
         return OmegaConf.to_object(merged)  # resolves ${...} and validates types
     except OmegaConfBaseException as err:
         raise _as_config_error(err, schema) from None
+
+
+def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
+    """For `__post_init__` checks: OmegaConf has no Literal types, so choices are checked here."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ConfigError(
+            f"config key '{key}' is {value!r}; choose one of {', '.join(map(str, allowed))}"
+        )
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:

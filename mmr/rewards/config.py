@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmr.config import ConfigError
+from mmr.config import ConfigError, check_choice
 
 __all__ = [
     "AccuracyConfig",
@@ -107,10 +107,7 @@ class LengthConfig:
     chars_per_token: float = 4.0  # without counts or a tokenizer: tokens ~ characters / this
 
     def __post_init__(self) -> None:
-        if self.mode not in LENGTH_MODES:
-            raise ConfigError(
-                f"config key 'length.mode' is {self.mode!r}; choose one of {', '.join(LENGTH_MODES)}"
-            )
+        check_choice("length.mode", self.mode, LENGTH_MODES)
         if self.mode in ("budget", "both") and not 0 <= self.budget_tokens < self.max_tokens:
             raise ConfigError(
                 "config keys 'length.budget_tokens' and 'length.max_tokens' need "
@@ -127,10 +124,7 @@ class PluginConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the call
 
     def __post_init__(self) -> None:
-        if self.mode not in PLUGIN_MODES:
-            raise ConfigError(
-                f"config key 'plugin.mode' is {self.mode!r}; choose one of {', '.join(PLUGIN_MODES)}"
-            )
+        check_choice("plugin.mode", self.mode, PLUGIN_MODES)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mmr.config import ConfigError
+from mmr.config import ConfigError, check_choice
 
 
 @dataclass
@@ -94,11 +94,11 @@ class SFTConfig:
     wandb: WandbSection = field(default_factory=WandbSection)
 
     def __post_init__(self) -> None:
-        _choice("data.truncation", self.data.truncation, ("drop", "cut"))
-        _choice("optim.scheduler", self.optim.scheduler, ("cosine", "linear", "constant"))
-        _choice("deepspeed.zero_stage", self.deepspeed.zero_stage, (2, 3))
-        _choice("trainer.device", self.trainer.device, ("auto", "cpu", "cuda"))
-        _choice("model.dtype", self.model.dtype, ("auto", "float32", "bfloat16"))
+        check_choice("data.truncation", self.data.truncation, ("drop", "cut"))
+        check_choice("optim.scheduler", self.optim.scheduler, ("cosine", "linear", "constant"))
+        check_choice("deepspeed.zero_stage", self.deepspeed.zero_stage, (2, 3))
+        check_choice("trainer.device", self.trainer.device, ("auto", "cpu", "cuda"))
+        check_choice("model.dtype", self.model.dtype, ("auto", "float32", "bfloat16"))
         if self.data.packing and self.data.max_length > self.data.packing_length:
             raise ConfigError(
                 f"data.max_length ({self.data.max_length}) must be <= data.packing_length "
@@ -106,8 +106,3 @@ class SFTConfig:
             )
         if self.trainer.max_steps <= 0 and self.trainer.epochs <= 0:
             raise ConfigError("set trainer.max_steps or trainer.epochs to a positive number")
-
-
-def _choice(key: str, value: object, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"config key '{key}' must be one of {allowed}, got {value!r}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmr.config import ConfigError
+from mmr.config import ConfigError, check_choice
 from mmr.data.io import READ_FORMATS
 from mmr.rewards.config import JudgeConfig
 
@@ -87,11 +87,7 @@ class CollectConfig:
     max_samples: int | None = None  # at most this many rows per subset (source)
 
     def __post_init__(self) -> None:
-        if self.format not in READ_FORMATS:
-            raise ConfigError(
-                f"config key 'collect.format' is {self.format!r}; "
-                f"choose one of {', '.join(READ_FORMATS)}"
-            )
+        check_choice("collect.format", self.format, READ_FORMATS)
         if self.max_samples is not None:
             _positive(self.max_samples, "collect.max_samples")
 
@@ -159,11 +155,7 @@ class StructureFilterConfig:
     no_answer_check_sources: list[str] = field(default_factory=list)  # sources exempt from it
 
     def __post_init__(self) -> None:
-        if self.answer_format not in ANSWER_FORMATS:
-            raise ConfigError(
-                f"config key 'select.structure.answer_format' is {self.answer_format!r}; "
-                f"choose one of {', '.join(ANSWER_FORMATS)}"
-            )
+        check_choice("select.structure.answer_format", self.answer_format, ANSWER_FORMATS)
 
 
 @dataclass
