@@ -1,0 +1,599 @@
+"""GSPO in one process, on CPU: the debug engine. verl (`mmr rl train`) is the training engine.
+
+    mmr rl local --config recipes/demo/tiny_gspo.yaml
+    python -m mmr.rl.local --config recipes/demo/tiny_gspo.yaml model.path=runs/demo/sft/final \
+        trainer.output_dir=runs/demo/gspo trainer.max_steps=20
+
+verl's trainer needs GPUs and a vLLM/SGLang rollout; on a CPU it hangs or fails. This file
+runs the same algorithm in one process for the demo, the tests and reward debugging. A step:
+
+1. a batch of prompts (a Sample file, or tasks from `mmr.data.synthetic` when the recipe
+   names none), each answered `rollout.n` times by HF `generate` (sampling, seeded per step);
+2. rewards through `mmr.rewards.score_batch`, the scorer verl's bridge and `mmr eval` use
+   (group = the prompt, so the group-relative length term sees all n siblings);
+3. group advantages from verl's `compute_grpo_outcome_advantage`;
+4. old log-probs of the rollout policy (no grad, before the update), then the policy loss
+   from verl's `get_policy_loss_fn(algorithm.loss_mode)` (GSPO by default) with the
+   recipe's clip ratios and `loss_agg_mode`, and an AdamW step on the trainable parameters
+   (the vision tower and projector are frozen by default, as in SFT).
+
+Left out: vLLM, KL and entropy terms (the recipe has neither), micro and dynamic batches, Ray,
+multi-device. Losses and advantages are verl's functions, imported, never rewritten.
+
+Outputs in `trainer.output_dir`: config.yaml, data_stats.json, metrics.jsonl (per step:
+`reward`, `reward/<part>`, judge fallbacks, errors, `response/length`, `loss`, `clip_fraction`,
+`lr`, `grad_norm`, timings), rollouts.jsonl (each response, its score, parts and advantage),
+checkpoints/step_N (resume: `trainer.resume=auto`) and final/ (an HF folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmr.config import config_to_dict, load_config, save_config
+from mmr.data.chat import build_messages, decode_images
+from mmr.data.io import read_samples
+from mmr.data.schema import Sample
+from mmr.metrics import MetricLogger
+from mmr.models import freeze_modules, load_model, load_processor
+from mmr.models.export import save_hf_checkpoint
+from mmr.rewards import RewardConfig, score_batch, summarize
+from mmr.rl.local_config import LocalRLConfig, RolloutSection
+
+logger = logging.getLogger("mmr.rl.local")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmr rl local", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="recipe YAML (recipes/demo/tiny_gspo.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    args = parser.parse_args(argv)
+    train(load_config(LocalRLConfig, args.config, args.overrides))
+    return 0
+
+
+def train(cfg: LocalRLConfig) -> dict[str, Any]:
+    """Run the recipe; returns the last step's metrics."""
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    logging.basicConfig(level=logging.INFO)
+    out = Path(cfg.trainer.output_dir)
+    save_config(cfg, out / "config.yaml")
+
+    # The model is both the rollout policy and the one trained: no separate inference engine.
+    model, processor, device = build_model(cfg, out)
+    prompts = load_prompts(cfg, processor, out)
+    per_epoch = len(prompts) // cfg.data.batch_size
+    total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * per_epoch
+    optimizer, scheduler = build_optimizer(cfg, model, total_steps)
+    loss_fn, actor_cfg = get_policy_loss_fn(cfg.algorithm.loss_mode), build_actor_config(cfg)
+
+    state = TrainerState(seed=cfg.trainer.seed)
+    resume_dir = find_resume_dir(cfg.trainer.resume, out)
+    if resume_dir is not None:
+        state = load_checkpoint(resume_dir, model, optimizer, scheduler, config_to_dict(cfg))
+        logger.info("resumed from %s at step %d (epoch %d)", resume_dir, state.step, state.epoch)
+    saved_at = state.step
+    log = MetricLogger(out, cfg.wandb, config_to_dict(cfg), total_steps, 0, resume_at=state.step)
+    truncate_jsonl(out / "rollouts.jsonl", state.step)
+    metrics: dict[str, Any] = {}
+    while state.step < total_steps:
+        step, batch = state.step + 1, next_batch(prompts, state, cfg)
+        t0 = time.perf_counter()
+
+        # 1. Rollouts: n samples per prompt from the current policy. Sampling is seeded by
+        #    (seed, step), so a resumed run draws exactly the responses an unbroken one does.
+        torch.manual_seed(cfg.trainer.seed * 1_000_003 + step)
+        rollouts = generate_rollouts(model, processor, batch, cfg, device)
+        t1 = time.perf_counter()
+
+        # 2. Rewards: the scorer of verl's bridge and of eval; a judge outage falls back.
+        rows = score_rollouts(rollouts, cfg.reward)
+        t2 = time.perf_counter()
+
+        # 3. Advantages: verl's GRPO estimator, one group per prompt.
+        scores = torch.tensor([float(r["score"]) for r in rows])
+        advantages = compute_advantages(
+            scores, rollouts.response_mask, rollouts.groups, cfg.algorithm.norm_adv_by_std_in_grpo
+        ).to(device)
+
+        # 4. Update: old log-probs, verl's policy loss, AdamW. The lr logged is the one used.
+        lr = scheduler.get_last_lr()[0]
+        stats = update_policy(model, optimizer, rollouts, advantages, cfg, loss_fn, actor_cfg)
+        scheduler.step()
+        state.step = step
+        t3 = time.perf_counter()
+
+        times = {"rollout": t1 - t0, "reward": t2 - t1, "update": t3 - t2, "step": t3 - t0}
+        metrics = step_metrics(rows, rollouts, stats, lr, times)
+        if step % cfg.trainer.log_steps == 0 or step == total_steps:
+            log.log(step, metrics)
+        if cfg.trainer.log_rollouts:
+            write_rollouts(out / "rollouts.jsonl", step, rollouts, rows, advantages)
+        if cfg.trainer.save_steps > 0 and step % cfg.trainer.save_steps == 0:
+            save_checkpoint(out, state, model, optimizer, scheduler, cfg)
+            saved_at = step
+
+    # The end: a last checkpoint (unless the periodic one has it) and the HF export.
+    if saved_at != state.step:
+        save_checkpoint(out, state, model, optimizer, scheduler, cfg)
+    if cfg.trainer.export:
+        save_hf_checkpoint(model, processor, out / "final")
+        logger.info("exported the trained model to %s", out / "final")
+    log.close()
+    return metrics
+
+
+# ---- setup --------------------------------------------------------------------------
+
+
+def build_model(cfg: LocalRLConfig, out: Path) -> tuple[Any, Any, torch.device]:
+    """Model (vision tower and projector frozen by default), processor and device."""
+    choice = cfg.trainer.device
+    use_cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    dtype = dtypes.get(cfg.model.dtype, torch.bfloat16 if use_cuda else torch.float32)
+    path = cfg.model.path
+    if not path:  # no checkpoint named: a tiny model built offline into the run folder
+        from mmr.models import tiny
+
+        path = str(out / "base_model")
+        if not (Path(path) / "config.json").is_file():
+            tiny.build(cfg.model.tiny_family, path, seed=cfg.trainer.seed)
+    model = load_model(path, dtype=dtype, attn_implementation=cfg.model.attn_implementation)
+    model.to(device)
+    counts = freeze_modules(model, cfg.model.freeze)
+    processor = load_processor(path)
+    size = dict(processor.image_processor.size)  # Qwen's pixel budget: shortest/longest_edge
+    if cfg.model.min_pixels is not None:
+        size["shortest_edge"] = cfg.model.min_pixels
+    if cfg.model.max_pixels is not None:
+        size["longest_edge"] = cfg.model.max_pixels
+    processor.image_processor.size = size
+    logger.info(
+        "model %s: %s trainable / %s frozen parameters (freeze=%s), dtype %s, device %s",
+        path, f"{counts.trainable:,}", f"{counts.frozen:,}", cfg.model.freeze, dtype, device,
+    )  # fmt: skip
+    return model, processor, device
+
+
+@dataclass
+class Prompt:
+    """One question as the policy sees it: the Sample and its chat-templated prompt text."""
+
+    sample: Sample
+    text: str  # ends with the assistant header (add_generation_prompt)
+
+
+def load_prompts(cfg: LocalRLConfig, processor: Any, out: Path) -> list[Prompt]:
+    """Every usable prompt; unreadable and overlong ones are skipped and counted."""
+    files = list(cfg.data.train_files)
+    if not files and cfg.data.synthetic > 0:
+        from mmr.data.synthetic import write_synthetic
+
+        path = out / "data" / "train.parquet"
+        if not path.is_file():
+            write_synthetic(path, cfg.data.synthetic, seed=cfg.trainer.seed, with_response=False)
+        files = [str(path)]
+    if not files:
+        raise ValueError("set data.train_files, or data.synthetic > 0 to generate prompts")
+    prompts, skipped = [], Counter()
+    for file in files:
+        for sample in read_samples(file, fmt=cfg.data.format, image_root=cfg.data.image_root):
+            try:
+                chat = build_messages(
+                    sample, system_prompt=cfg.data.system_prompt, with_response=False
+                )
+                images = decode_images(sample)
+            except (OSError, ValueError) as err:
+                logger.warning("skipping prompt %r: %s", sample.id, err)
+                skipped["bad_input"] += 1
+                continue
+            text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            tokens = len(processor(text=[text], images=images or None)["input_ids"][0])
+            if 0 < cfg.data.max_prompt_length < tokens:  # as verl's filter_overlong_prompts
+                skipped["too_long"] += 1
+            else:
+                prompts.append(Prompt(sample, text))
+    (out / "data_stats.json").write_text(json.dumps({"prompts": len(prompts), "skipped": skipped}))
+    if len(prompts) < cfg.data.batch_size:
+        raise ValueError(
+            f"{len(prompts)} usable prompts (skipped: {dict(skipped)}) is fewer than "
+            f"data.batch_size={cfg.data.batch_size}"
+        )
+    return prompts
+
+
+def build_optimizer(cfg: LocalRLConfig, model: Any, total_steps: int) -> tuple[Any, Any]:
+    """AdamW on the trainable parameters only; the schedule steps once per RL step (as verl)."""
+    from transformers import get_scheduler
+
+    o = cfg.optim
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+    )
+    cosine = o.scheduler == "cosine"
+    scheduler = get_scheduler(
+        "cosine_with_min_lr" if cosine else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=o.warmup_steps,
+        num_training_steps=total_steps,
+        scheduler_specific_kwargs={"min_lr_rate": o.min_lr_ratio} if cosine else None,
+    )
+    return optimizer, scheduler
+
+
+def build_actor_config(cfg: LocalRLConfig) -> Any:
+    """verl's ActorConfig, where its policy losses read the clip ratios, `loss_agg_mode` and
+    `policy_loss`; `strategy` and the micro-batch size are required fields with no use here."""
+    from verl.workers.config import ActorConfig
+    from verl.workers.config.actor import PolicyLossConfig
+
+    a = cfg.algorithm
+    return ActorConfig(
+        strategy="fsdp",
+        rollout_n=cfg.rollout.n,
+        ppo_micro_batch_size_per_gpu=cfg.data.batch_size * cfg.rollout.n,
+        clip_ratio_low=a.clip_ratio_low,
+        clip_ratio_high=a.clip_ratio_high,
+        loss_agg_mode=a.loss_agg_mode,
+        policy_loss=PolicyLossConfig(loss_mode=a.loss_mode),
+    )  # entropy_coeff 0 and use_kl_loss False are verl's defaults (and the recipe's)
+
+
+@dataclass
+class TrainerState:
+    """Where training stands: enough to continue with the same prompts at the same point."""
+
+    step: int = 0  # RL steps done
+    epoch: int = 0  # epoch the next batch comes from
+    position: int = 0  # prompts of that epoch already used
+    seed: int = 0
+
+
+def next_batch(prompts: list[Prompt], state: TrainerState, cfg: LocalRLConfig) -> list[Prompt]:
+    """The next `data.batch_size` prompts of a seeded per-epoch order (a short tail is skipped)."""
+    size = cfg.data.batch_size
+    if state.position + size > len(prompts):
+        state.epoch, state.position = state.epoch + 1, 0
+    order = list(range(len(prompts)))
+    if cfg.data.shuffle:
+        random.Random(f"{cfg.trainer.seed}/{state.epoch}").shuffle(order)
+    state.position += size
+    return [prompts[i] for i in order[state.position - size : state.position]]
+
+
+# ---- rollouts -----------------------------------------------------------------------
+
+
+@dataclass
+class Rollouts:
+    """n responses per prompt, prompt-major: rows i*n .. i*n+n-1 are prompt i's group."""
+
+    inputs: dict[str, torch.Tensor]  # processor output for every row's prompt (left-padded)
+    image_offsets: list[int]  # row r's images are image_offsets[r] .. image_offsets[r+1]
+    responses: torch.Tensor  # (rows, R) sampled token ids, padded after the end token
+    response_mask: torch.Tensor  # (rows, R) 1 on response tokens, the end token included
+    truncated: torch.Tensor  # (rows,) True where no end token came within max_new_tokens
+    samples: list[Sample]  # each row's question
+    groups: list[str]  # each row's group id
+    texts: list[str]  # decoded responses (special tokens dropped)
+
+    def model_inputs(self, rows: slice) -> dict[str, torch.Tensor]:
+        """Prompt inputs of a contiguous row range, with exactly those rows' image patches."""
+        image_keys = ("pixel_values", "image_grid_thw")
+        out = {k: v[rows] for k, v in self.inputs.items() if k not in image_keys}
+        a, b = self.image_offsets[rows.start], self.image_offsets[rows.stop]
+        if b > a:
+            grid = self.inputs["image_grid_thw"]
+            patches = [0, *grid.prod(dim=-1).cumsum(0).tolist()]
+            out["image_grid_thw"] = grid[a:b]
+            out["pixel_values"] = self.inputs["pixel_values"][patches[a] : patches[b]]
+        return out
+
+
+def generate_rollouts(
+    model: Any, processor: Any, batch: list[Prompt], cfg: LocalRLConfig, device: torch.device
+) -> Rollouts:
+    """Sample `rollout.n` responses for each prompt of the batch in one `generate` call."""
+    n = cfg.rollout.n
+    rows = [p for p in batch for _ in range(n)]
+    images = [decode_images(p.sample) for p in rows]
+    flat = [img for imgs in images for img in imgs]
+    inputs = processor(text=[p.text for p in rows], images=flat or None, padding=True,
+                       padding_side="left", return_tensors="pt")  # fmt: skip
+    inputs = {k: v.to(device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    responses = sample_responses(model, inputs, cfg.rollout)
+    end_ids = model.generation_config.eos_token_id
+    end_ids = torch.tensor(end_ids if isinstance(end_ids, list) else [end_ids], device=device)
+    is_end = torch.isin(responses, end_ids).long()
+    mask = (is_end.cumsum(-1) - is_end == 0).long()  # up to and including the first end token
+    texts = processor.tokenizer.batch_decode(
+        [r[m.bool()].tolist() for r, m in zip(responses, mask)], skip_special_tokens=True
+    )
+    return Rollouts(
+        inputs=inputs,
+        image_offsets=[0, *np.cumsum([len(imgs) for imgs in images]).tolist()],
+        responses=responses,
+        response_mask=mask,
+        truncated=is_end.sum(-1) == 0,
+        samples=[p.sample for p in rows],
+        groups=[str(i // n) for i in range(len(rows))],
+        texts=texts,
+    )
+
+
+def sample_responses(
+    model: Any, inputs: dict[str, torch.Tensor], r: RolloutSection
+) -> torch.Tensor:
+    """HF `generate` with the recipe's sampling settings; returns only the new tokens."""
+    # A response never holds image placeholders: a sampled `<|image_pad|>` would ask the next
+    # forward for image features that do not exist (tiny random models do sample them).
+    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    vision = [getattr(model.config, name, None) for name in names]
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            do_sample=True,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=max(r.top_k, 0),  # HF: 0 turns top-k off
+            max_new_tokens=r.max_new_tokens,
+            suppress_tokens=[i for i in vision if i is not None],
+            use_cache=True,
+        )
+    return out[:, inputs["input_ids"].shape[1] :]
+
+
+# ---- rewards and advantages ---------------------------------------------------------
+
+
+def score_rollouts(rollouts: Rollouts, reward_cfg: RewardConfig) -> list[dict[str, Any]]:
+    """Every response through `mmr.rewards.score_batch`, with its group and token count."""
+    lengths = rollouts.response_mask.sum(-1).tolist()
+    rows = zip(rollouts.samples, rollouts.texts, rollouts.groups, lengths)
+    items = [
+        {"response": text, "ground_truth": s.answer, "question": s.question,
+         "data_source": s.source, "extra_info": {"id": s.id, "question": s.question},
+         "group": group, "response_tokens": int(tokens)}
+        for s, text, group, tokens in rows
+    ]  # fmt: skip
+    return score_batch(items, reward_cfg)
+
+
+def compute_advantages(
+    scores: torch.Tensor, response_mask: torch.Tensor, groups: Sequence[str], norm_by_std: bool
+) -> torch.Tensor:
+    """verl's GRPO advantages, each response's score relative to its group on every token
+    (verl takes token-level rewards: the outcome score on each response's last token)."""
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    mask = response_mask.detach().cpu()
+    token_rewards = torch.zeros(mask.shape, dtype=torch.float32)
+    last = (mask.sum(-1).long() - 1).clamp(min=0)  # the mask is a prefix of each row
+    token_rewards[torch.arange(len(scores)), last] = scores.float()
+    advantages, _ = compute_grpo_outcome_advantage(
+        token_level_rewards=token_rewards,
+        response_mask=mask,
+        index=np.array(list(groups), dtype=object),
+        norm_adv_by_std_in_grpo=norm_by_std,
+    )
+    return advantages
+
+
+# ---- the policy update --------------------------------------------------------------
+
+
+def response_log_probs(model: Any, rollouts: Rollouts, rows: slice, temp: float) -> torch.Tensor:
+    """(rows, R) log-probs of the sampled tokens under `model`, logits / temperature as verl."""
+    from verl.utils.torch_functional import logprobs_from_logits
+
+    inputs = rollouts.model_inputs(rows)
+    responses, mask = rollouts.responses[rows], rollouts.response_mask[rows]
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], responses], dim=1)
+    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], mask], dim=1)
+    if "mm_token_type_ids" in inputs:  # response tokens are text (type 0)
+        mm = inputs["mm_token_type_ids"]
+        inputs["mm_token_type_ids"] = torch.cat([mm, torch.zeros_like(responses)], dim=1)
+    # Only the positions that predict response tokens need logits (the last R + 1, minus one).
+    logits = model(**inputs, use_cache=False, logits_to_keep=responses.shape[1] + 1).logits
+    return logprobs_from_logits(logits[:, :-1].float() / temp, responses)
+
+
+def policy_loss(
+    loss_fn: Any, actor_cfg: Any, log_prob: torch.Tensor, old_log_prob: torch.Tensor,
+    advantages: torch.Tensor, response_mask: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
+    """verl's policy loss (GSPO: `compute_policy_loss_gspo`) and its metrics, called as
+    verl's actor calls it, with one forward per mini-batch (no micro-batches)."""
+    return loss_fn(old_log_prob=old_log_prob, log_prob=log_prob, advantages=advantages,
+                   response_mask=response_mask, loss_agg_mode=actor_cfg.loss_agg_mode,
+                   config=actor_cfg)  # fmt: skip
+
+
+def update_policy(
+    model: Any, optimizer: Any, rollouts: Rollouts, advantages: torch.Tensor,
+    cfg: LocalRLConfig, loss_fn: Any, actor_cfg: Any,
+) -> dict[str, float]:  # fmt: skip
+    """ppo_epochs x mini-batches of verl's policy loss, one AdamW step per mini-batch."""
+    alg, temperature, mask = cfg.algorithm, cfg.rollout.temperature, rollouts.response_mask
+    rows = len(rollouts.samples)
+    size = alg.ppo_mini_batch_size * cfg.rollout.n or rows
+    minis = [slice(b, min(b + size, rows)) for b in range(0, rows, size)]
+    # Old log-probs: the rollout policy's, before any update, computed on the very same
+    # mini-batches as the update's, so the first pass starts at an importance ratio of 1.
+    model.eval()
+    with torch.no_grad():
+        old = torch.cat([response_log_probs(model, rollouts, s, temperature) for s in minis])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+    seen: dict[str, list[float]] = {"loss": [], "clip_fraction": [], "ppo_kl": [], "grad_norm": []}
+    skipped = 0
+    model.train()
+    for _ in range(alg.ppo_epochs):
+        for s in minis:
+            optimizer.zero_grad(set_to_none=True)
+            log_prob = response_log_probs(model, rollouts, s, temperature)
+            loss, m = policy_loss(loss_fn, actor_cfg, log_prob, old[s], advantages[s], mask[s])
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+            if math.isfinite(grad_norm):
+                optimizer.step()
+            else:  # as verl: a non-finite gradient skips the step instead of ruining the weights
+                skipped += 1
+                logger.warning("grad norm is %s: optimizer step skipped", grad_norm)
+            clip, kl = (m.get(f"actor/{k}", math.nan) for k in ("pg_clipfrac", "ppo_kl"))
+            for key, value in zip(seen, (float(loss.detach()), clip, kl, grad_norm)):
+                seen[key].append(value)
+    optimizer.zero_grad(set_to_none=True)
+    return {**{k: float(np.mean(v)) for k, v in seen.items()}, "skipped_steps": skipped}
+
+
+# ---- metrics and the rollout log ----------------------------------------------------
+
+
+def step_metrics(
+    rows: list[dict[str, Any]], rollouts: Rollouts, stats: dict[str, float], lr: float,
+    times: dict[str, float],
+) -> dict[str, Any]:  # fmt: skip
+    """One metrics.jsonl record: reward parts, response lengths, loss, clipping, timings."""
+    s = summarize(rows)
+    lengths = rollouts.response_mask.sum(-1).float()
+    groups = {
+        g: {r["score"] for r, h in zip(rows, rollouts.groups) if h == g} for g in rollouts.groups
+    }
+    counts = ("judged", "judge_fallbacks", "errors", "timeouts", "no_answer", "plugin_errors")
+    metrics = {
+        "reward": s["mean_score"],
+        **{f"reward/{k}": s[f"mean_{k}"] for k in ("accuracy", "format", "length")},
+        **{f"reward/{k}": s[k] for k in counts if k in s},
+        # Groups whose responses all scored the same teach nothing: a reward-debugging signal.
+        # (verl's float32 GRPO can leave ~1e-2 advantages on them; exactly 0 in exact math.)
+        "reward/flat_groups": sum(len(v) == 1 for v in groups.values()) / len(groups),
+        "response/length": float(lengths.mean()),
+        "response/truncated": float(rollouts.truncated.float().mean()),
+        **{f"train/{k}": v for k, v in stats.items()},
+        "train/lr": lr,
+        **{f"perf/{k}_s": v for k, v in times.items()},
+    }
+    # Short names for quick `jq` (MetricLogger adds loss, lr and grad_norm).
+    metrics.update(clip_fraction=stats["clip_fraction"], response_length=float(lengths.mean()))
+    return metrics
+
+
+def write_rollouts(
+    path: Path, step: int, rollouts: Rollouts, rows: list[dict[str, Any]], advantages: torch.Tensor
+) -> None:
+    """Append every response of the step with its score, parts and advantage."""
+    keys = ("score", "accuracy", "format", "length", "judge", "judge_fallback",
+            "extracted_answer", "decided_by", "error", "response_tokens")  # fmt: skip
+    with path.open("a", encoding="utf-8") as f:
+        for i, row in enumerate(rows):
+            record = {"step": step, "group": rollouts.groups[i], "id": rollouts.samples[i].id,
+                      "answer": rollouts.samples[i].answer, "response": rollouts.texts[i],
+                      **{k: row.get(k) for k in keys}, "advantage": float(advantages[i, 0]),
+                      "truncated": bool(rollouts.truncated[i])}  # fmt: skip
+            f.write(json.dumps(record, default=str) + "\n")
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Keep the records of steps <= `step`, so a resumed run appends after them."""
+    if path.is_file():
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+# ---- checkpoints --------------------------------------------------------------------
+
+STATE_FILE = "trainer_state.json"
+
+
+def save_checkpoint(
+    out: Path, state: TrainerState, model: Any, optimizer: Any, scheduler: Any, cfg: LocalRLConfig
+) -> Path:
+    """checkpoints/step_N: state.pt (model, optimizer, scheduler, RNG) and trainer_state.json
+    (step, epoch, data position, seed, config). Written to a hidden folder, then renamed: a
+    run killed in the middle of a save resumes from the previous checkpoint."""
+    root = out / "checkpoints"
+    folder, tmp = root / f"step_{state.step}", root / f".step_{state.step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(),
+           "torch": torch.get_rng_state(), "cuda": cuda}  # fmt: skip
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng}, tmp / "state.pt")  # fmt: skip
+    (tmp / STATE_FILE).write_text(json.dumps({**asdict(state), "config": config_to_dict(cfg)}))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    keep = cfg.trainer.keep_checkpoints
+    for old in checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a save in progress is a hidden `.step_N.tmp`)."""
+    return sorted(root.glob("step_*"), key=lambda p: int(p.name.removeprefix("step_")))
+
+
+def find_resume_dir(resume: str | None, out: Path) -> Path | None:
+    """The checkpoint to resume from: `auto` = the latest in output_dir (None if none yet)."""
+    if resume in (None, "", "false", "False"):
+        return None
+    if resume in ("auto", "true", "True"):  # None when nothing was saved yet: start fresh
+        return (checkpoints(out / "checkpoints") or [None])[-1]
+    if not (Path(resume) / STATE_FILE).is_file():
+        raise FileNotFoundError(f"trainer.resume={resume!r} is not a checkpoint (no {STATE_FILE})")
+    return Path(resume)
+
+
+def load_checkpoint(
+    folder: Path, model: Any, optimizer: Any, scheduler: Any, config: dict[str, Any]
+) -> TrainerState:
+    """Restore model, optimizer, scheduler and RNG; warn where the config differs."""
+    # This run's own file: the RNG states hold Python and numpy objects.
+    saved = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    random.setstate(saved["rng"]["python"])
+    np.random.set_state(saved["rng"]["numpy"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if saved["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    state = json.loads((folder / STATE_FILE).read_text())
+    _warn_on_config_change(state.pop("config", {}), config)
+    return TrainerState(**state)
+
+
+def _warn_on_config_change(saved: dict, current: dict, prefix: str = "") -> None:
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            _warn_on_config_change(a, b, f"{prefix}{key}.")
+        elif a != b and f"{prefix}{key}" not in ("trainer.resume", "trainer.max_steps"):
+            logger.warning("resuming with %s%s=%r (the checkpoint had %r)", prefix, key, b, a)
+
+
+if __name__ == "__main__":  # the reward's math-verify workers start with forkserver
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The schema of the single-process GSPO engine (`mmr/rl/local.py`): one dataclass per section.
+
+Every field has a default and a comment saying what it does; `recipes/demo/tiny_gspo.yaml`
+fills it in and `mmr rl local --config R.yaml key.sub=value` overrides it. Names follow
+verl's keys where there is one (`rollout.n`, `algorithm.loss_agg_mode`, `clip_ratio_low`,
+`ppo_mini_batch_size`, ...), so a recipe's numbers move between the two engines unchanged.
+Algorithm and optimizer defaults are OpenMMReasoner's RL numbers (ARCHITECTURE.md §7); sizes
+default small, for a CPU. The `reward` section is `mmr.rewards.RewardConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mmr.config import ConfigError
+from mmr.rewards.config import RewardConfig
+
+
+@dataclass
+class ModelSection:
+    path: str | None = None  # HF folder (an SFT output); null builds a tiny model (CPU demo/tests)
+    tiny_family: str = "qwen2_5_vl"  # family of the tiny model built when path is null
+    freeze: list[str] = field(default_factory=lambda: ["vision_tower", "projector"])
+    attn_implementation: str | None = None  # null: transformers' choice (sdpa)
+    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or float32 / bfloat16
+    max_pixels: int | None = None  # image processor budget per image (null: the checkpoint's)
+    min_pixels: int | None = None  # lower image budget (null: the checkpoint's)
+
+
+@dataclass
+class DataSection:
+    train_files: list[str] = field(default_factory=list)  # Sample parquet/JSONL files/folders
+    format: str = "auto"  # auto | mmr | jsonl | mmfinereason | omr_sft (see mmr.data.io)
+    image_root: str | None = None  # folder that relative image paths start from
+    synthetic: int = 0  # >0 and no train_files: generate this many tasks (mmr.data.synthetic)
+    batch_size: int = 4  # prompts per step (verl: data.train_batch_size)
+    max_prompt_length: int = 1024  # longer prompts (image tokens included) are dropped; 0: keep
+    shuffle: bool = True  # shuffle prompts each epoch (seeded: resumes reproduce it)
+    system_prompt: str | None = None  # prepended as a system turn to every prompt
+
+
+@dataclass
+class RolloutSection:
+    n: int = 16  # responses sampled per prompt (the GRPO group)
+    temperature: float = 1.0  # sampling temperature; log-probs use the same (as verl's actor)
+    top_p: float = 1.0  # nucleus sampling
+    top_k: int = -1  # -1: off (vLLM's convention; HF's default of 50 would cut the tail)
+    max_new_tokens: int = 256  # response budget (verl: data.max_response_length; OMR: 28,696)
+
+
+@dataclass
+class AlgorithmSection:
+    adv_estimator: str = "grpo"  # group-relative (verl's compute_grpo_outcome_advantage)
+    norm_adv_by_std_in_grpo: bool = True  # divide by the group's std (False: Dr.GRPO)
+    loss_mode: str = "gspo"  # verl policy loss by name (get_policy_loss_fn): gspo, vanilla, ...
+    loss_agg_mode: str = "seq-mean-token-mean"  # verl's agg_loss mode
+    clip_ratio_low: float = 3e-4  # lower clip of the (sequence) importance ratio
+    clip_ratio_high: float = 4e-4  # upper clip of the (sequence) importance ratio
+    ppo_epochs: int = 1  # passes over each rollout batch
+    ppo_mini_batch_size: int = 0  # prompts per optimizer step; 0: the whole batch (on-policy)
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-6  # learning rate (OpenMMReasoner: 1e-6)
+    weight_decay: float = 0.1  # AdamW weight decay (OpenMMReasoner: 0.1)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    warmup_steps: int = 25  # linear warmup, in RL steps (OpenMMReasoner: 25)
+    scheduler: str = "constant"  # constant (verl's default) | cosine
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    grad_clip: float = 1.0  # max global grad norm (0: off); non-finite norms skip the step
+
+
+@dataclass
+class TrainerSection:
+    output_dir: str = "runs/rl_local"  # config.yaml, metrics.jsonl, rollouts.jsonl, checkpoints
+    seed: int = 42  # seeds prompt order and every step's sampling
+    epochs: int = 1  # passes over the prompts (max_steps wins when > 0)
+    max_steps: int = 0  # RL steps in all; 0: epochs x prompts // data.batch_size
+    save_steps: int = 0  # checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    resume: str | None = None  # null | "auto" (latest in output_dir) | a checkpoint folder
+    log_steps: int = 1  # metrics every N steps
+    log_rollouts: bool = True  # write every rollout's text, score and parts to rollouts.jsonl
+    export: bool = True  # write an HF folder to output_dir/final at the end
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class WandbSection:
+    enabled: bool = False  # log to Weights & Biases (WANDB_MODE=offline works)
+    project: str = "mmr"  # wandb project
+    run_name: str | None = None  # wandb run name (null: the output folder's name)
+
+
+@dataclass
+class LocalRLConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
+    algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+    wandb: WandbSection = field(default_factory=WandbSection)
+
+    def __post_init__(self) -> None:
+        _choice("algorithm.adv_estimator", self.algorithm.adv_estimator, ("grpo",))
+        _choice(
+            "algorithm.loss_agg_mode",
+            self.algorithm.loss_agg_mode,
+            ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean",
+             "seq-mean-token-sum-norm"),
+        )  # fmt: skip
+        _choice("optim.scheduler", self.optim.scheduler, ("constant", "cosine"))
+        _choice("trainer.device", self.trainer.device, ("auto", "cpu", "cuda"))
+        _choice("model.dtype", self.model.dtype, ("auto", "float32", "bfloat16"))
+        _positive("rollout.n", self.rollout.n)
+        _positive("data.batch_size", self.data.batch_size)
+        _positive("rollout.max_new_tokens", self.rollout.max_new_tokens)
+        _positive("algorithm.ppo_epochs", self.algorithm.ppo_epochs)
+        if self.rollout.temperature <= 0:
+            raise ConfigError(
+                "config key 'rollout.temperature' must be > 0: GSPO needs sampled groups "
+                "(a greedy group has no spread, so every advantage is 0)"
+            )
+        mini = self.algorithm.ppo_mini_batch_size
+        if mini < 0 or (mini and self.data.batch_size % mini):
+            raise ConfigError(
+                f"config key 'algorithm.ppo_mini_batch_size' ({mini}) must divide "
+                f"data.batch_size ({self.data.batch_size}), or be 0 (one mini-batch)"
+            )
+        if self.trainer.max_steps <= 0 and self.trainer.epochs <= 0:
+            raise ConfigError("set trainer.max_steps or trainer.epochs to a positive number")
+
+
+def _choice(key: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config key '{key}' must be one of {allowed}, got {value!r}")
+
+
+def _positive(key: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"config key '{key}' must be >= 1, got {value}")

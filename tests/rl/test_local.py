@@ -1,0 +1,246 @@
+"""The single-process GSPO engine (`mmr/rl/local.py`) on CPU with tiny models.
+
+The end-to-end runs are small (2 prompts x 4 rollouts x 16 tokens a step). A tiny random
+model never writes a final answer, so most runs score with `letter_reward` below (a
+verl-signature plug-in), which gives every group a spread of rewards and so real gradients.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmr.config import load_config
+from mmr.rl import local
+from mmr.rl.local_config import LocalRLConfig
+from tests.rewards.fake_judge import FakeJudgeServer
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "demo" / "tiny_gspo.yaml"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+SMALL = [
+    "data.synthetic=8",
+    "data.batch_size=2",
+    "rollout.n=4",
+    "rollout.max_new_tokens=16",
+    "reward.accuracy.workers=0",  # math-verify in this (main) thread: no worker start-up
+    "reward.judge.enabled=false",
+]
+WITH_PLUGIN = ["reward.function=tests.rl.test_local:letter_reward"]
+REQUIRED = ("step", "reward", "reward/accuracy", "reward/format", "reward/length",
+            "reward/judge_fallbacks", "reward/errors", "response/length", "loss",
+            "clip_fraction", "lr", "grad_norm")  # fmt: skip
+
+
+def letter_reward(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float:
+    """Share of the letter "e": random text gets a different score in every rollout."""
+    return solution_str.count("e") / max(len(solution_str), 1)
+
+
+def _metrics(out: Path) -> dict[int, dict]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in records}
+
+
+def _comparable(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "time" and not k.startswith("perf/")}
+
+
+@pytest.fixture(autouse=True)
+def _no_judge_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL_NAME", "USE_LLM_JUDGE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory) -> Path:
+    """2 steps through `python -m mmr.rl.local`, as users launch it (tiny model built)."""
+    out = tmp_path_factory.mktemp("gspo_two")
+    cmd = [sys.executable, "-m", "mmr.rl.local", "--config", str(RECIPE),
+           f"trainer.output_dir={out}", "trainer.max_steps=2", "trainer.save_steps=1",
+           *SMALL, *WITH_PLUGIN]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+def test_two_steps_write_metrics_checkpoints_and_a_loadable_final(two_step_run):
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    out = two_step_run
+    metrics = _metrics(out)
+    assert sorted(metrics) == [1, 2]
+    for record in metrics.values():
+        assert set(REQUIRED) <= set(record), set(REQUIRED) - set(record)
+        assert record["grad_norm"] > 0 and record["response/length"] > 0
+        assert 0.0 <= record["clip_fraction"] <= 1.0
+    assert metrics[1]["lr"] == metrics[2]["lr"] == pytest.approx(1e-3)
+    rollouts = [json.loads(x) for x in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 2 * 2 * 4 and {r["group"] for r in rollouts} == {"0", "1"}
+
+    for step in (1, 2):
+        folder = out / "checkpoints" / f"step_{step}"
+        state = json.loads((folder / "trainer_state.json").read_text())
+        assert (state["step"], state["epoch"], state["position"]) == (step, 0, 2 * step)
+        saved = torch.load(folder / "state.pt", weights_only=False)
+        assert set(saved) == {"model", "optimizer", "scheduler", "rng"}
+
+    final = Qwen2_5_VLForConditionalGeneration.from_pretrained(out / "final")
+    base = Qwen2_5_VLForConditionalGeneration.from_pretrained(out / "base_model")
+    assert AutoProcessor.from_pretrained(out / "final").tokenizer.chat_template
+    trained, frozen = [], []
+    for (name, p), q in zip(final.named_parameters(), base.parameters()):
+        (frozen if "visual" in name else trained).append(torch.equal(p, q))
+    assert all(frozen) and not all(trained)  # vision tower frozen, language model moved
+
+
+def test_resume_reproduces_the_uninterrupted_run(two_step_run, tmp_path):
+    straight = tmp_path / "straight"
+    local.main(["--config", str(RECIPE), f"trainer.output_dir={straight}", "trainer.max_steps=3",
+                "trainer.save_steps=0", "trainer.export=false", *SMALL, *WITH_PLUGIN])  # fmt: skip
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two_step_run, resumed)
+    local.main(["--config", str(RECIPE), f"trainer.output_dir={resumed}", "trainer.max_steps=3",
+                "trainer.save_steps=1", "trainer.export=false", *SMALL, *WITH_PLUGIN])  # fmt: skip
+
+    a, b = _metrics(straight), _metrics(resumed)
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    # Steps 1-2 of the resumed run are the first run's own lines: it resumed, not restarted.
+    assert b[2]["time"] == _metrics(two_step_run)[2]["time"]
+    assert (resumed / "checkpoints" / "step_3" / "state.pt").is_file()
+    for step in (1, 2, 3):
+        assert _comparable(a[step]) == _comparable(b[step]), step
+    assert a[3]["grad_norm"] > 0
+    lines = (resumed / "rollouts.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1] * 8 + [2] * 8 + [3] * 8
+
+
+def _fixed_tensors(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(6, 7, dtype=torch.long)
+    for row, length in enumerate([7, 3, 5, 1, 6, 4]):
+        mask[row, :length] = 1
+    old = -torch.rand(6, 7, generator=g) * 3
+    # Per-token drift large enough that some sequence ratios leave [1 - 3e-4, 1 + 4e-4].
+    new = (old + torch.randn(6, 7, generator=g) * 2e-3).requires_grad_()
+    advantages = torch.tensor([1.0, -0.5, 0.25, -1.0, 0.75, -0.25]).unsqueeze(-1) * mask
+    return new, old, advantages, mask
+
+
+@pytest.mark.parametrize("agg", ["seq-mean-token-mean", "token-mean"])
+def test_policy_loss_equals_verls_gspo_on_fixed_tensors(agg):
+    from verl.trainer.ppo.core_algos import compute_policy_loss_gspo, get_policy_loss_fn
+    from verl.workers.config import ActorConfig
+
+    cfg = load_config(LocalRLConfig, RECIPE, [f"algorithm.loss_agg_mode={agg}"])
+    a = cfg.algorithm  # the recipe carries OpenMMReasoner's GSPO settings
+    assert (a.adv_estimator, a.loss_mode) == ("grpo", "gspo")
+    assert (a.clip_ratio_low, a.clip_ratio_high) == (3e-4, 4e-4)
+    loss_fn = get_policy_loss_fn(cfg.algorithm.loss_mode)
+    new, old, adv, mask = _fixed_tensors()
+    ours, our_metrics = local.policy_loss(
+        loss_fn, local.build_actor_config(cfg), new, old, adv, mask
+    )
+    (ours_grad,) = torch.autograd.grad(ours, new)
+
+    reference = ActorConfig(
+        strategy="fsdp", rollout_n=8, ppo_micro_batch_size_per_gpu=1,
+        clip_ratio_low=3e-4, clip_ratio_high=4e-4, loss_agg_mode=agg,
+    )  # fmt: skip
+    theirs, their_metrics = compute_policy_loss_gspo(
+        old_log_prob=old, log_prob=new, advantages=adv, response_mask=mask,
+        loss_agg_mode=agg, config=reference,
+    )  # fmt: skip
+    (theirs_grad,) = torch.autograd.grad(theirs, new)
+    assert torch.equal(ours, theirs) and torch.equal(ours_grad, theirs_grad)
+    assert our_metrics == their_metrics
+    assert 0.0 < our_metrics["actor/pg_clipfrac"] < 1.0  # the clip range is exercised
+
+
+def test_advantages_equal_verls_grpo_for_a_hand_built_group():
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.3, 0.9])
+    groups = ["a", "a", "a", "a", "b", "b"]
+    mask = torch.zeros(6, 5, dtype=torch.long)
+    for row, length in enumerate([5, 2, 4, 1, 3, 5]):
+        mask[row, :length] = 1
+    ours = local.compute_advantages(scores, mask, groups, norm_by_std=True)
+
+    token_rewards = torch.zeros(6, 5)
+    for row, length in enumerate([5, 2, 4, 1, 3, 5]):
+        token_rewards[row, length - 1] = scores[row]  # the outcome on the last response token
+    theirs, _ = compute_grpo_outcome_advantage(
+        token_level_rewards=token_rewards, response_mask=mask, index=np.array(groups, dtype=object)
+    )
+    assert torch.equal(ours, theirs)
+    # By hand: group a has mean 0.5 and std 0.5774, group b mean 0.6 and std 0.4243.
+    expected = torch.tensor([0.8660, -0.8660, -0.8660, 0.8660, -0.7071, 0.7071])
+    assert torch.allclose(ours[:, 0], expected, atol=1e-3)
+    assert torch.equal(ours == 0, mask == 0)  # every response token, and only those
+
+    plain = local.compute_advantages(scores, mask, groups, norm_by_std=False)
+    assert torch.allclose(plain[:, 0], torch.tensor([0.5, -0.5, -0.5, 0.5, -0.3, 0.3]))
+
+
+def test_a_judge_that_goes_down_mid_run_does_not_stop_the_engine(
+    tiny_qwen2_5_vl, tmp_path, monkeypatch
+):
+    from transformers import AutoTokenizer
+
+    from mmr.data.synthetic import write_synthetic
+
+    # Questions with numeric answers, and every other rollout replaced by a final answer
+    # the rules cannot decide, so each step asks the judge.
+    prompts = write_synthetic(tmp_path / "prompts.parquet", 4, kinds=["count", "digits"],
+                              with_response=False)  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2_5_vl)
+    real_sample, words = local.sample_responses, itertools.cycle(["seven", "nine", "a dozen"])
+
+    def half_scripted(model, inputs, r):
+        real = real_sample(model, inputs, r)
+        text = f"<think>I count.</think> The answer is \\boxed{{about {next(words)}}}<|im_end|>"
+        ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+        out = torch.full((len(real), max(real.shape[1], len(ids))), tokenizer.pad_token_id)
+        out[:, : real.shape[1]] = real
+        out[::2] = tokenizer.pad_token_id
+        out[::2, : len(ids)] = ids
+        return out
+
+    server = FakeJudgeServer().start()
+    real_score, calls = local.score_batch, []
+
+    def score_then_stop_the_judge(items, cfg):
+        rows = real_score(items, cfg)
+        calls.append(rows)
+        if len(calls) == 1:  # after the first step the judge goes down
+            server.script = lambda prompt: ("drop", None)  # kept-alive connections die too
+            server.stop()
+        return rows
+
+    monkeypatch.setattr(local, "sample_responses", half_scripted)
+    monkeypatch.setattr(local, "score_batch", score_then_stop_the_judge)
+    out = tmp_path / "run"
+    local.main([
+        "--config", str(RECIPE), f"trainer.output_dir={out}", f"model.path={tiny_qwen2_5_vl}",
+        f"data.train_files=[{prompts}]", "trainer.max_steps=2", "trainer.export=false",
+        *SMALL, "reward.judge.enabled=true", f"reward.judge.base_url={server.base_url}",
+        "reward.judge.timeout_s=2", "reward.judge.retries=0",
+    ])  # fmt: skip
+
+    metrics = _metrics(out)
+    assert sorted(metrics) == [1, 2] and len(calls) == 2
+    assert metrics[1]["reward/judged"] >= 4 and metrics[1]["reward/judge_fallbacks"] == 0
+    assert metrics[1]["reward/accuracy"] >= 0.5  # the judge said CORRECT
+    assert metrics[2]["reward/judged"] == 0 and metrics[2]["reward/judge_fallbacks"] >= 4
+    assert metrics[2]["reward/accuracy"] < 0.5  # the scripted answers fell back to "wrong"
+    assert (out / "checkpoints" / "step_2" / "state.pt").is_file()
