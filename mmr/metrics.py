@@ -39,7 +39,7 @@ class MetricLogger:
         if not self.active:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _truncate_after(self.path, resume_at)
+        truncate_jsonl(self.path, resume_at)
         self.file = self.path.open("a", encoding="utf-8")
         self.bar = tqdm(total=total_steps, initial=resume_at, desc="train", dynamic_ncols=True)
         if getattr(wandb_cfg, "enabled", False):
@@ -87,7 +87,7 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def _truncate_after(path: Path, step: int) -> None:
+def truncate_jsonl(path: Path, step: int) -> None:
     """Keep only the records of steps <= `step` (all of them when starting fresh: none)."""
     if not path.is_file():
         return

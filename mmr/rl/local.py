@@ -49,11 +49,19 @@ from mmr.config import config_to_dict, load_config, save_config
 from mmr.data.chat import build_messages, decode_images
 from mmr.data.io import read_samples
 from mmr.data.schema import Sample
-from mmr.metrics import MetricLogger
+from mmr.metrics import MetricLogger, truncate_jsonl
 from mmr.models import freeze_modules, load_model, load_processor
 from mmr.models.export import save_hf_checkpoint
 from mmr.rewards import RewardConfig, score_batch, summarize
 from mmr.rl.local_config import LocalRLConfig, RolloutSection
+from mmr.training import (
+    resolve_dtype,
+    rng_state,
+    set_pixel_budget,
+    set_rng_state,
+    tiny_model_if_unset,
+    warn_on_config_change,
+)
 
 logger = logging.getLogger("mmr.rl.local")
 
@@ -147,25 +155,13 @@ def build_model(cfg: LocalRLConfig, out: Path) -> tuple[Any, Any, torch.device]:
     choice = cfg.trainer.device
     use_cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-    dtype = dtypes.get(cfg.model.dtype, torch.bfloat16 if use_cuda else torch.float32)
-    path = cfg.model.path
-    if not path:  # no checkpoint named: a tiny model built offline into the run folder
-        from mmr.models import tiny
-
-        path = str(out / "base_model")
-        if not (Path(path) / "config.json").is_file():
-            tiny.build(cfg.model.tiny_family, path, seed=cfg.trainer.seed)
+    dtype = resolve_dtype(cfg.model.dtype, device)
+    path = tiny_model_if_unset(cfg.model.path, cfg.model.tiny_family, out, cfg.trainer.seed)
     model = load_model(path, dtype=dtype, attn_implementation=cfg.model.attn_implementation)
     model.to(device)
     counts = freeze_modules(model, cfg.model.freeze)
     processor = load_processor(path)
-    size = dict(processor.image_processor.size)  # Qwen's pixel budget: shortest/longest_edge
-    if cfg.model.min_pixels is not None:
-        size["shortest_edge"] = cfg.model.min_pixels
-    if cfg.model.max_pixels is not None:
-        size["longest_edge"] = cfg.model.max_pixels
-    processor.image_processor.size = size
+    set_pixel_budget(processor, cfg.model.min_pixels, cfg.model.max_pixels)
     logger.info(
         "model %s: %s trainable / %s frozen parameters (freeze=%s), dtype %s, device %s",
         path, f"{counts.trainable:,}", f"{counts.frozen:,}", cfg.model.freeze, dtype, device,
@@ -514,14 +510,6 @@ def write_rollouts(
             f.write(json.dumps(record, default=str) + "\n")
 
 
-def truncate_jsonl(path: Path, step: int) -> None:
-    """Keep the records of steps <= `step`, so a resumed run appends after them."""
-    if path.is_file():
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
 # ---- checkpoints --------------------------------------------------------------------
 
 STATE_FILE = "trainer_state.json"
@@ -537,9 +525,7 @@ def save_checkpoint(
     folder, tmp = root / f"step_{state.step}", root / f".step_{state.step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(),
-           "torch": torch.get_rng_state(), "cuda": cuda}  # fmt: skip
+    rng = rng_state()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rng}, tmp / "state.pt")  # fmt: skip
     (tmp / STATE_FILE).write_text(json.dumps({**asdict(state), "config": config_to_dict(cfg)}))
@@ -576,23 +562,10 @@ def load_checkpoint(
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    random.setstate(saved["rng"]["python"])
-    np.random.set_state(saved["rng"]["numpy"])
-    torch.set_rng_state(saved["rng"]["torch"])
-    if saved["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    set_rng_state(saved["rng"])
     state = json.loads((folder / STATE_FILE).read_text())
-    _warn_on_config_change(state.pop("config", {}), config)
+    warn_on_config_change(state.pop("config", {}), config)
     return TrainerState(**state)
-
-
-def _warn_on_config_change(saved: dict, current: dict, prefix: str = "") -> None:
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            _warn_on_config_change(a, b, f"{prefix}{key}.")
-        elif a != b and f"{prefix}{key}" not in ("trainer.resume", "trainer.max_steps"):
-            logger.warning("resuming with %s%s=%r (the checkpoint had %r)", prefix, key, b, a)
 
 
 if __name__ == "__main__":  # the reward's math-verify workers start with forkserver

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
+
+from mmr.training import rng_state, set_rng_state, warn_on_config_change
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def save_checkpoint(
     folder = root / tag
     folder.mkdir(parents=True, exist_ok=True)
     # Our files first: DeepSpeed's `latest` (written last) then only points at whole saves.
-    torch.save(_rng_state(), folder / f"rng_rank{rank}.pt")
+    torch.save(rng_state(), folder / f"rng_rank{rank}.pt")
     if rank == 0:
         payload = {**state.__dict__, "config": config}
         (folder / STATE_FILE).write_text(json.dumps(payload, indent=2))
@@ -90,24 +90,15 @@ def load_checkpoint(engine: Any, folder: Path, config: dict) -> TrainerState:
     if client is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint in {folder}")
     saved = json.loads((folder / STATE_FILE).read_text())
-    _warn_on_config_change(saved.get("config", {}), config)
+    warn_on_config_change(saved.get("config", {}), config)
     state = TrainerState(**client["trainer_state"])
     rank = dist.get_rank() if dist.is_initialized() else 0
     rng_file = folder / f"rng_rank{rank}.pt"
     if rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(torch.load(rng_file, weights_only=False))
     else:
         logger.warning("no RNG state for rank %d in %s; continuing with fresh RNG", rank, folder)
     return state
-
-
-def _warn_on_config_change(saved: dict, current: dict, prefix: str = "") -> None:
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            _warn_on_config_change(a, b, f"{prefix}{key}.")
-        elif a != b and f"{prefix}{key}" not in ("trainer.resume", "trainer.max_steps"):
-            logger.warning("resuming with %s%s=%r (the checkpoint had %r)", prefix, key, b, a)
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -116,22 +107,3 @@ def _prune(root: Path, keep: int) -> None:
     )
     for old in tags[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

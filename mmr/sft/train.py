@@ -45,6 +45,7 @@ from mmr.sft.checkpoint import TrainerState, find_resume_dir, load_checkpoint, s
 from mmr.sft.config import SFTConfig
 from mmr.sft.data import SFTStream
 from mmr.sft.perf import count_params, peak_flops, step_flops
+from mmr.training import resolve_dtype, set_pixel_budget, tiny_model_if_unset
 
 logger = logging.getLogger("mmr.sft")
 
@@ -228,12 +229,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
-    if choice == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[choice]
-
-
 def resolve_attention(model_cfg: Any, device: torch.device) -> str:
     if model_cfg.attn_implementation:
         return model_cfg.attn_implementation
@@ -248,17 +243,12 @@ def resolve_attention(model_cfg: Any, device: torch.device) -> str:
 
 
 def prepare_model_path(cfg: SFTConfig, out: Path, rank: int) -> str:
-    """`model.path`, or a tiny model built offline into the run folder when it is null."""
-    if cfg.model.path:
-        return cfg.model.path
-    from mmr.models import tiny
-
-    path = out / "base_model"
-    if rank == 0 and not (path / "config.json").is_file():
-        tiny.build(cfg.model.tiny_family, path, seed=cfg.trainer.seed)
+    """`model.path`, or a tiny model built offline into the run folder (by rank 0)."""
+    if rank == 0:
+        tiny_model_if_unset(cfg.model.path, cfg.model.tiny_family, out, cfg.trainer.seed)
     if dist.is_initialized():
         dist.barrier()
-    return str(path)
+    return cfg.model.path or str(out / "base_model")
 
 
 def prepare_data_files(cfg: SFTConfig, out: Path, rank: int) -> None:
@@ -273,16 +263,6 @@ def prepare_data_files(cfg: SFTConfig, out: Path, rank: int) -> None:
     if dist.is_initialized():
         dist.barrier()
     cfg.data.train_files = [str(path)]
-
-
-def set_pixel_budget(processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
-    """Override the image processor's pixel range (Qwen's `size` shortest/longest_edge)."""
-    size = dict(processor.image_processor.size)
-    if min_pixels is not None:
-        size["shortest_edge"] = min_pixels
-    if max_pixels is not None:
-        size["longest_edge"] = max_pixels
-    processor.image_processor.size = size
 
 
 def plan_total_steps(cfg: SFTConfig, stream: SFTStream, device: torch.device) -> int:
