@@ -133,6 +133,11 @@ def _worker_main(conn: Connection, progress, work_fn=run_pair) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if work_fn is run_pair:
+        # Warm up before taking work: math-verify's first call imports sympy's parsers,
+        # which on a loaded machine can outlast the hard timeout that starts with a chunk.
+        with contextlib.suppress(Exception):
+            run_pair("1", "1", 2, 2, False)
     while True:
         try:
             chunk = conn.recv()
