@@ -11,22 +11,33 @@ from mmr.config import ConfigError, load_config
 from mmr.sft.config import SFTConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-SCHEMAS = {"sft": SFTConfig}
 
 
 def _schema_for(path: Path):
-    for suffix, schema in SCHEMAS.items():
-        if path.stem.endswith(suffix):
-            return schema
+    """The schema a recipe is written for: by where it lives and what it runs."""
+    from mmr.data.pipeline.config import PipelineConfig
+    from mmr.rl.local_config import LocalRLConfig
+    from mmr.rl.train import RLConfig
+
+    if path.parent.name == "data":
+        return PipelineConfig
+    if path.stem.endswith("_sft"):
+        return SFTConfig
+    if path.parent.name == "demo" and path.stem.endswith("_gspo"):
+        return LocalRLConfig
+    if path.stem.endswith(("_gspo", "_gspo_8gpu")):
+        return RLConfig
     return None
 
 
-ALL = sorted(p for p in RECIPES.rglob("*.yaml") if _schema_for(p) is not None)
+ALL = sorted(RECIPES.rglob("*.yaml"))
 
 
-def test_recipes_exist():
+def test_recipes_exist_and_each_has_a_schema():
     names = {p.relative_to(RECIPES).as_posix() for p in ALL}
-    assert {"omr_7b_sft.yaml", "mfr_8b_sft.yaml", "demo/tiny_sft.yaml"} <= names
+    assert {"omr_7b_sft.yaml", "mfr_8b_sft.yaml", "demo/tiny_sft.yaml", "omr_7b_gspo.yaml",
+            "omr_7b_gspo_8gpu.yaml", "demo/tiny_gspo.yaml"} <= names  # fmt: skip
+    assert [p.name for p in ALL if _schema_for(p) is None] == []
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.relative_to(RECIPES).as_posix())
