@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
-from omegaconf import OmegaConf
-from transformers import AutoProcessor
 
 from mmr.data.io import write_samples
 from mmr.data.schema import Sample
@@ -46,30 +47,48 @@ def test_split_is_stable_by_id():
     assert 0.08 < share < 0.12
 
 
-def test_verl_rlhf_dataset_loads_the_parquet(tmp_path, tiny_qwen2_5_vl):
-    from verl.utils.dataset.rl_dataset import RLHFDataset
+# Run in a fresh process, as verl does (its TaskRunner is a new Ray actor): verl filters
+# overlong prompts with a forked `datasets` pool, and a fork taken after this pytest
+# process has run torch's thread pool can deadlock in the child.
+RLHF_CHECK = """
+import json, sys
+from omegaconf import OmegaConf
+from transformers import AutoProcessor
+from verl.utils.dataset.rl_dataset import RLHFDataset
+parquet, model, cache = sys.argv[1:4]
+processor = AutoProcessor.from_pretrained(model)
+config = OmegaConf.create({
+    "max_prompt_length": 512,
+    "filter_overlong_prompts": True,  # sizes image prompts with qwen-vl-utils + torchvision
+    "filter_overlong_prompts_workers": 1,
+    "truncation": "error",
+    "cache_dir": cache,
+})
+dataset = RLHFDataset(parquet, processor.tokenizer, config, processor)
+items = [dataset[i] for i in range(len(dataset))]
+image_item = next(it for it in items if it["data_source"] != "t")
+print(json.dumps({
+    "n": len(dataset),
+    "kinds": [part["type"] for part in image_item["raw_prompt"][0]["content"]],
+    "ground_truth": image_item["reward_model"]["ground_truth"],
+}))
+"""
 
+
+def test_verl_rlhf_dataset_loads_the_parquet(tmp_path, tiny_qwen2_5_vl):
     src = tmp_path / "curated.parquet"
     write_samples(src, _samples())
     prepare(src, tmp_path / "rl", val_fraction=0.0)
-    processor = AutoProcessor.from_pretrained(tiny_qwen2_5_vl)
-    config = OmegaConf.create(
-        {
-            "max_prompt_length": 512,
-            "filter_overlong_prompts": True,  # needs torchvision to see images: installed
-            "filter_overlong_prompts_workers": 1,
-            "truncation": "error",
-            "cache_dir": str(tmp_path / "cache"),
-        }
-    )
-    dataset = RLHFDataset(
-        str(tmp_path / "rl" / "train.parquet"), processor.tokenizer, config, processor
-    )
-    assert len(dataset) == 25  # nothing silently dropped by the overlong filter
-    item = next(dataset[i] for i in range(len(dataset)) if dataset[i]["data_source"] != "t")
-    kinds = [part["type"] for part in item["raw_prompt"][0]["content"]]
-    assert kinds[0] == "image" and "text" in kinds
-    assert item["reward_model"]["ground_truth"]
+    proc = subprocess.run(
+        [sys.executable, "-c", RLHF_CHECK, str(tmp_path / "rl" / "train.parquet"),
+         str(tiny_qwen2_5_vl), str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["n"] == 25  # nothing silently dropped by the overlong filter
+    assert out["kinds"][0] == "image" and "text" in out["kinds"]
+    assert out["ground_truth"]
 
 
 def test_cli_bad_input_exits_2(tmp_path, capsys):
