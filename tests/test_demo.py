@@ -1,0 +1,57 @@
+"""`mmr demo` end to end at a reduced size: every stage runs for real (tiny model, teacher
+server, data pipeline, SFT and GSPO subprocesses, eval), for a few steps. Whether the model
+learns is the full demo's business (its checks), not this test's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmr.demo import main
+
+SMALL = [
+    "tasks.train=12",
+    "tasks.test=8",
+    "model.hidden_size=64",
+    "model.intermediate_size=128",
+    "model.layers=2",
+    "eval.max_new_tokens=12",
+    "require_checks=false",
+    "sft.overrides=[trainer.max_steps=3,trainer.save_steps=0]",
+    "rl.overrides=[trainer.max_steps=2,trainer.save_steps=0,data.batch_size=2,rollout.n=2,"
+    "rollout.max_new_tokens=12,reward.accuracy.workers=0]",
+]
+KEYS = ("accuracy_base", "accuracy_chance", "accuracy_sft", "accuracy_rl", "format_sft",
+        "format_rl", "mean_response_tokens_sft", "mean_response_tokens_rl")  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _no_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL_NAME", "USE_LLM_JUDGE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_demo_small_end_to_end(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert main([f"output_dir={out}", *SMALL]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in KEYS:
+        assert 0.0 <= summary[key] <= (1.0 if key.startswith(("acc", "format")) else 12.0), key
+    assert summary["sft_steps"] == 3 and summary["rl_steps"] == 2
+    assert summary["sft_samples"] == 12  # every teacher trace verified and selected
+    assert set(summary["per_source"]["sft"]) >= {"synthetic/count", "synthetic/digits", "all"}
+    for png in ("sft_loss.png", "rl_reward.png", "accuracy.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    report = (out / "report.md").read_text()
+    assert "| sft |" in report and "![accuracy](accuracy.png)" in report
+    for name in ("base", "sft", "rl"):
+        assert len((out / "eval" / name / "generations.jsonl").read_text().splitlines()) == 8
+    assert "held-out accuracy" in capsys.readouterr().out
+    # A rerun replaces its own folder; a folder it did not make is refused.
+    stranger = tmp_path / "mine"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("keep me")
+    assert main([f"output_dir={stranger}", *SMALL]) == 2
+    assert (stranger / "notes.txt").read_text() == "keep me"
