@@ -33,7 +33,7 @@ EXTRAS = {
     "gpu": ["flash-attn>=2.7"],
     # verl is pinned to one release: mmr's RL recipe uses that release's config keys.
     "rl": ["verl==0.9.1", "vllm", "ray[default]>=2.41", "qwen-vl-utils"],
-    "dev": ["pytest>=8", "pytest-timeout", "ruff==0.17.6", "pandas", "psutil"],
+    "dev": ["pytest>=8", "pytest-timeout", "ruff==0.17.6", "pandas", "psutil", "matplotlib"],
 }
 
 setup(

@@ -2,7 +2,7 @@
 
     mmr models tiny --family qwen2_5_vl --out DIR   build a tiny offline model (tests, demo)
     mmr models list                                 the supported model families
-    mmr sft | rl | data | reward | eval | demo      the stages (each says if not built yet)
+    mmr sft | rl | data | reward | eval | demo      the stages
 
 A subcommand parses only its own flags and hands the rest (`key.sub=value` overrides)
 to its stage, so each stage keeps its options next to its code.
@@ -11,18 +11,19 @@ to its stage, so each stage keeps its options next to its code.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
-# Stages not built yet: the issue that builds each. Their subcommands exit 2 with one line
-# instead of pretending to run.
-_PENDING = {
-    "eval": "evaluation (issue 8)",
-    "demo": "the end-to-end demo (issue 8)",
+# Each stage's entry point, imported only when its command runs (keeps `mmr --help` fast).
+_STAGES = {
+    "sft": "mmr.sft.train:main",
+    "rl": "mmr.rl.cli:main",
+    "data": "mmr.data.pipeline.cli:main",
+    "reward": "mmr.rewards.cli:main",
+    "eval": "mmr.eval.cli:main",
+    "demo": "mmr.demo:main",
 }
-
-# Built stages parse their own flags, `--help` included.
-_BUILT = ("sft", "reward", "rl", "data")
 
 _HELP = {
     "sft": "supervised fine-tuning (torchrun + DeepSpeed ZeRO-2)",
@@ -40,10 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train multimodal reasoning models: curated data -> SFT -> GSPO RL.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in ("sft", "rl", "data", "reward", "eval", "demo"):
+    for name in _STAGES:
         sub.add_parser(
             name,
-            add_help=name not in _BUILT,
+            add_help=False,  # each stage parses its own flags, `--help` included
             help=_HELP[name],
             description=_HELP[name],
             epilog="Flags and key.sub=value overrides after the command go to the stage.",
@@ -87,26 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if stage_argv:
             parser.error(f"unrecognized arguments: {' '.join(stage_argv)}")
         return _run_models(args)
-    if args.command == "sft":
-        from mmr.sft.train import main as sft_main
-
-        return sft_main(stage_argv)
-    if args.command == "rl":
-        from mmr.rl.cli import main as rl_main
-
-        return rl_main(stage_argv)
-    if args.command == "data":
-        from mmr.data.pipeline.cli import main as data_main
-
-        return data_main(stage_argv)
-    if args.command == "reward":
-        from mmr.rewards.cli import main as reward_main
-
-        return reward_main(stage_argv)
-    if args.command in _PENDING:
-        print(f"mmr {args.command}: {_PENDING[args.command]} is not built yet.", file=sys.stderr)
-        return 2
-    raise AssertionError(f"unhandled command {args.command}")
+    module_name, _, fn_name = _STAGES[args.command].partition(":")
+    stage_main = getattr(importlib.import_module(module_name), fn_name)
+    return stage_main(stage_argv)
 
 
 if __name__ == "__main__":

@@ -37,15 +37,6 @@ def test_each_subcommand_has_help(name, capsys):
     assert name in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", sorted(cli._PENDING))
-def test_unbuilt_stage_says_so_and_exits_2(name, capsys):
-    assert cli.main([name, "--config", "x.yaml"]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert "not built yet" in captured.err
-    assert len(captured.err.strip().splitlines()) == 1
-
-
 def test_models_list(capsys):
     assert cli.main(["models", "list"]) == 0
     out = capsys.readouterr().out

@@ -19,6 +19,10 @@ def _schema_for(path: Path):
     from mmr.rl.local_config import LocalRLConfig
     from mmr.rl.train import RLConfig
 
+    if path.parent.name == "demo" and path.stem == "demo":
+        from mmr.demo import DemoConfig
+
+        return DemoConfig
     if path.parent.name == "data":
         return PipelineConfig
     if path.stem.endswith("_sft"):
