@@ -8,6 +8,8 @@ plus the vision tower: 2 FLOPs per parameter per patch forward, 6 if it trains.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 # Dense bf16 peak FLOP/s (no sparsity) by device-name fragment, from the vendors' sheets.
@@ -49,9 +51,30 @@ def step_flops(
     lm_params: int,
     vision_params: int,
     vision_trains: bool,
+    sample_lengths: list[int] | None = None,
 ) -> float:
-    """Model FLOPs of one forward + backward over `tokens` tokens and `vision_patches`."""
+    """Model FLOPs of one forward + backward over `tokens` tokens and `vision_patches`.
+
+    Attention is counted per sample when `sample_lengths` is given (a packed row attends
+    only inside each sample, so counting the whole row would overstate MFU), else as
+    `tokens` tokens each attending over `seq_len`.
+    """
     text = getattr(model.config, "text_config", model.config)
-    attention = 6 * text.num_hidden_layers * text.hidden_size * seq_len
+    per_layer_width = 6 * text.num_hidden_layers * text.hidden_size
+    if sample_lengths is not None:
+        attention = per_layer_width * sum(n * n for n in sample_lengths)
+    else:
+        attention = per_layer_width * tokens * seq_len
     vision = (6 if vision_trains else 2) * vision_params * vision_patches
-    return tokens * (6 * lm_params + attention) + vision
+    return tokens * 6 * lm_params + attention + vision
+
+
+def sample_lengths(batch: dict[str, torch.Tensor]) -> list[int]:
+    """Real lengths of the samples in a collated batch (packed: from the position restarts)."""
+    positions = batch.get("position_ids")
+    if positions is not None and positions.dim() == 3 and positions.shape[0] == 4:
+        text = positions[0].reshape(-1)
+        starts = [*(text == 0).nonzero().flatten().tolist(), text.numel()]
+        real = int(batch["num_tokens"])  # the padding tail is a segment starting here
+        return [b - a for a, b in itertools.pairwise(starts) if a < real]
+    return batch["attention_mask"].sum(-1).tolist()

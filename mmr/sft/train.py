@@ -44,7 +44,7 @@ from mmr.models.export import save_hf_checkpoint
 from mmr.sft.checkpoint import TrainerState, find_resume_dir, load_checkpoint, save_checkpoint
 from mmr.sft.config import SFTConfig
 from mmr.sft.data import SFTStream
-from mmr.sft.perf import count_params, peak_flops, step_flops
+from mmr.sft.perf import count_params, peak_flops, sample_lengths, step_flops
 from mmr.training import resolve_dtype, set_pixel_budget, tiny_model_if_unset
 
 logger = logging.getLogger("mmr.sft")
@@ -382,7 +382,7 @@ class PerfMeter:
         self.vision_trains = vision_trainable > 0
         self.t0 = time.perf_counter()
 
-    def micro_stats(self, batch: dict[str, torch.Tensor], loss: torch.Tensor) -> dict[str, float]:
+    def micro_stats(self, batch: dict[str, torch.Tensor], loss: torch.Tensor) -> dict[str, Any]:
         tokens = int(batch["num_tokens"])
         seq = int(batch["input_ids"].shape[-1])
         patches = int(batch["pixel_values"].shape[0]) if "pixel_values" in batch else 0
@@ -394,21 +394,23 @@ class PerfMeter:
             lm_params=self.lm_params,
             vision_params=self.vision_params,
             vision_trains=self.vision_trains,
+            sample_lengths=sample_lengths(batch),
         )
         return {
-            "loss": float(loss.detach()),
+            "loss": loss.detach(),  # a tensor: no device sync per micro-step
             "tokens": tokens,
             "slots": int(batch["input_ids"].numel()),
             "flops": flops,
         }
 
     def step_metrics(self, window: list[dict], engine: Any, lr: float) -> dict[str, Any]:
+        mean_loss = torch.stack([w["loss"].float() for w in window]).mean()
         totals = torch.tensor(
-            [sum(w["loss"] for w in window) / len(window)]
-            + [float(sum(w[k] for w in window)) for k in ("tokens", "slots", "flops")],
+            [0.0] + [float(sum(w[k] for w in window)) for k in ("tokens", "slots", "flops")],
             dtype=torch.float64,
             device=self.device,
         )
+        totals[0] = mean_loss.to(torch.float64)  # the one device sync of the step
         if dist.is_initialized() and self.world_size > 1:
             dist.all_reduce(totals)
         loss, tokens, slots, flops = totals.tolist()

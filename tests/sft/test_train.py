@@ -220,3 +220,14 @@ def test_qwen3_vl_with_zero3_trains_and_exports(tmp_path, data):
     for key in (k for k in base if k.startswith(VISION_PREFIX)):
         assert torch.equal(base[key], final[key]), key
     assert any(not torch.equal(base[k], final[k]) for k in base if k.startswith("model."))
+
+
+def test_mfu_counts_attention_inside_each_packed_sample():
+    from mmr.sft.perf import sample_lengths
+
+    # Two samples (3 and 2 tokens) and a 3-token padding tail in one packed row.
+    text = torch.tensor([0, 1, 2, 0, 1, 0, 1, 2])
+    batch = {"position_ids": text.expand(4, 1, -1), "num_tokens": torch.tensor(5)}
+    assert sample_lengths(batch) == [3, 2]
+    padded = {"attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])}
+    assert sample_lengths(padded) == [3, 2]
