@@ -34,7 +34,7 @@ from PIL import Image
 from mmr.data.io import check_image
 from mmr.data.pipeline.client import MalformedReply, load_prompt, make_client, render, user_message
 from mmr.data.pipeline.config import CleanConfig, LLMCleanConfig, PipelineConfig
-from mmr.data.pipeline.runner import ShardLog, read_input, run_stage, stage_key
+from mmr.data.pipeline.runner import ShardLog, run_sample_stage
 from mmr.data.schema import MalformedRow, Sample, count_placeholders
 
 __all__ = [
@@ -186,18 +186,14 @@ def run_clean(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Clean `input_path` into OUT/cleaned; returns the report."""
-    samples, stats, total = read_input(input_path)
-    return run_stage(
+    return run_sample_stage(
         "clean",
         "cleaned",
+        clean_shard,
+        cfg.clean,
+        cfg,
+        input_path,
         out_dir,
-        samples,
-        functools.partial(clean_shard, cfg=cfg.clean),
-        key=stage_key(input_path, cfg.clean, cfg.shard_rows),
-        shard_rows=cfg.shard_rows,
-        num_proc=cfg.num_proc,
         overwrite=overwrite,
-        total=total,
-        read_stats=stats,
         quiet=quiet,
     )

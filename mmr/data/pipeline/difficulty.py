@@ -13,13 +13,12 @@ from fewer answers than asked.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
 from mmr.data.pipeline.client import load_prompt, make_client, render, user_message
 from mmr.data.pipeline.config import DifficultyConfig, PipelineConfig
-from mmr.data.pipeline.runner import ShardLog, read_input, run_stage, stage_key
+from mmr.data.pipeline.runner import ShardLog, run_sample_stage
 from mmr.data.pipeline.verify import check_answers
 from mmr.data.schema import Sample
 
@@ -75,18 +74,14 @@ def run_difficulty(
 ) -> dict[str, Any]:
     """Rate `input_path` into OUT/difficulty; returns the report."""
     section = cfg.select.difficulty
-    samples, stats, total = read_input(input_path)
-    return run_stage(
+    return run_sample_stage(
         "difficulty",
         "difficulty",
+        difficulty_shard,
+        section,
+        cfg,
+        input_path,
         out_dir,
-        samples,
-        functools.partial(difficulty_shard, cfg=section),
-        key=stage_key(input_path, section, cfg.shard_rows),
-        shard_rows=cfg.shard_rows,
-        num_proc=cfg.num_proc,
         overwrite=overwrite,
-        total=total,
-        read_stats=stats,
         quiet=quiet,
     )

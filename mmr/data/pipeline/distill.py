@@ -21,13 +21,12 @@ every request for it failed (the sample goes to DIR/failed/distill/); `info/path
 from __future__ import annotations
 
 import copy
-import functools
 import os
 from typing import Any
 
 from mmr.data.pipeline.client import load_prompt, make_client, render, user_message
 from mmr.data.pipeline.config import CaptionConfig, CotConfig, DistillConfig, PipelineConfig
-from mmr.data.pipeline.runner import ShardLog, read_input, run_stage, stage_key
+from mmr.data.pipeline.runner import ShardLog, run_sample_stage
 from mmr.data.pipeline.verify import check_answers
 from mmr.data.schema import Sample
 
@@ -126,18 +125,14 @@ def run_distill(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Distill `input_path` into OUT/distilled; returns the report."""
-    samples, stats, total = read_input(input_path)
-    return run_stage(
+    return run_sample_stage(
         "distill",
         "distilled",
+        distill_shard,
+        cfg.distill,
+        cfg,
+        input_path,
         out_dir,
-        samples,
-        functools.partial(distill_shard, cfg=cfg.distill),
-        key=stage_key(input_path, cfg.distill, cfg.shard_rows),
-        shard_rows=cfg.shard_rows,
-        num_proc=cfg.num_proc,
         overwrite=overwrite,
-        total=total,
-        read_stats=stats,
         quiet=quiet,
     )

@@ -25,6 +25,7 @@ one); each worker writes its shard's files itself, so only counts come back.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -428,3 +429,37 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {'filter':<12} {'reason':<{width}} {'rows':>8}")
         lines += [f"  {f:<12} {r:<{width}} {n:>8}" for f, r, n in rows]
     return "\n".join(lines)
+
+
+def run_sample_stage(
+    stage: str,
+    folder: str,
+    shard_fn: Callable[..., list[Sample]],
+    section: Any,
+    cfg: Any,
+    input_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """The common stage: read `input_path`, run `shard_fn(shard, log, cfg=section)` per shard.
+
+    `section` is the stage's own config section: it (with the input and the shard size)
+    fingerprints the run, so a finished stage with the same settings is not redone.
+    """
+    samples, stats, total = read_input(input_path)
+    return run_stage(
+        stage,
+        folder,
+        out_dir,
+        samples,
+        functools.partial(shard_fn, cfg=section),
+        key=stage_key(input_path, section, cfg.shard_rows),
+        shard_rows=cfg.shard_rows,
+        num_proc=cfg.num_proc,
+        overwrite=overwrite,
+        total=total,
+        read_stats=stats,
+        quiet=quiet,
+    )

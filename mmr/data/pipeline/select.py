@@ -40,7 +40,7 @@ from mmr.data.pipeline.config import (
     StructureFilterConfig,
     TemplateFilterConfig,
 )
-from mmr.data.pipeline.runner import ShardLog, read_input, run_stage, stage_key
+from mmr.data.pipeline.runner import ShardLog, run_sample_stage
 from mmr.data.pipeline.verify import check_answers
 from mmr.data.schema import Sample, extract_boxed
 
@@ -266,18 +266,14 @@ def run_select(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Select from `input_path` into OUT/selected; returns the report."""
-    samples, stats, total = read_input(input_path)
-    return run_stage(
+    return run_sample_stage(
         "select",
         "selected",
+        select_shard,
+        cfg.select,
+        cfg,
+        input_path,
         out_dir,
-        samples,
-        functools.partial(select_shard, cfg=cfg.select),
-        key=stage_key(input_path, cfg.select, cfg.shard_rows),
-        shard_rows=cfg.shard_rows,
-        num_proc=cfg.num_proc,
         overwrite=overwrite,
-        total=total,
-        read_stats=stats,
         quiet=quiet,
     )
