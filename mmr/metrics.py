@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,20 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class WandbSection:
+    """The `wandb:` section every training recipe has."""
+
+    enabled: bool = False  # log to Weights & Biases (WANDB_MODE=offline works)
+    project: str = "mmr"  # wandb project
+    run_name: str | None = None  # wandb run name (null: the output folder's name)
+
+
 class MetricLogger:
     def __init__(
         self,
         out_dir: str | Path,
-        wandb_cfg: Any,
+        wandb_cfg: WandbSection,
         config: dict[str, Any],
         total_steps: int,
         rank: int,
@@ -42,7 +52,7 @@ class MetricLogger:
         truncate_jsonl(self.path, resume_at)
         self.file = self.path.open("a", encoding="utf-8")
         self.bar = tqdm(total=total_steps, initial=resume_at, desc="train", dynamic_ncols=True)
-        if getattr(wandb_cfg, "enabled", False):
+        if wandb_cfg.enabled:
             import wandb
 
             self.wandb = wandb.init(

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mmr.config import ConfigError
+from mmr.config import ConfigError, check_choice
+from mmr.metrics import WandbSection
 from mmr.rewards.config import RewardConfig
 
 
@@ -88,13 +89,6 @@ class TrainerSection:
 
 
 @dataclass
-class WandbSection:
-    enabled: bool = False  # log to Weights & Biases (WANDB_MODE=offline works)
-    project: str = "mmr"  # wandb project
-    run_name: str | None = None  # wandb run name (null: the output folder's name)
-
-
-@dataclass
 class LocalRLConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -106,16 +100,16 @@ class LocalRLConfig:
     wandb: WandbSection = field(default_factory=WandbSection)
 
     def __post_init__(self) -> None:
-        _choice("algorithm.adv_estimator", self.algorithm.adv_estimator, ("grpo",))
-        _choice(
+        check_choice("algorithm.adv_estimator", self.algorithm.adv_estimator, ("grpo",))
+        check_choice(
             "algorithm.loss_agg_mode",
             self.algorithm.loss_agg_mode,
             ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean",
              "seq-mean-token-sum-norm"),
         )  # fmt: skip
-        _choice("optim.scheduler", self.optim.scheduler, ("constant", "cosine"))
-        _choice("trainer.device", self.trainer.device, ("auto", "cpu", "cuda"))
-        _choice("model.dtype", self.model.dtype, ("auto", "float32", "bfloat16"))
+        check_choice("optim.scheduler", self.optim.scheduler, ("constant", "cosine"))
+        check_choice("trainer.device", self.trainer.device, ("auto", "cpu", "cuda"))
+        check_choice("model.dtype", self.model.dtype, ("auto", "float32", "bfloat16"))
         _positive("rollout.n", self.rollout.n)
         _positive("data.batch_size", self.data.batch_size)
         _positive("rollout.max_new_tokens", self.rollout.max_new_tokens)
@@ -133,11 +127,6 @@ class LocalRLConfig:
             )
         if self.trainer.max_steps <= 0 and self.trainer.epochs <= 0:
             raise ConfigError("set trainer.max_steps or trainer.epochs to a positive number")
-
-
-def _choice(key: str, value: object, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"config key '{key}' must be one of {allowed}, got {value!r}")
 
 
 def _positive(key: str, value: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mmr.config import ConfigError, check_choice
+from mmr.metrics import WandbSection
 
 
 @dataclass
@@ -75,13 +76,6 @@ class TrainerSection:
     log_steps: int = 1  # metrics every N optimizer steps
     export: bool = True  # write an HF folder to output_dir/final at the end
     device: str = "auto"  # auto | cpu | cuda
-
-
-@dataclass
-class WandbSection:
-    enabled: bool = False  # log to Weights & Biases (WANDB_MODE=offline works)
-    project: str = "mmr"  # wandb project
-    run_name: str | None = None  # wandb run name (null: the output folder's name)
 
 
 @dataclass
