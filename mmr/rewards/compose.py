@@ -9,6 +9,11 @@ Weights default to OpenMMReasoner's 0.9 / 0.1; `length.weight` is set per recipe
 4. the length part, which needs the whole rollout group (rows with the same `group`);
 5. the plug-in, if `function` is set (replace the total, or add to it).
 
+Stage 4's group-relative term is the only part that needs the whole group. Where rows
+are scored one at a time (verl's reward loop, `compute_score`), `add_group_length` adds
+it afterwards, once the group is complete, and gives the `score` and `length` that
+`score_batch` gives the same rows scored together.
+
 Every row gets the same keys: `score`, `accuracy`, `format`, `length`, `judge` (None when
 the judge gave no verdict), `judge_fallback`, `extracted_answer`, `decided_by`, `error`
 (None or a message), `response_tokens`, `tokens_source`, and with a plug-in `plugin`,
@@ -21,7 +26,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +41,7 @@ from mmr.rewards.verify import VerifyPool, VerifyResult
 __all__ = [
     "VERL_KEYS",
     "RewardScorer",
+    "add_group_length",
     "compute_score",
     "get_scorer",
     "score_batch",
@@ -336,9 +342,9 @@ def compute_score(
     config comes from `config=` (a RewardConfig or a YAML path) and `overrides=` (a list
     of `key=value`), both settable through verl's `reward.custom_reward_function.
     reward_kwargs`, else from the `MMR_REWARD_CONFIG` environment variable, else defaults.
-    A single rollout has no group, so the `group` length term is 0 here: use mmr's batch
-    reward manager (or `score_batch`) for it. `pred` is the extracted answer, which verl
-    uses for its majority-vote metrics.
+    A single rollout has no group, so the `group` length term is 0 here: `score_batch`
+    or `add_group_length` (what mmr's verl bridge calls once a group is complete) adds it.
+    `pred` is the extracted answer, which verl uses for its majority-vote metrics.
     """
     info = extra_info if isinstance(extra_info, Mapping) else {}
     item = {
@@ -353,6 +359,41 @@ def compute_score(
     out = {key: row[key] for key in VERL_KEYS if key in row}
     out["judge_fallback"] = float(row["judge_fallback"])
     out["pred"] = row["extracted_answer"] or ""
+    return out
+
+
+def add_group_length(
+    rows: Sequence[Mapping[str, Any]],
+    groups: Sequence[Hashable],
+    config: RewardConfig | None = None,
+) -> list[dict[str, Any]]:
+    """Rows scored one at a time, plus the group-relative length term of their groups.
+
+    Each row needs `score`, `length`, `accuracy` and `response_tokens` as the one-row
+    scoring reported them; rows with equal `groups` entries form a rollout group. Returns
+    copies whose `length` and `score` are what `score_batch` gives the same rollouts
+    scored together with these groups (`length.mode: group|both`; other modes have no
+    group term and the rows come back unchanged). "Correct" is `accuracy == 1`, as
+    `score_batch` sets it, unless a plug-in replaces the `accuracy` part.
+    """
+    cfg = config or RewardConfig()
+    out = [dict(row) for row in rows]
+    if cfg.length.mode not in ("group", "both"):
+        return out
+    terms = length_parts(
+        "group",
+        [int(row["response_tokens"]) for row in out],
+        [float(row["accuracy"]) == 1.0 for row in out],
+        groups,
+        cfg.length.budget_tokens,
+        cfg.length.max_tokens,
+    )
+    # As in RewardScorer._finish: the length part is in the total unless a plug-in replaces it.
+    in_total = not (cfg.function and cfg.plugin.mode == "replace")
+    for row, term in zip(out, terms):
+        row["length"] = float(row["length"]) + term
+        if in_total:
+            row["score"] = float(row["score"]) + cfg.length.weight * term
     return out
 
 

@@ -1,41 +1,87 @@
-"""The bridge from verl's reward loop to mmr's reward (`mmr.rewards`).
+"""The bridge from verl 0.9.1 to mmr's reward (`mmr.rewards`): two hooks, both set by config.
 
-verl 0.9.1 computes rewards in its reward loop, one trajectory per `run_single` call,
-many calls in flight at once on an asyncio loop. `MMRRewardManager` is registered with
-verl through its `importlib` reward-manager source (`mmr rl train` sets it up):
+verl 0.9.1's default trainer (`trainer.use_v1=true`, verl/trainer/ppo/v1) streams
+rewards: each rollout is scored as soon as it is generated, one trajectory per
+`RewardManagerBase.run_single` call on the reward-loop workers
+(verl/experimental/reward_loop), while the rest of the batch is still generating, and
+the trajectories of one prompt go to randomly chosen workers. So no reward manager sees
+a whole rollout group, and verl logs a manager's `reward_extra_info` only in validation.
+Whole groups first meet in the replay buffer the trainer samples each batch from
+(`ReplayBuffer.sample`, verl/trainer/ppo/v1/replay_buffer.py): it hands out whole uid
+groups only (a prompt's rollouts once all of them have ended), before rewards become
+advantages; verl lets a config replace it (`trainer.v1.sampler.custom_sampler`) and logs
+the metrics `sample` returns under their own names. `mmr rl train` sets both hooks
+(`--dry-run` shows them):
 
-    reward.reward_manager.source=importlib
-    reward.reward_manager.module.path=<this file>   reward.reward_manager.name=MMRRewardManager
-    reward.custom_reward_function.path=<this file>  reward.custom_reward_function.name=compute_score
+1. Stage 1, `MMRRewardManager` (`reward.reward_manager`, importlib source): per trajectory, while
+   generation goes on, everything that needs only that trajectory, through
+   `mmr.rewards.compute_score`: answer rules, math-verify in worker processes, the LLM
+   judge (calls of concurrent trajectories overlap on the judge's async client), format
+   and the budget length term, with the response's token count from the batch. The
+   parts go back as `reward_extra_info` (`EXTRA_KEYS`).
+2. Stage 2, `MMRGroupSampler` (`trainer.v1.sampler.custom_sampler`): verl's own replay buffer does
+   the sampling; on each sampled batch (whole groups, grouped by verl's `uid`) it adds the
+   group-relative length term (`length.mode: group|both`) with
+   `mmr.rewards.compose.add_group_length` to each response's last-token reward in
+   TransferQueue, and returns the batch's reward metrics.
 
-Each call decodes the response, counts its tokens from the batch (for the overthinking
-budget), and scores it with `mmr.rewards.compute_score` in a thread, so rule checks (in
-mmr's math-verify worker processes) and LLM-judge calls of many trajectories overlap.
-Every part goes back as `reward_extra_info` (accuracy, format, length, judge,
-judge_fallbacks, errors), which verl logs. A judge that is down falls back to the rule
-score inside `mmr.rewards`, so training never stalls on it; a reward that raises scores
-0 and is counted in `errors`.
+The result equals `mmr.rewards.score_batch` on the same rollouts with `group=uid`
+(tests/rl/test_reward.py checks it).
 
-What verl 0.9.1 does not offer here: the whole rollout group in one call. Its reward
-loop hands over single trajectories, so the group-relative length term (`length.mode:
-group|both`) is 0 under verl; the per-response budget term works. mmr's local engine
-(`mmr rl local`) scores whole groups through `score_batch`.
+Metric names. Training: `reward/accuracy`, `reward/format`, `reward/length` (means over
+the batch's responses; the length part includes the group term), `reward/judge_fallbacks`
+and `reward/errors` (counts per sampled batch; with `trainer.v1.trainer_mode:
+separate_async` and `parameter_sync_step` > 1 verl averages them over the step's
+mini-batches), next to verl's own `critic/score/mean` (the total). Validation: verl
+drops the sampler's metrics there and logs every `reward_extra_info` key as
+`val-aux/<data_source>/<key>/mean@<n>` (with std/best/worst variants) and the total as
+`val-core/<data_source>/reward/mean@<n>`.
+
+A judge outage costs time, never the run: a failed or timed-out judge call falls back to
+the rule result and a judge that keeps failing is skipped for a cool-down
+(`mmr.rewards.judge`); a reward that raises scores 0 and counts in `errors`. Stage 2
+makes no network calls. What the hooks cannot cover: verl's legacy trainer
+(`trainer.use_v1=false`) has no sampler hook; verl hands DAPO group filtering
+(`algorithm.filter_groups`) and `sync_refill_failed_groups` to its built-in buffer only;
+a reward model (`reward.reward_model.enable`, unused by mmr's reward) can move scoring
+after sampling. `mmr rl train` refuses those settings rather than lose the group term.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
+from mmr.config import load_config
 from mmr.rewards import compute_score as _mmr_compute_score
+from mmr.rewards.compose import add_group_length
+from mmr.rewards.config import RewardConfig
 
 logger = logging.getLogger(__name__)
 
 # The keys every trajectory reports, in a fixed order: verl builds its metric arrays
 # from the first trajectory's keys, so they must never vary.
-EXTRA_KEYS = ("accuracy", "format", "length", "judge", "judge_fallbacks", "errors")
+EXTRA_KEYS = (
+    "accuracy",
+    "format",
+    "length",
+    "judge",
+    "judge_fallbacks",
+    "errors",
+    "response_tokens",
+)
+# What the sampler returns for verl to log: metric name -> (reward_extra_info key, how).
+METRICS = {
+    "reward/accuracy": ("accuracy", "mean"),
+    "reward/format": ("format", "mean"),
+    "reward/length": ("length", "mean"),
+    "reward/judge_fallbacks": ("judge_fallbacks", "count"),
+    "reward/errors": ("errors", "count"),
+}
 
 
 def compute_score(
@@ -45,7 +91,9 @@ def compute_score(
     return _mmr_compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs)
 
 
-def extra_info_of(result: dict[str, Any] | None, error: str | None) -> dict[str, float]:
+def extra_info_of(
+    result: dict[str, Any] | None, error: str | None, response_tokens: int
+) -> dict[str, float]:
     """Fixed-key numbers for verl's metrics from one mmr reward result."""
     result = result or {}
     judge = result.get("judge")
@@ -56,11 +104,15 @@ def extra_info_of(result: dict[str, Any] | None, error: str | None) -> dict[str,
         "judge": float("nan") if judge is None else float(judge),
         "judge_fallbacks": float(result.get("judge_fallback", 0.0)),
         "errors": 0.0 if error is None else 1.0,
+        "response_tokens": float(response_tokens),
     }
 
 
+# ---- stage 1: one trajectory, on verl's reward-loop workers ----------------------------
+
+
 class MMRRewardManager(RewardManagerBase):
-    """verl reward manager that scores each trajectory with mmr's reward."""
+    """verl reward manager: each trajectory's reward except the group-relative term."""
 
     def __init__(
         self,
@@ -102,4 +154,118 @@ class MMRRewardManager(RewardManagerBase):
             logger.exception("mmr reward failed on one trajectory; scoring it 0")
             result, error = None, f"{type(err).__name__}: {err}"
         score = float(result["score"]) if result else 0.0
-        return {"reward_score": score, "reward_extra_info": extra_info_of(result, error)}
+        return {"reward_score": score, "reward_extra_info": extra_info_of(result, error, n_tokens)}
+
+
+# ---- stage 2: whole groups, where verl's trainer samples its batch ----------------------
+
+
+def finish_groups(
+    keys: Sequence[str],
+    rm_scores: Sequence[torch.Tensor],
+    infos: Sequence[dict[str, Any]],
+    cfg: RewardConfig,
+) -> tuple[list[torch.Tensor], list[dict[str, Any]], dict[str, float]]:
+    """Add the group-relative length term to a sampled batch; return it and its metrics.
+
+    `keys` are verl's TransferQueue keys `{uid}_{session}_{index}` (one session is one of
+    the n rollouts of prompt `uid`; an agent loop may write several outputs per session,
+    the last one carrying the reward), `rm_scores` each output's per-token rewards (its
+    response length, the score on the last token) and `infos` its `reward_extra_info`.
+    """
+    sessions: dict[str, list[int]] = {}
+    finals: dict[str, tuple[int, int]] = {}  # session -> (output index, row) of its last output
+    for row, key in enumerate(keys):
+        uid, session, index = key.rsplit("_", 2)
+        name = f"{uid}_{session}"
+        sessions.setdefault(name, []).append(row)
+        if name not in finals or finals[name][0] < int(index):
+            finals[name] = (int(index), row)
+    final_rows = [row for _, row in finals.values()]
+    scored = [
+        {
+            "score": float(rm_scores[i].sum()),
+            "length": float(infos[i].get("length", 0.0)),
+            "accuracy": float(infos[i].get("accuracy", 0.0)),
+            "response_tokens": int(infos[i].get("response_tokens", rm_scores[i].numel())),
+        }
+        for i in final_rows
+    ]
+    groups = [keys[i].rsplit("_", 2)[0] for i in final_rows]
+    done = add_group_length(scored, groups, cfg)
+
+    new_scores = [t.clone() for t in rm_scores]
+    new_infos = [dict(info) for info in infos]
+    for name, before, after in zip(finals, scored, done):
+        for i in sessions[name]:  # verl gives every output of a session the final reward
+            if new_scores[i].numel():
+                new_scores[i][-1] += after["score"] - before["score"]
+            new_infos[i]["length"] = after["length"]
+    return new_scores, new_infos, batch_metrics([new_infos[i] for i in final_rows])
+
+
+def batch_metrics(infos: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The `reward/*` metrics of a batch from its responses' `reward_extra_info`."""
+    if not infos:
+        return {}
+    out = {}
+    for name, (key, how) in METRICS.items():
+        total = sum(float(info.get(key, 0.0)) for info in infos)
+        out[name] = total / len(infos) if how == "mean" else total
+    return out
+
+
+class MMRGroupSampler:
+    """verl's replay buffer for `trainer.v1.sampler.custom_sampler`, plus mmr's stage 2.
+
+    verl builds it with keyword arguments (trainer mode, off-policy settings,
+    `sampler_kwargs`, refill function); it builds verl's own buffer for the trainer mode
+    with them and wraps it. `sampler_kwargs.reward_overrides` is the reward config as
+    `key=value` strings (`mmr rl train` fills it in).
+    """
+
+    def __init__(self, trainer_mode: str, sampler_kwargs: Any = None, **kwargs: Any) -> None:
+        from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
+
+        buffer_cls = ReplayBuffer if trainer_mode == "sync" else ReplayBufferAsync
+        self.buffer = buffer_cls(trainer_mode=trainer_mode, sampler_kwargs=sampler_kwargs, **kwargs)
+        overrides = (sampler_kwargs or {}).get("reward_overrides") or []
+        self.reward_config = load_config(RewardConfig, None, [str(o) for o in overrides])
+
+    def sample(self, global_steps: int, partition_id: str, batch_size: int) -> tuple[Any, dict]:
+        batch, metrics = self.buffer.sample(
+            global_steps=global_steps, partition_id=partition_id, batch_size=batch_size
+        )
+        if batch.keys:
+            metrics.update(self._finish(batch))
+        return batch, metrics
+
+    def _finish(self, batch: Any) -> dict[str, float]:
+        import transfer_queue as tq
+        from verl.utils.tensordict_utils import get_tensordict
+
+        data = tq.kv_batch_get(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            select_fields=["rm_scores", "extra_fields"],
+        )
+        rm_scores = list(data["rm_scores"].unbind(0))
+        extra = [dict(getattr(e, "data", e) or {}) for e in data["extra_fields"]]
+        infos = [dict(e.get("reward_extra_info") or {}) for e in extra]
+        rm_scores, infos, metrics = finish_groups(batch.keys, rm_scores, infos, self.reward_config)
+        if self.reward_config.length.mode in ("group", "both"):
+            for e, info in zip(extra, infos):
+                e["reward_extra_info"] = info
+            nested = torch.nested.as_nested_tensor(rm_scores, layout=torch.jagged)
+            tq.kv_batch_put(
+                keys=batch.keys,
+                partition_id=batch.partition_id,
+                fields=get_tensordict({"rm_scores": nested, "extra_fields": extra}),
+            )
+        return metrics
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else is verl's buffer (the async trainers poll it between samples).
+        if name == "buffer":
+            raise AttributeError(name)
+        return getattr(self.buffer, name)

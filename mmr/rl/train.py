@@ -13,11 +13,17 @@ sections:
 * `reward:` mmr's reward config (`mmr.rewards.RewardConfig`), passed to every reward
   worker through `reward.custom_reward_function.reward_kwargs`.
 
-mmr then points verl's reward settings (the `reward.*` keys of verl 0.9.1; the old
-top-level `custom_reward_function` / `reward_model.reward_manager` keys are legacy) at
-mmr's reward manager, and `--dry-run` shows the result. Differences from OpenMMReasoner's
-public scripts, which target an older verl fork: reward keys under `reward.*`, no
-`rollout.mode=sync` (removed), everything else as their recipe (see the YAML comments).
+mmr then sets the two verl hooks of its reward bridge (`mmr.rl.reward`), and
+`--dry-run` shows them: verl 0.9.1's `reward.*` keys (the old top-level
+`custom_reward_function` / `reward_model.reward_manager` keys are legacy) name mmr's
+per-trajectory reward manager, and `trainer.v1.sampler.custom_sampler` names the sampler
+that adds the group-relative length term to whole rollout groups and logs `reward/*`.
+Settings that would bypass that sampler are refused: verl's legacy trainer
+(`trainer.use_v1=false`), DAPO group filtering, `sync_refill_failed_groups` and a reward
+model (mmr's reward uses none).
+Differences from OpenMMReasoner's public scripts, which target an older verl fork: reward
+keys under `reward.*`, no `rollout.mode=sync` (removed), everything else as their recipe
+(see the YAML comments).
 """
 
 from __future__ import annotations
@@ -61,24 +67,47 @@ def compose_verl_config(cfg: RLConfig) -> DictConfig:
     OmegaConf.set_struct(base, True)  # unknown keys are errors, as in verl's own CLI
     try:
         merged = OmegaConf.merge(base, cfg.verl, _reward_wiring())
+        overrides = reward_overrides(cfg.reward)
         # verl reads reward_kwargs but its schema has no such key (its docs add it with `+`).
         with open_dict(merged.reward.custom_reward_function):
-            merged.reward.custom_reward_function.reward_kwargs = {
-                "overrides": reward_overrides(cfg.reward)
-            }
+            merged.reward.custom_reward_function.reward_kwargs = {"overrides": overrides}
+        with open_dict(merged.trainer.v1.sampler.sampler_kwargs):
+            merged.trainer.v1.sampler.sampler_kwargs.reward_overrides = overrides
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise ConfigError(
             f"verl.{key}: {str(err).splitlines()[0]} (verl {PINNED_VERL}'s keys are in "
             "verl/trainer/config/_generated_ppo_trainer.yaml)"
         ) from None
+    _check_sampler_hook(merged)
     return merged
 
 
+def _check_sampler_hook(config: DictConfig) -> None:
+    """Refuse verl settings under which mmr's sampler hook would not run in full."""
+    refused = {  # setting -> the value that bypasses the hook
+        "trainer.use_v1": False,
+        "algorithm.filter_groups.enable": True,  # verl gives a custom sampler no DAPO filter
+        "trainer.v1.sampler.sync_refill_failed_groups": True,
+        "reward.reward_model.enable": True,  # a colocated one scores after sampling
+    }
+    for key, bad in refused.items():
+        if bool(OmegaConf.select(config, key, default=not bad)) is bad:
+            setting = f"{key}={str(bad).lower()}"
+            raise ConfigError(
+                f"verl.{setting} is not supported: mmr's reward adds the group length term and "
+                "logs reward/* in verl's v1 sampler hook (trainer.v1.sampler.custom_sampler), "
+                "which this setting bypasses (see mmr/rl/reward.py)"
+            )
+
+
 def _reward_wiring() -> dict[str, Any]:
-    """Point verl 0.9.1's reward loop at mmr's reward manager and reward function."""
+    """Point verl 0.9.1's reward loop and v1 sampler at mmr's reward bridge."""
     bridge = str(Path(__file__).with_name("reward.py"))
     return {
+        "trainer": {
+            "v1": {"sampler": {"custom_sampler": {"path": bridge, "name": "MMRGroupSampler"}}}
+        },
         "reward": {
             "reward_manager": {
                 "source": "importlib",
@@ -89,7 +118,7 @@ def _reward_wiring() -> dict[str, Any]:
                 "path": bridge,
                 "name": "compute_score",
             },
-        }
+        },
     }
 
 

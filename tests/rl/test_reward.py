@@ -1,14 +1,37 @@
-"""The verl reward manager on hand-built verl batches: mmr's reward, every part reported."""
+"""The verl reward bridge on hand-built verl batches: mmr's reward, the group term, every part logged.
+
+Stage 1 runs in verl's own reward-loop worker class (`RewardLoopWorker`, which verl wraps
+in a Ray actor; here it runs in this process), stage 2 is the sampler hook's function on
+the rows verl stores in TransferQueue; the slow test runs the hook itself on a real
+TransferQueue with verl's replay buffer. No mocks.
+"""
 
 from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer
 from verl import DataProto
+from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 
-from mmr.rl.reward import EXTRA_KEYS, MMRRewardManager, compute_score
+from mmr.config import load_config
+from mmr.rewards import score_batch
+from mmr.rl.reward import (
+    EXTRA_KEYS,
+    METRICS,
+    MMRGroupSampler,
+    MMRRewardManager,
+    compute_score,
+    finish_groups,
+)
+from mmr.rl.train import RLConfig, compose_verl_config
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 RESPONSES = [
     ("<think>2 and 2 make 4.</think>\\boxed{4}", "4"),  # right, well formed
@@ -16,43 +39,124 @@ RESPONSES = [
     ("<think>half</think>\\boxed{\\frac{1}{2}}", "0.5"),  # right via math-verify
 ]
 
+# Three prompts (uid groups) with responses of different lengths, right and wrong.
+LONG = "then I check it again, step by step, " * 4
+GROUPS = [
+    ("g0", "<think>2+2=4</think>\\boxed{4}", "4"),
+    ("g0", f"<think>2+2: {LONG}so 4</think>\\boxed{{4}}", "4"),
+    ("g0", f"<think>{LONG}{LONG}</think>\\boxed{{5}}", "4"),
+    ("g0", "<think>guess</think>\\boxed{3}", "4"),
+    ("g1", "<think>half</think>\\boxed{\\frac{1}{2}}", "0.5"),
+    ("g1", f"<think>{LONG}it is a half</think>\\boxed{{0.5}}", "0.5"),
+    ("g1", "The answer is 7", "0.5"),
+    ("g2", f"<think>{LONG}</think>\\boxed{{9}}", "9"),  # a group of one: no group term
+]
+LENGTH = ["reward.length.mode=both", "reward.length.weight=0.5",
+          "reward.length.budget_tokens=40", "reward.length.max_tokens=200"]  # fmt: skip
 
-def _batch(tokenizer, pad_to: int = 24) -> DataProto:
+
+def _batch(tokenizer, rows: list[tuple[str, str, str]]) -> DataProto:
     """A verl batch: left-padded prompts, right-padded responses, as verl's rollout lays it out."""
     prompt = tokenizer("<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
-    rows, masks, responses = [], [], []
-    for text, _ in RESPONSES:
-        ids = tokenizer(text)["input_ids"][:pad_to]
-        resp = ids + [tokenizer.pad_token_id] * (pad_to - len(ids))
-        responses.append(resp)
-        rows.append(prompt + resp)
-        masks.append([1] * len(prompt) + [1] * len(ids) + [0] * (pad_to - len(ids)))
+    ids = [tokenizer(text)["input_ids"] for _, text, _ in rows]
+    width = max(map(len, ids))
+    responses = [r + [tokenizer.pad_token_id] * (width - len(r)) for r in ids]
+    masks = [[1] * (len(prompt) + len(r)) + [0] * (width - len(r)) for r in ids]
     return DataProto.from_dict(
         tensors={
-            "prompts": torch.tensor([prompt] * len(RESPONSES)),
+            "prompts": torch.tensor([prompt] * len(rows)),
             "responses": torch.tensor(responses),
-            "input_ids": torch.tensor(rows),
+            "input_ids": torch.tensor([prompt + r for r in responses]),
             "attention_mask": torch.tensor(masks),
         },
         non_tensors={
-            "data_source": np.array(["t"] * len(RESPONSES), dtype=object),
+            "data_source": np.array(["t"] * len(rows), dtype=object),
             "reward_model": np.array(
-                [{"ground_truth": gold, "style": "rule"} for _, gold in RESPONSES], dtype=object
+                [{"ground_truth": gold, "style": "rule"} for _, _, gold in rows], dtype=object
             ),
-            "extra_info": np.array([{"question": "q"}] * len(RESPONSES), dtype=object),
-            "uid": np.array(["g0"] * len(RESPONSES), dtype=object),
+            "extra_info": np.array([{"question": "q"}] * len(rows), dtype=object),
+            "uid": np.array([uid for uid, _, _ in rows], dtype=object),
         },
     )
 
 
+def _keys(data: DataProto) -> list[str]:
+    """verl's TransferQueue keys `{uid}_{session}_{output}`: session i of its prompt."""
+    seen: dict[str, int] = {}
+    keys = []
+    for uid in data.non_tensor_batch["uid"]:
+        keys.append(f"{uid}_{seen.get(uid, 0)}_0")
+        seen[uid] = seen.get(uid, 0) + 1
+    return keys
+
+
+def _verl_config(tiny_model, *overrides: str):
+    cfg = load_config(
+        RLConfig,
+        RECIPES / "omr_7b_gspo.yaml",
+        [f"verl.actor_rollout_ref.model.path={tiny_model}", "reward.judge.enabled=false",
+         *overrides],
+    )  # fmt: skip
+    return compose_verl_config(cfg)
+
+
+def _sampler(config) -> MMRGroupSampler:
+    """The sampler hook, built with the keyword arguments verl's v1 trainer passes."""
+    sampler = config.trainer.v1.sampler
+    return MMRGroupSampler(
+        trainer_mode="sync",
+        trainer_config={},
+        max_off_policy_threshold=sampler.max_off_policy_threshold,
+        max_off_policy_strategy=sampler.max_off_policy_strategy,
+        sampler_kwargs=sampler.sampler_kwargs,
+        refill_fn=lambda n: None,
+    )
+
+
+def _stage_one(config, data: DataProto) -> tuple[list[dict], list[torch.Tensor]]:
+    """verl's reward-loop worker on the batch; the per-token rewards as TransferQueue holds them."""
+    worker = RewardLoopWorker(config)  # verl's class; verl wraps it in a Ray actor
+    outs = worker.loop.run_until_complete(worker.compute_score_batch(data))
+    padded = MMRRewardManager.assemble_rm_scores(data, [o["reward_score"] for o in outs])
+    prompt_len = data.batch["prompts"].shape[1]
+    lengths = data.batch["attention_mask"][:, prompt_len:].sum(-1).tolist()
+    return outs, [padded[i, :n] for i, n in enumerate(lengths)]  # as verl writes TQ rows
+
+
 @pytest.fixture(scope="module")
-def manager(tiny_qwen2_5_vl):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2_5_vl)
+def tokenizer(tiny_qwen2_5_vl):
+    return AutoTokenizer.from_pretrained(tiny_qwen2_5_vl)
+
+
+@pytest.fixture(scope="module")
+def manager(tokenizer):
     return MMRRewardManager(config=None, tokenizer=tokenizer, compute_score=compute_score)
 
 
+@pytest.fixture(scope="module")
+def grouped(tiny_qwen2_5_vl, tokenizer):
+    """The grouped batch through stage 1, with the config that scored it."""
+    config = _verl_config(tiny_qwen2_5_vl, *LENGTH)
+    data = _batch(tokenizer, GROUPS)
+    outs, rows = _stage_one(config, data)
+    return config, data, outs, rows
+
+
+def _expected(data: DataProto, config) -> list[dict]:
+    """`score_batch` on the same rollouts scored together, grouped by verl's uid."""
+    prompt_len = data.batch["prompts"].shape[1]
+    tokens = data.batch["attention_mask"][:, prompt_len:].sum(-1).tolist()
+    items = [
+        {"response": text, "ground_truth": gold, "question": "q", "group": uid,
+         "response_tokens": n}
+        for (uid, text, gold), n in zip(GROUPS, tokens)
+    ]  # fmt: skip
+    return score_batch(items, _sampler(config).reward_config)
+
+
 def test_run_single_scores_each_trajectory_with_every_part(manager):
-    data = _batch(manager.tokenizer)
+    rows = [("g0", text, gold) for text, gold in RESPONSES]
+    data = _batch(manager.tokenizer, rows)
     outs = [manager.loop.run_until_complete(manager.run_single(data[i : i + 1]))
             for i in range(len(data))]  # fmt: skip
     scores = [o["reward_score"] for o in outs]
@@ -63,10 +167,12 @@ def test_run_single_scores_each_trajectory_with_every_part(manager):
         assert tuple(out["reward_extra_info"]) == EXTRA_KEYS
         assert out["reward_extra_info"]["errors"] == 0.0
     assert outs[1]["reward_extra_info"]["format"] == 0.0
+    n_tokens = int(data.batch["attention_mask"][0, data.batch["prompts"].shape[1] :].sum())
+    assert outs[0]["reward_extra_info"]["response_tokens"] == n_tokens
 
 
 def test_rewards_land_on_each_responses_last_token(manager):
-    data = _batch(manager.tokenizer)
+    data = _batch(manager.tokenizer, [("g0", text, gold) for text, gold in RESPONSES])
     scores = [1.0, 0.0, 0.5]
     rm = MMRRewardManager.assemble_rm_scores(data, scores)
     prompt_len = data.batch["prompts"].shape[1]
@@ -81,5 +187,129 @@ def test_a_reward_that_raises_scores_zero_and_is_counted(manager):
         raise RuntimeError("plug-in bug")
 
     failing = MMRRewardManager(config=None, tokenizer=manager.tokenizer, compute_score=broken)
-    out = failing.loop.run_until_complete(failing.run_single(_batch(manager.tokenizer)[0:1]))
+    data = _batch(manager.tokenizer, [("g0", text, gold) for text, gold in RESPONSES])
+    out = failing.loop.run_until_complete(failing.run_single(data[0:1]))
     assert out["reward_score"] == 0.0 and out["reward_extra_info"]["errors"] == 1.0
+
+
+def test_batch_gets_score_batch_rewards_with_the_group_term_on_each_last_token(grouped):
+    config, data, outs, rows = grouped
+    scores, infos, metrics = finish_groups(
+        _keys(data), rows, [o["reward_extra_info"] for o in outs], _sampler(config).reward_config
+    )
+    expected = _expected(data, config)
+    for row, score, info, want in zip(rows, scores, infos, expected):
+        assert score.shape == row.shape  # one reward per response token ...
+        assert score[-1].item() == pytest.approx(want["score"], abs=1e-6)  # ... on the last
+        assert torch.count_nonzero(score[:-1]) == 0
+        assert info["length"] == pytest.approx(want["length"])
+        assert info["accuracy"] == want["accuracy"] and info["format"] == want["format"]
+    # The group term is there: in-group lengths differ from what stage 1 alone gave.
+    group_terms = [i["length"] - o["reward_extra_info"]["length"] for i, o in zip(infos, outs)]
+    assert sum(abs(t) > 1e-6 for t in group_terms[:7]) >= 4
+    assert group_terms[7] == 0.0  # g2 is a group of one
+    assert group_terms[0] > 0 > group_terms[2]  # shortest right answer gains, long wrong loses
+
+    assert set(metrics) == set(METRICS) == {
+        "reward/accuracy", "reward/format", "reward/length", "reward/judge_fallbacks",
+        "reward/errors",
+    }  # fmt: skip
+    n = len(expected)
+    assert metrics["reward/accuracy"] == pytest.approx(sum(r["accuracy"] for r in expected) / n)
+    assert metrics["reward/format"] == pytest.approx(sum(r["format"] for r in expected) / n)
+    assert metrics["reward/length"] == pytest.approx(sum(r["length"] for r in expected) / n)
+    assert metrics["reward/judge_fallbacks"] == 0 and metrics["reward/errors"] == 0
+
+
+def test_budget_only_mode_leaves_rewards_alone_and_still_logs(tiny_qwen2_5_vl, grouped):
+    _, data, outs, rows = grouped
+    cfg = _sampler(_verl_config(tiny_qwen2_5_vl)).reward_config  # the recipe: length.mode=budget
+    scores, _, metrics = finish_groups(
+        _keys(data), rows, [o["reward_extra_info"] for o in outs], cfg
+    )
+    assert all(torch.equal(a, b) for a, b in zip(scores, rows)) and set(metrics) == set(METRICS)
+
+
+def test_a_judge_that_is_down_neither_raises_nor_stalls(tiny_qwen2_5_vl, tokenizer):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    timeout_s = 20
+    config = _verl_config(
+        tiny_qwen2_5_vl, *LENGTH, "reward.judge.enabled=true",
+        f"reward.judge.base_url=http://127.0.0.1:{port}/v1", f"reward.judge.timeout_s={timeout_s}",
+    )  # fmt: skip
+    # "two" vs gold "2": the rules cannot decide, so every row asks the judge.
+    rows = [(f"u{i % 2}", f"<think>{'so ' * i}</think>\\boxed{{two}}", "2") for i in range(6)]
+    data = _batch(tokenizer, rows)
+    start = time.monotonic()
+    outs, rm_rows = _stage_one(config, data)
+    scores, infos, metrics = finish_groups(
+        _keys(data), rm_rows, [o["reward_extra_info"] for o in outs], _sampler(config).reward_config
+    )
+    assert time.monotonic() - start < timeout_s  # less than one judge request's timeout
+    assert metrics["reward/judge_fallbacks"] == 6 and metrics["reward/errors"] == 0
+    assert metrics["reward/accuracy"] == 0.0  # fell back to the rules' "not shown correct"
+    for score, info in zip(scores, infos):  # 0.9 x accuracy 0 + 0.1 x format + 0.5 x length
+        assert score[-1].item() == pytest.approx(0.1 * info["format"] + 0.5 * info["length"])
+
+
+@pytest.mark.slow
+def test_sampler_hook_writes_group_rewards_into_transfer_queue(grouped):
+    """verl's replay buffer samples whole groups from a real TransferQueue; the hook finishes them."""
+    import ray
+    import transfer_queue as tq
+    from omegaconf import OmegaConf
+    from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    config, data, outs, _ = grouped
+    keys = _keys(data)
+    prompt_len = data.batch["prompts"].shape[1]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
+        uids = list(dict.fromkeys(data.non_tensor_batch["uid"]))
+        tags = [{"is_prompt": True, "status": "finished", "global_steps": 1}] * len(uids)
+        tq.kv_batch_put(keys=uids, partition_id="train", tags=tags)
+        for i, key in enumerate(keys):  # as verl's AgentLoopWorkerTQ stores a finished rollout
+            n = int(data.batch["attention_mask"][i, prompt_len:].sum())
+            output = AgentLoopOutput(
+                prompt_ids=data.batch["prompts"][i].tolist(),
+                response_ids=data.batch["responses"][i, :n].tolist(),
+                response_mask=[1] * n,
+                reward_score=outs[i]["reward_score"],
+                metrics=AgentLoopMetrics(),
+                extra_fields={"reward_extra_info": outs[i]["reward_extra_info"]},
+            )
+            field = {**output.as_dict(), "uid": key.split("_")[0]}
+            tag = {"status": "success", "response_len": n, "seq_len": prompt_len + n}
+            tq.kv_batch_put(keys=[key], partition_id="train",
+                            fields=list_of_dict_to_tensordict([field]), tags=[tag])  # fmt: skip
+
+        batch, metrics = _sampler(config).sample(
+            global_steps=1, partition_id="train", batch_size=len(uids)
+        )
+        assert sorted(batch.keys) == sorted(keys) and set(METRICS) <= set(metrics)
+        stored = tq.kv_batch_get(
+            keys=keys, partition_id="train", select_fields=["rm_scores", "extra_fields"]
+        )
+        expected = _expected(data, config)
+        for score, extra, want in zip(
+            stored["rm_scores"].unbind(0), stored["extra_fields"], expected
+        ):
+            assert score[-1].item() == pytest.approx(want["score"], abs=1e-6)
+            assert torch.count_nonzero(score[:-1]) == 0
+            assert extra["reward_extra_info"]["length"] == pytest.approx(want["length"])
+        n = len(expected)
+        assert metrics["reward/length"] == pytest.approx(sum(r["length"] for r in expected) / n)
+        # What verl's advantage step reads next (PPOTrainer._compute_advantage): the new totals.
+        padded = tq.kv_batch_get(
+            keys=batch.keys, partition_id="train", select_fields=["response_mask", "rm_scores"]
+        ).to_padded_tensor()
+        want = {key: row["score"] for key, row in zip(keys, expected)}
+        totals = padded["rm_scores"].sum(-1).tolist()
+        assert totals == pytest.approx([want[key] for key in batch.keys], abs=1e-6)
+    finally:
+        tq.close()
+        ray.shutdown()

@@ -1,7 +1,8 @@
 """mmr rl train: the composed verl config (dry run) carries the recipe and mmr's reward.
 
 verl's trainer itself needs GPUs and vLLM, so these tests stop at the config verl would
-run with; `tests/rl/test_reward.py` runs the reward manager verl would call.
+run with and the hooks it would load; `tests/rl/test_reward.py` runs the reward manager
+and the sampler hook verl would call.
 """
 
 from __future__ import annotations
@@ -63,17 +64,51 @@ def test_dry_run_calls_mmrs_reward(dry_run):
     assert "weights.accuracy=0.9" in overrides and "length.mode=budget" in overrides
     # The legacy top-level keys stay unset: verl 0.9.1 reads `reward.*`.
     assert all(v is None for v in dry_run["custom_reward_function"].values())
+    # The group stage: verl's v1 trainer samples every batch through mmr's sampler hook.
+    sampler = dry_run["trainer"]["v1"]["sampler"]
+    assert dry_run["trainer"]["use_v1"] is True
+    assert sampler["custom_sampler"] == {"path": str(bridge), "name": "MMRGroupSampler"}
+    assert sampler["sampler_kwargs"]["reward_overrides"] == overrides
 
 
-def test_verl_loads_the_reward_function_and_manager_we_point_at(dry_run):
+def test_verl_loads_the_reward_function_manager_and_sampler_we_point_at(dry_run):
     from omegaconf import OmegaConf
     from verl.trainer.ppo.reward import get_custom_reward_fn, resolve_reward_manager_cls
+    from verl.utils.import_utils import load_extern_type
 
     config = OmegaConf.create(dry_run)
     assert resolve_reward_manager_cls(config).__name__ == "MMRRewardManager"
     fn = get_custom_reward_fn(config)
     out = fn(data_source="t", solution_str="<think>1+1=2</think>\\boxed{2}", ground_truth="2")
     assert out["score"] == pytest.approx(1.0) and out["accuracy"] == 1.0
+    # As verl's PPOTrainer._build_replay_buffer loads and builds a custom sampler.
+    sampler_cfg = config.trainer.v1.sampler
+    sampler = load_extern_type(sampler_cfg.custom_sampler.path, sampler_cfg.custom_sampler.name)(
+        trainer_mode=config.trainer.v1.trainer_mode,
+        trainer_config=config.trainer.v1.get(config.trainer.v1.trainer_mode, {}),
+        max_off_policy_threshold=sampler_cfg.max_off_policy_threshold,
+        max_off_policy_strategy=sampler_cfg.max_off_policy_strategy,
+        sampler_kwargs=sampler_cfg.sampler_kwargs,
+        refill_fn=lambda n: None,
+    )
+    overrides = list(config.reward.custom_reward_function.reward_kwargs.overrides)
+    assert type(sampler).__name__ == "MMRGroupSampler"
+    assert sampler.reward_config == load_config(RewardConfig, None, overrides)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "verl.trainer.use_v1=false",
+        "verl.algorithm.filter_groups.enable=true",
+        "verl.trainer.v1.sampler.sync_refill_failed_groups=true",
+        "verl.reward.reward_model.enable=true",
+    ],
+)
+def test_settings_that_bypass_the_sampler_hook_are_refused(setting):
+    cfg = load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml", [setting])
+    with pytest.raises(ConfigError, match=setting.removeprefix("verl.")):
+        compose_verl_config(cfg)
 
 
 def test_reward_overrides_rebuild_the_same_config():
