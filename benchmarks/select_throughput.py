@@ -14,6 +14,14 @@ no `</think>`), then in one run measures, each in a fresh process so peak RSS is
 
 Both keep exactly the same ids (checked). Prints rows/s, peak RSS and the ratios.
 Goals (issue 7): >= 5,000 rows/s; peak RSS <= 2 GB, not growing with the row count.
+
+Before/after on a shared machine: `--compare DIR` also runs the select of another source
+tree of mmr (e.g. `git archive HEAD~1 | tar -x -C /tmp/mmr_old`) on the same `--rows`
+input, alternating with this tree `--repeat` times, and prints both with the ratio of
+their best runs (and whether they kept the same ids). `--skip-baseline` leaves out the
+pandas run (6 minutes and 9 GB at 200,000 rows).
+
+    .venv/bin/python benchmarks/select_throughput.py --compare /tmp/mmr_old --repeat 3 --skip-baseline
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,6 +85,9 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
 
 def _child(mode: str, src: str, out: str, num_proc: int) -> None:
     """Run one measured job in this (fresh) process; print a JSON line of results."""
+    code = os.environ.get("MMR_BENCH_CODE")
+    if code:  # --compare: import mmr from that tree (spawned workers inherit sys.path)
+        sys.path.insert(0, code)
     start = time.perf_counter()
     if mode == "mmr":
         from mmr.config import load_config
@@ -98,8 +110,9 @@ def _pandas_select(src: str, out: str) -> tuple[int, int]:
     import pandas as pd
 
     from mmr.data.pipeline.config import VerifyConfig
-    from mmr.data.pipeline.verify import check_answers
+    from mmr.data.pipeline.verify import reward_config
     from mmr.data.schema import extract_boxed
+    from mmr.rewards import score_batch
 
     df = pd.read_parquet(src)
 
@@ -118,18 +131,25 @@ def _pandas_select(src: str, out: str) -> tuple[int, int]:
 
     mask = [rule_ok(r, c or "") for r, c in zip(df["response"], df["caption"])]
     df = df[mask]
-    items = list(zip(df["question"], df["response"], df["answer"]))
-    verdicts = check_answers(items, VerifyConfig())
-    df = df[[ok for ok, _ in verdicts]]
+    # The whole responses go to the reward, as a plain caller would send them.
+    items = [
+        {"question": q, "response": r, "ground_truth": g}
+        for q, r, g in zip(df["question"], df["response"], df["answer"])
+    ]
+    rows = score_batch(items, reward_config(VerifyConfig()))
+    df = df[[row["accuracy"] >= 1.0 for row in rows]]
     Path(out).mkdir(parents=True, exist_ok=True)
     df.to_parquet(Path(out) / "selected.parquet")
     return len(mask), len(df)
 
 
-def measure(mode: str, src: Path, out: Path, num_proc: int) -> dict:
-    """Run a child process; sample the RSS of it and its workers every 50 ms."""
+def measure(mode: str, src: Path, out: Path, num_proc: int, code: str | None = None) -> dict:
+    """Run a child process (mmr from `code` when given); sample the RSS of it and its
+    workers every 50 ms."""
+    shutil.rmtree(out, ignore_errors=True)  # a finished stage would not run again
     cmd = [sys.executable, __file__, "--child", mode, str(src), str(out), str(num_proc)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    env = {**os.environ, "MMR_BENCH_CODE": code} if code else None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=code or ROOT, env=env)
     parent, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         try:
@@ -159,6 +179,9 @@ def main() -> None:
     parser.add_argument("--small-rows", type=int, default=50_000)
     parser.add_argument("--num-proc", type=int, default=2)
     parser.add_argument("--workdir", default=None, help="default: a temporary folder")
+    parser.add_argument("--compare", default=None, help="another mmr source tree to time")
+    parser.add_argument("--repeat", type=int, default=1, help="alternating runs with --compare")
+    parser.add_argument("--skip-baseline", action="store_true", help="no pandas run")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -179,30 +202,50 @@ def main() -> None:
         results[rows] = measure("mmr", src, work / f"mmr-{rows}", args.num_proc)
     big = args.rows
     src = work / f"input-{big}.parquet"
-    baseline = measure("pandas", src, work / f"pandas-{big}", 1)
-    same = _kept_ids(work / f"mmr-{big}" / "selected") == _kept_ids(work / f"pandas-{big}")
-    print(f"machine: {os.cpu_count()} CPUs; num_proc={args.num_proc}; kept ids identical: {same}")
+    if args.compare:
+        _compare(args, src, work, results[big])
+    print(f"machine: {os.cpu_count()} CPUs; num_proc={args.num_proc}")
     for rows, r in results.items():
         print(
             f"mmr select    {rows:>7} rows: {r['rows_per_s']:8.0f} rows/s  "
             f"{r['seconds']:6.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MiB  kept {r['kept']}"
         )
-    print(
-        f"pandas naive  {big:>7} rows: {baseline['rows_per_s']:8.0f} rows/s  "
-        f"{baseline['seconds']:6.1f} s  peak RSS {baseline['peak_rss_mb']:6.0f} MiB  "
-        f"kept {baseline['kept']}"
-    )
     r = results[big]
-    print(
-        f"ratio mmr/pandas: {r['rows_per_s'] / baseline['rows_per_s']:.2f}x rows/s, "
-        f"{baseline['peak_rss_mb'] / r['peak_rss_mb']:.2f}x less peak RSS"
-    )
+    if not args.skip_baseline:
+        baseline = measure("pandas", src, work / f"pandas-{big}", 1)
+        same = _kept_ids(work / f"mmr-{big}" / "selected") == _kept_ids(work / f"pandas-{big}")
+        print(
+            f"pandas naive  {big:>7} rows: {baseline['rows_per_s']:8.0f} rows/s  "
+            f"{baseline['seconds']:6.1f} s  peak RSS {baseline['peak_rss_mb']:6.0f} MiB  "
+            f"kept {baseline['kept']}  (kept ids identical: {same})"
+        )
+        print(
+            f"ratio mmr/pandas: {r['rows_per_s'] / baseline['rows_per_s']:.2f}x rows/s, "
+            f"{baseline['peak_rss_mb'] / r['peak_rss_mb']:.2f}x less peak RSS"
+        )
     small = results[args.small_rows]
     print(
         f"peak RSS {args.small_rows} -> {big} rows: "
         f"{small['peak_rss_mb']:.0f} -> {r['peak_rss_mb']:.0f} MiB "
         f"({r['peak_rss_mb'] / small['peak_rss_mb']:.2f}x for {big / args.small_rows:.0f}x rows)"
     )
+
+
+def _compare(args: argparse.Namespace, src: Path, work: Path, first: dict) -> None:
+    """This tree against `--compare`, alternating on the same input (shared machines)."""
+    runs: dict[str, list[dict]] = {"this tree": [first], "compared": []}
+    for i in range(args.repeat):
+        if i:
+            runs["this tree"].append(measure("mmr", src, work / "mmr-this", args.num_proc))
+        out = work / "mmr-compared"
+        runs["compared"].append(measure("mmr", src, out, args.num_proc, args.compare))
+    same = _kept_ids(work / f"mmr-{args.rows}" / "selected") == _kept_ids(out / "selected")
+    print(f"compare with {args.compare} ({args.rows} rows, alternating, num_proc={args.num_proc})")
+    for name, results in runs.items():
+        rates = ", ".join(f"{r['rows_per_s']:.0f}" for r in results)
+        print(f"  {name:10} rows/s: {rates}  (best {max(r['rows_per_s'] for r in results):.0f})")
+    best = [max(r["rows_per_s"] for r in results) for results in runs.values()]
+    print(f"  best this/compared: {best[0] / best[1]:.2f}x; kept ids identical: {same}")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def _run(args: argparse.Namespace, cfg: PipelineConfig) -> None:
             _run_step(step, cfg, args.input if i == 0 else None, args)
         return
     if args.input is None:
-        raise StageError(f"mmr data {args.action} needs --input")
+        raise StageError("needs --input (the file or folder to read)")
     if args.action == "dedup":
         from mmr.data.pipeline.dedup import run_dedup
 

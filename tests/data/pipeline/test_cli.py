@@ -1,5 +1,6 @@
 """`mmr data` end to end: every recipe loads; `run --step all` on generated tasks with a
-local rule teacher; clear exit 2 errors."""
+local rule teacher; `dedup` with the offline MiniLM model and `difficulty` against the local
+server, with their report files; clear exit 2 errors."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from mmr.config import load_config
 from mmr.data.io import write_samples
 from mmr.data.pipeline.cli import main
 from mmr.data.pipeline.config import PipelineConfig
+from mmr.data.schema import Sample
 from mmr.data.synthetic import generate_tasks, solve, teacher_response
+from tests.data.pipeline.helpers import arithmetic, parse_question
 
 RECIPES = sorted((Path(__file__).resolve().parents[3] / "recipes" / "data").glob("*.yaml"))
 
@@ -97,3 +100,118 @@ def test_errors_exit_2(tmp_path, capsys):
         == 2
     )
     assert "api_base" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# `mmr data dedup` and `mmr data difficulty`
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_dedup_cli_with_the_offline_minilm_model(tmp_path, capsys):
+    rows = [
+        Sample("1", "s", "How many red circles are there in the image?", "3"),
+        Sample("2", "s", "How many red circles are in the picture?", "3"),
+        Sample("3", "s", "What is the probability of rolling two sixes with two dice?", "1/36"),
+        Sample("4", "s", "Count the red circles in the image.", "3"),
+        Sample("5", "s", "Compute the perimeter of the square shown.", "8"),
+        Sample("6", "s", "What is the chance of rolling two sixes with a pair of dice?", "1/36"),
+    ]
+    write_samples(tmp_path / "rl.parquet", rows)
+    out = tmp_path / "out"
+    argv = ["dedup", "--input", str(tmp_path / "rl.parquet"), "--output", str(out),
+            "dedup.embedder=minilm", "dedup.threshold=0.8", "shard_rows=4"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "dedup: 6 rows in -> 3 out, 3 dropped" in printed and "clusters: 2" in printed
+    kept = ds.dataset(out / "deduped", format="parquet").to_table()["id"].to_pylist()
+    assert kept == ["1", "3", "5"]
+    report = json.loads((out / "reports" / "dedup.json").read_text())
+    assert report["filters"] == {"dedup": {"near_duplicate": 3}} and report["shards"] == 2
+    assert report["clusters"]["count"] == 2 and report["clusters"]["largest"][0]["kept"] == "1"
+    lines = (out / "reports" / "dedup_clusters.jsonl").read_text().splitlines()
+    clusters = {c["kept"]: [d[0] for d in c["duplicates"]] for c in map(json.loads, lines)}
+    assert clusters == {"1": ["2", "4"], "3": ["6"]}
+    assert load_config(PipelineConfig, out / "config.yaml").dedup.threshold == 0.8
+    # Finished: run again, nothing is redone (and no model is loaded for it).
+    assert main([*argv, "--quiet"]) == 0
+    assert json.loads((out / "reports" / "dedup.json").read_text())["rows_out"] == 3
+
+
+def test_dedup_cli_bad_input_exits_2(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert _run(["dedup", "--output", out], capsys) == (
+        2,
+        "mmr data dedup: needs --input (the file or folder to read)\n",
+    )
+    code, err = _run(["dedup", "--input", str(tmp_path / "gone.parquet"), "--output", out], capsys)
+    assert code == 2 and "no such file or folder" in err
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    code, err = _run(["dedup", "--input", str(tmp_path / "bad.parquet"), "--output", out], capsys)
+    assert code == 2 and "bad.parquet" in err
+    write_samples(tmp_path / "ok.parquet", [Sample("1", "s", "What is 1 + 1?", "2")])
+    good = ["dedup", "--input", str(tmp_path / "ok.parquet"), "--output", out]
+    code, err = _run([*good, "dedup.threshold=1.5"], capsys)
+    assert code == 2 and "dedup.threshold" in err
+    code, err = _run([*good, f"dedup.embedder={tmp_path / 'no-model'}"], capsys)
+    assert code == 2 and f"dedup.embedder '{tmp_path / 'no-model'}' cannot be loaded" in err
+    assert _run([*good, "dedup.embedder=hashing"], capsys)[0] == 0
+    code, err = _run([*good, "dedup.embedder=hashing", "dedup.threshold=0.5"], capsys)
+    assert code == 2 and "--overwrite" in err  # another config's output is never mixed in
+
+
+def test_difficulty_cli_against_the_local_server(tmp_path, server, capsys):
+    # Question i: the small model is right in (i % 5) of its 4 tries; question 4 fails.
+    tries: dict[int, int] = {}
+
+    def script(body):
+        q, total = parse_question(body)
+        if q == 4:
+            return ("status", 503)
+        tries[q] = tries.get(q, 0) + 1
+        return f"\\boxed{{{total if tries[q] <= q % 5 else total + 1}}}"
+
+    server.script = script
+    rows = arithmetic(6)
+    rows[5].pass_rate = 0.5  # stored: kept, not asked again
+    rows[3].id = rows[2].id  # a repeated id still gets its own pass rate
+    write_samples(tmp_path / "sel.parquet", rows)
+    out = tmp_path / "out"
+    argv = ["difficulty", "--input", str(tmp_path / "sel.parquet"), "--output", str(out),
+            "--quiet", f"select.difficulty.client.api_base={server.base_url}",
+            "select.difficulty.client.retries=0", "select.difficulty.client.model=small"]  # fmt: skip
+    assert main(argv) == 0
+    table = ds.dataset(out / "difficulty", format="parquet").to_table().to_pylist()
+    assert [(r["id"], r["pass_rate"]) for r in table] == [
+        ("q000", 0.0), ("q001", 0.25), ("q002", 0.5), ("q002", 0.75), ("q005", 0.5)
+    ]  # fmt: skip
+    assert json.loads(table[1]["meta"]) == {"pass_rate_model": "small"}
+    report = json.loads((out / "reports" / "difficulty.json").read_text())
+    assert report["failed_reasons"] == {"difficulty_http_503": 1}
+    assert report["info"] == {"answers_requested": 20, "rated": 4}
+    assert (out / "failed" / "difficulty" / "part-00000.parquet").is_file()
+    assert len(server.requests) == 20
+    assert main(argv) == 0 and len(server.requests) == 20  # finished: nothing asked again
+
+
+def test_difficulty_cli_bad_input_exits_2(tmp_path, server, capsys):
+    out = str(tmp_path / "out")
+    write_samples(tmp_path / "q.parquet", arithmetic(2))
+    good = ["difficulty", "--input", str(tmp_path / "q.parquet"), "--output", out]
+    code, err = _run(good, capsys)  # no server named
+    assert code == 2 and "select.difficulty.client has no endpoint" in err
+    url = f"select.difficulty.client.api_base={server.base_url}"
+    code, err = _run(["difficulty", "--output", out, url], capsys)
+    assert (code, err) == (2, "mmr data difficulty: needs --input (the file or folder to read)\n")
+    code, err = _run(
+        ["difficulty", "--input", str(tmp_path / "none"), "--output", out, url], capsys
+    )
+    assert code == 2 and "no such file or folder" in err
+    code, err = _run([*good, url, "select.difficulty.num_samples=0"], capsys)
+    assert code == 2 and "select.difficulty.num_samples" in err
+    code, err = _run([*good, url, "select.difficulty.verify.judge.enabled=true"], capsys)
+    assert code == 2 and "select.difficulty.verify.judge is enabled but has no endpoint" in err
+    assert server.requests == []

@@ -5,25 +5,30 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
 from mmr.data.io import write_samples
+from mmr.data.pipeline import select as select_module
 from mmr.data.pipeline.config import (
     ContentFilterConfig,
     PipelineConfig,
     SelectConfig,
     StructureFilterConfig,
+    VerifyConfig,
 )
 from mmr.data.pipeline.runner import ShardLog
 from mmr.data.pipeline.select import (
     check_content,
     check_structure,
+    check_templated,
     count_words,
     find_repeated_ngram,
     run_select,
     select_filter,
 )
+from mmr.data.pipeline.verify import check_answers, reward_config
 from tests.data.pipeline.fake_server import prompt_text
 from tests.data.pipeline.helpers import long_think, sample
 
@@ -79,6 +84,11 @@ def test_templated_filter_finds_a_50_gram_repeated_three_times():
     assert found is not None and len(found.split()) == 50 and found in block
     assert find_repeated_ngram(" ".join(["loop"] * 52), 50, 3) == " ".join(["loop"] * 50)
     assert find_repeated_ngram(" ".join(["loop"] * 51), 50, 3) is None  # 2 overlapping
+    # Two repeated bigrams: the one that starts first is named, whatever their hashes.
+    rng = random.Random(2)
+    for _ in range(20):
+        a, b, c, d = rng.sample(WORDS_SMALL, 4)
+        assert find_repeated_ngram(f"{a} {b} " * 3 + f"{c} {d} " * 3, 2, 3) == f"{a} {b}"
 
 
 def test_ngram_and_word_count_agree_with_plain_python():
@@ -176,3 +186,93 @@ def test_select_needs_no_server_when_difficulty_and_judge_are_off(tmp_path):
     write_samples(tmp_path / "in.parquet", [sample(0)])
     report = run_select(PipelineConfig(), tmp_path / "in.parquet", tmp_path / "out", quiet=True)
     assert report["rows_out"] == 1
+
+
+def _one_by_one(rows: list, cfg: SelectConfig) -> list:
+    """The rule filters applied sample by sample, each counting its own words."""
+    out = []
+    for row in rows:
+        verdict = None
+        for name, check, section in (
+            ("content", check_content, cfg.content),
+            ("structure", check_structure, cfg.structure),
+            ("templated", check_templated, cfg.templated),
+        ):
+            found = check(row, section) if section.enabled else None
+            if found is not None:
+                verdict = (name, *found)
+                break
+        out.append(verdict)
+    return out
+
+
+def test_shard_rule_verdicts_equal_the_one_by_one_filters(monkeypatch):
+    # Many small blocks: rows shorter and longer than a block, repeats inside a row, the
+    # same n-gram in two rows (never a repeat), wide whitespace and control characters.
+    monkeypatch.setattr(select_module, "_BLOCK_BYTES", 300)
+    rng = random.Random(1)
+    vocab = [*WORDS_SMALL[:12], "\u00e9t\u00e9", "a\u00a0b", "x\u3000y", "\t", "\x1c", "\x00"]
+    cfg = SelectConfig()
+    cfg.content.min_response_words, cfg.content.min_caption_words = 20, 5
+    cfg.templated.ngram_n, cfg.templated.ngram_freq = 4, 3
+    shared = " ".join(rng.choice(vocab) for _ in range(6))
+    rows = []
+    for i in range(400):
+        words = [rng.choice(vocab) for _ in range(rng.choice([3, 30, 120]))]
+        if i % 3 == 0:
+            chunk = words[: rng.randint(3, 8)]
+            for _ in range(rng.randint(1, 3)):
+                at = rng.randint(0, len(words))
+                words[at:at] = chunk
+        think = " ".join(words) + (f" {shared} " if i % 5 == 0 else "")
+        close = rng.choice(["</think>", "</think>", "", "</think></think>"])
+        final = rng.choice(["<answer>7</answer>", "\\boxed{7}", "seven"])
+        caption = rng.choice([None, "", " ".join(rng.choice(vocab) for _ in range(8))])
+        rows.append(sample(i, response=f"<think>{think}{close}{final}", caption=caption))
+    expected = _one_by_one(rows, cfg)
+    assert select_module._rule_verdicts(rows, cfg) == expected
+    assert {v[0] for v in expected if v} == {"content", "structure", "templated"}
+    cfg.content.enabled = False  # the templated filter alone also sees the short rows
+    assert select_module._rule_verdicts(rows, cfg) == _one_by_one(rows, cfg)
+
+
+def test_ngrams_across_two_rows_are_not_repeats():
+    words, flagged = select_module._text_stats(["a b c d x a b", "c d y", "a b c d"], (4, 2))
+    assert words.tolist() == [7, 3, 4] and not flagged.any()
+    words, flagged = select_module._text_stats(["a b c d x a b c d", "q"], (4, 2))
+    assert flagged.tolist() == [True, False]
+
+
+def test_answers_are_checked_on_the_final_part_only():
+    # check_answers sends what follows the last </think>; mmr.rewards reads nothing else.
+    from mmr.rewards import score_batch
+
+    cases = [
+        "<think>so \\boxed{3}</think> the answer is \\boxed{7}",
+        "<think>maybe 7</think>\\boxed{3}",
+        "<think>a</think>b</think> \\boxed{7}",
+        "<think> never closed \\boxed{7}",
+        "no tags at all \\boxed{7}",
+        "</think>\\boxed{7}",
+        "<think>x</think><answer>7</answer>",
+        "<think>x</think> Answer: 7",
+        "",
+    ]
+    items = [("What is 3 + 4?", response, "7") for response in cases]
+    rows = score_batch(
+        [{"question": q, "response": r, "ground_truth": g} for q, r, g in items],
+        reward_config(VerifyConfig()),
+    )
+    expected = [row["accuracy"] == 1.0 for row in rows]
+    assert [ok for ok, _ in check_answers(items, VerifyConfig())] == expected
+    assert expected == [True, False, True, False, True, True, True, True, False]
+
+
+def test_a_hash_collision_does_not_hide_a_repeat(monkeypatch):
+    # Every word hashed alike: all n-grams share one hash, and the first of them is not the
+    # repeated one. The words decide.
+    monkeypatch.setattr(
+        select_module, "_word_hashes", lambda text: np.zeros(len(text.split()), dtype=np.uint64)
+    )
+    assert find_repeated_ngram("p q a b a b a b", 2, 3) == "a b"
+    assert find_repeated_ngram("p q a b a b c d", 2, 3) is None
