@@ -21,6 +21,7 @@ Authorization header; it is never logged, printed or written.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import json
@@ -207,6 +208,9 @@ class Judge:
                 self._thread.start()
                 asyncio.run_coroutine_threadsafe(self._setup(), loop).result()
                 self._loop = loop
+                # Close the HTTP client at exit too (a judge nobody closed would otherwise
+                # leave aiohttp warning "Unclosed client session" as the process ends).
+                atexit.register(self.close)
             return self._loop
 
     async def _setup(self) -> None:

@@ -198,3 +198,24 @@ def test_httpx_client_when_aiohttp_is_missing(judge: FakeJudgeServer, monkeypatc
         assert type(client._client).__module__.startswith("httpx")
     finally:
         client.close()
+
+
+def test_a_judge_left_open_is_closed_at_exit(judge: FakeJudgeServer) -> None:
+    # A process that scores with the judge and exits without closing it (what verl's
+    # reward workers do) must not end with aiohttp's "Unclosed client session" warning.
+    import os
+    import subprocess
+    import sys
+
+    judge.script = lambda p: "CORRECT"
+    code = (
+        "from mmr.rewards import RewardConfig, RewardScorer\n"
+        "cfg = RewardConfig(); cfg.judge.enabled = True; cfg.judge.timeout_s = 2.0\n"
+        "rows = RewardScorer(cfg).score_batch([{'response': '<think>t</think> \\\\boxed{two}',"
+        " 'ground_truth': '2', 'question': 'How many?'}])\n"
+        "assert rows[0]['judge'] == 1.0, rows\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ}, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Unclosed" not in done.stderr, done.stderr
