@@ -15,7 +15,7 @@ The stages, each the real command a user would run on real data:
 6. evaluate base, SFT and RL on the held-out tasks (`mmr eval`, scored by `mmr.rewards`);
 7. summary.json, plots (sft_loss.png, rl_reward.png, accuracy.png) and report.md.
 
-How it differs from the real recipes: a ~250K-parameter model and a rule teacher instead of
+How it differs from the real recipes: a 0.9M-parameter model and a rule teacher instead of
 Qwen-VL-7B and Qwen3-VL-235B, minutes on a CPU instead of days on GPUs, and the local GSPO
 engine instead of verl. The numbers the run uses live in recipes/demo/*.yaml; the same seed
 gives the same numbers every time. Training stages run as subprocesses, so each starts as
@@ -49,18 +49,18 @@ MARGIN = 0.2  # SFT must beat both the base model and chance by this much (issue
 @dataclass
 class ModelSection:
     family: str = "qwen2_5_vl"  # tiny model family (qwen2_5_vl | qwen3_vl)
-    hidden_size: int = 64  # text width; tiny's 64 is too narrow to learn the tasks in minutes
-    intermediate_size: int = 128  # text MLP width
-    layers: int = 2  # text decoder layers
+    hidden_size: int = 128  # text width; tiny's 64 is too narrow to learn the tasks in minutes
+    intermediate_size: int = 256  # text MLP width
+    layers: int = 4  # text decoder layers
     # Attention heads follow hidden_size / 16, so head_dim and the mrope sections stay tiny's.
 
 
 @dataclass
 class TasksSection:
-    train: int = 1024  # train-split tasks: distilled for SFT, prompts for RL
+    train: int = 4096  # train-split tasks: distilled for SFT, prompts for RL
     test: int = 200  # held-out test-split tasks every model is evaluated on
-    kinds: list[str] = field(default_factory=lambda: ["count", "bars", "digits", "largest"])
-    levels: list[int] = field(default_factory=lambda: [1, 2, 3])  # difficulty levels used
+    kinds: list[str] = field(default_factory=lambda: ["colour", "count", "largest"])
+    levels: list[int] = field(default_factory=lambda: [1])  # difficulty levels used
 
 
 @dataclass
@@ -71,7 +71,7 @@ class StageSection:
 
 @dataclass
 class EvalSection:
-    max_new_tokens: int = 96  # response budget of each evaluated answer (greedy decoding)
+    max_new_tokens: int = 64  # response budget of each evaluated answer (greedy decoding)
     batch_size: int = 32  # rows per HF generate call
 
 

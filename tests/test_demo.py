@@ -41,7 +41,12 @@ def test_demo_small_end_to_end(tmp_path: Path, capsys) -> None:
         assert 0.0 <= summary[key] <= (1.0 if key.startswith(("acc", "format")) else 12.0), key
     assert summary["sft_steps"] == 3 and summary["rl_steps"] == 2
     assert summary["sft_samples"] == 12  # every teacher trace verified and selected
-    assert set(summary["per_source"]["sft"]) >= {"synthetic/count", "synthetic/digits", "all"}
+    assert set(summary["per_source"]["sft"]) >= {
+        "synthetic/colour",
+        "synthetic/count",
+        "synthetic/largest",
+        "all",
+    }
     for png in ("sft_loss.png", "rl_reward.png", "accuracy.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     report = (out / "report.md").read_text()

@@ -1,21 +1,27 @@
 """Procedurally generated visual reasoning tasks with exact answers, and a rule-based teacher.
 
-Tests and the CPU demo cannot download data, so they train and evaluate on these. Four kinds:
+Tests and the CPU demo cannot download data, so they train and evaluate on these. Five kinds:
 
+- `colour`:  one shape; "what colour is the shape" (a colour name). The easy rung: a random
+             vision tower learns to look from it within a few hundred steps, and the other
+             kinds then build on what it learned (without it, the demo's tiny model left the
+             image unused for 1,600 steps of the other kinds).
 - `count`:   shapes on a 4x4 grid; "how many red shapes" (level 3: "how many red circles").
 - `bars`:    a four-bar chart on a unit grid; "which bar is the tallest/shortest" (A-D) or
              "how many units taller is X than Y" (a number).
 - `digits`:  two seven-segment digits; "what is their sum/product" (a number).
 - `largest`: 2-4 shapes of one type and different colours; "which colour is largest" (A-D).
 
-Levels 1-3 add objects and bring values closer (count: more distractors, colour+shape at
+Levels 1-3 add objects and bring values closer (colour: a smaller shape and grey specks;
+count: more distractors, colour+shape at
 level 3; bars/largest: a smaller gap between the answer and the runner-up; digits: wider
 range, coloured ink, noise). Images are 112x112 PNG: 4x4 cells of 28 px, the tiny models'
 whole pixel budget (16 merged tokens of Qwen2.5-VL), so nothing is resized away.
 
 Everything a task shows lives in `meta` (`kind`, `level`, `form`, `scene`, `options`):
 `render(meta)` redraws the image from it, `solve(meta)` gives the answer and
-`teacher_response(meta)` writes a short `<think>` trace that "reads" the scene from it.
+`teacher_response(meta)` writes a short `<think>` trace that "reads" the scene from it,
+stating the visual fact that decides the answer before deriving the answer from it.
 
 Splits are held-out *scenes*: a task's content hashes into train or test (1 scene in 4 is
 reserved for test) and a draw that lands in the other split is drawn again, so no seed ever
@@ -53,7 +59,7 @@ __all__ = [
     "write_synthetic",
 ]
 
-KINDS = ("count", "bars", "digits", "largest")
+KINDS = ("colour", "count", "bars", "digits", "largest")
 LEVELS = (1, 2, 3)
 SPLITS = ("train", "test")
 SIZE = 112
@@ -81,6 +87,21 @@ SEGMENTS = ("abcdef", "bc", "abdeg", "abcdg", "bcfg", "acdfg", "acdefg", "abc", 
 
 # ---------------------------------------------------------------------------------------
 # Scenes: rng -> meta (kind, level, form, scene, options). Integers only, so JSON is exact.
+
+
+def _sample_colour(rng: random.Random, level: int) -> dict[str, Any]:
+    # One shape; levels make it smaller and add grey distractor specks.
+    size = rng.randint(*((40, 56), (26, 40), (16, 26))[level - 1])
+    slack = (SIZE - size) // 2 - 2
+    obj = {
+        "shape": rng.choice(SHAPES),
+        "colour": rng.choice(list(PALETTE)),
+        "x": SIZE // 2 + rng.randint(-slack, slack),
+        "y": SIZE // 2 + rng.randint(-slack, slack),
+        "size": size,
+    }
+    specks = [[rng.randrange(SIZE), rng.randrange(SIZE)] for _ in range(20 * (level - 1))]
+    return {"form": "colour", "scene": {"objects": [obj], "specks": specks}}
 
 
 def _sample_count(rng: random.Random, level: int) -> dict[str, Any]:
@@ -210,7 +231,12 @@ def render(meta: dict[str, Any]) -> Image.Image:
     image = Image.new("RGB", (SIZE, SIZE), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     kind, scene = meta["kind"], meta["scene"]
-    if kind == "count":
+    if kind == "colour":
+        for x, y in scene["specks"]:
+            draw.rectangle((x, y, x + 1, y + 1), fill=(200, 200, 200))
+        for o in scene["objects"]:
+            _shape(draw, o["shape"], o["x"], o["y"], o["size"], PALETTE[o["colour"]])
+    elif kind == "count":
         for o in scene["objects"]:
             _shape(draw, o["shape"], o["x"], o["y"], o["size"], PALETTE[o["colour"]])
     elif kind == "bars":
@@ -244,7 +270,9 @@ def render(meta: dict[str, Any]) -> Image.Image:
 
 def _ask(meta: dict[str, Any]) -> str:
     scene, form = meta["scene"], meta["form"]
-    if meta["kind"] == "count":
+    if meta["kind"] == "colour":
+        text = "What colour is the shape in the image?"
+    elif meta["kind"] == "count":
         text = f"How many {_target(meta)[0]} are there in the image?"
     elif meta["kind"] == "bars" and form == "diff":
         x, y = scene["compare"]
@@ -286,6 +314,8 @@ def solve(meta: dict[str, Any]) -> str:
     kind, form, scene = meta["kind"], meta["form"], meta["scene"]
     if meta.get("options"):
         return LETTERS[meta["options"].index(_pick(meta))]
+    if kind == "colour":
+        return scene["objects"][0]["colour"]
     if kind == "count":
         return str(len(_target(meta)[1]))
     if kind == "bars":
@@ -296,27 +326,40 @@ def solve(meta: dict[str, Any]) -> str:
     return str(a + b if form == "sum" else a * b)
 
 
+def _units(n: int) -> str:
+    return f"{n} unit" if n == 1 else f"{n} units"
+
+
 def _think(meta: dict[str, Any]) -> str:
+    """The trace states the visual fact that decides the answer first, then derives it.
+
+    Order matters for what a model learns from these traces: a trace that first lists fine
+    details (exact sizes, shapes in reading order) lets every later token, the answer
+    included, be copied from the trace's own text, so the only image-dependent targets are
+    the hardest ones. Stating the deciding fact first ("the largest shape is orange")
+    makes the image the only source of that token.
+    """
     kind, form, scene = meta["kind"], meta["form"], meta["scene"]
     answer = solve(meta)
+    if kind == "colour":
+        return f"The {scene['objects'][0]['shape']} in the image is {answer}."
     if kind == "count":
-        what, hits = _target(meta)
-        # Naming each hit's shape when colour alone is asked; numbering them otherwise.
-        seen = [o["shape"] if form == "colour" else str(k) for k, o in enumerate(hits, 1)]
-        return f"I look for {what} and count them: {', '.join(seen)}. That makes {answer}."
+        what = _target(meta)[0]
+        return f"I look for {what}. There are {answer} {what} in the image."
     if kind == "digits":
         a, b = scene["digits"]
         op = "+" if form == "sum" else "\\times"
         return f"The digits are {a} and {b}. {a} {op} {b} = {answer}."
     if kind == "bars":
         values = {b["colour"]: b["value"] for b in scene["bars"]}
-        read = "Bar heights: " + ", ".join(f"{c} {v}" for c, v in values.items()) + "."
         if form == "diff":
             x, y = scene["compare"]
-            return f"{read} {x} minus {y} is {values[x]} - {values[y]} = {answer}."
-        return f"{read} The {form} is {_pick(meta)}, option {answer}."
-    sizes = ", ".join(f"{o['colour']} {o['size']}" for o in scene["objects"])
-    return f"Shape sizes: {sizes}. The largest is {_pick(meta)}, option {answer}."
+            return (
+                f"The {x} bar is {_units(values[x])} tall and the {y} bar is "
+                f"{_units(values[y])} tall. {values[x]} - {values[y]} = {answer}."
+            )
+        return f"The {form} bar is {_pick(meta)}, which is option {answer}."
+    return f"The largest shape is {_pick(meta)}, which is option {answer}."
 
 
 def teacher_response(sample_or_task: Sample | dict[str, Any]) -> str:
@@ -330,6 +373,7 @@ def teacher_response(sample_or_task: Sample | dict[str, Any]) -> str:
 
 
 _SAMPLERS = {
+    "colour": _sample_colour,
     "count": _sample_count,
     "bars": _sample_bars,
     "digits": _sample_digits,

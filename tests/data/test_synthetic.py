@@ -24,7 +24,7 @@ from mmr.data.synthetic import (
     write_synthetic,
 )
 
-N = 240  # 20 tasks of each kind and level
+N = 300  # 20 tasks of each kind and level
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,9 @@ def test() -> list[Sample]:
 def _recompute(meta: dict) -> str:
     """The answer from the scene, written independently of the generator's `solve`."""
     scene = meta["scene"]
+    if meta["kind"] == "colour":
+        (only,) = scene["objects"]
+        return only["colour"]
     if meta["kind"] == "count":
         target = scene["target"]
         hits = [
@@ -70,7 +73,7 @@ def _pixel(image: Image.Image, x: int, y: int) -> tuple[int, int, int]:
 def _check_image_shows_scene(image: Image.Image, meta: dict) -> None:
     """Probe pixels: every object, bar and digit segment in `meta` is where it says."""
     scene = meta["scene"]
-    if meta["kind"] in ("count", "largest"):
+    if meta["kind"] in ("colour", "count", "largest"):
         for o in scene["objects"]:
             assert _pixel(image, o["x"], o["y"]) == PALETTE[o["colour"]]
     elif meta["kind"] == "bars":
@@ -142,6 +145,31 @@ def test_teacher_traces_are_short_correct_and_well_formed(train: list[Sample]) -
     assert [s.answer for s in bare] == [s.answer for s in train[:8]]
 
 
+def test_traces_state_the_deciding_fact_before_the_answer(train: list[Sample]) -> None:
+    # The colour a multiple-choice task turns on comes before the option letter, and a
+    # count before anything derived from it: the image, not the trace's own text, is
+    # then the only source of that token (see _think).
+    for sample in train:
+        meta, think = sample.meta, sample.response.split("</think>")[0]
+        if meta.get("options"):
+            colour = meta["options"]["ABCD".index(sample.answer)]
+            assert think.index(colour) < think.index(f"option {sample.answer}"), think
+        elif meta["kind"] == "colour":
+            assert think.endswith(f" is {sample.answer}."), think
+        elif meta["kind"] == "count":
+            assert f"There are {sample.answer} " in think, think
+
+
+def test_colour_tasks_show_one_shape_that_shrinks_with_level(train: list[Sample]) -> None:
+    colour = [s for s in train if s.meta["kind"] == "colour"]
+    assert {s.meta["level"] for s in colour} == {1, 2, 3}
+    for sample in colour:
+        (shape,) = sample.meta["scene"]["objects"]
+        low, high = ((40, 56), (26, 40), (16, 26))[sample.meta["level"] - 1]
+        assert low <= shape["size"] <= high
+        assert sample.answer == shape["colour"] and sample.meta["options"] is None
+
+
 def test_questions_placeholders_and_options(train: list[Sample]) -> None:
     letters: Counter[str] = Counter()
     for sample in train:
@@ -155,7 +183,8 @@ def test_questions_placeholders_and_options(train: list[Sample]) -> None:
             assert len({colour for _, colour in options}) == 4
             letters[sample.answer] += 1
         else:
-            assert not options and sample.answer.isdigit()
+            assert not options
+            assert sample.answer.isdigit() or sample.answer in PALETTE
     # Shuffled options: every letter is the answer about a quarter of the time.
     assert min(letters.values()) > 0.15 * sum(letters.values())
 
@@ -163,7 +192,7 @@ def test_questions_placeholders_and_options(train: list[Sample]) -> None:
 def test_kinds_and_levels_are_balanced_and_recorded(train: list[Sample]) -> None:
     cells = Counter((s.meta["kind"], s.meta["level"]) for s in train)
     assert set(cells) == {(k, level) for k in KINDS for level in (1, 2, 3)}
-    assert set(cells.values()) == {N // 12}
+    assert set(cells.values()) == {N // 15}
     only = generate_tasks(9, kinds=["digits"], levels=[3])
     assert {(s.meta["kind"], s.meta["level"]) for s in only} == {("digits", 3)}
     with pytest.raises(ValueError):
