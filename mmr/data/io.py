@@ -254,7 +254,7 @@ Records = Iterator[tuple[str, Any]]  # (where, record or MalformedRow)
 def _records(file: Path, fmt: str, batch_size: int) -> tuple[Records, str]:
     """The file's records and its format (detected when `fmt` is "auto")."""
     if file.suffix == ".parquet":
-        fmt = _detect(pq.read_schema(file).names) if fmt == "auto" else fmt
+        fmt = detect_format(pq.read_schema(file).names) if fmt == "auto" else fmt
         return _parquet_records(file, batch_size), fmt
     records = _json_records(file)
     if fmt != "auto":
@@ -263,12 +263,13 @@ def _records(file: Path, fmt: str, batch_size: int) -> tuple[Records, str]:
     for item in records:  # the first real record decides; malformed lines before it are kept
         head.append(item)
         if isinstance(item[1], dict):
-            fmt = _detect(item[1].keys())
+            fmt = detect_format(item[1].keys())
             break
     return itertools.chain(head, records), "mmr" if fmt == "auto" else fmt
 
 
-def _detect(keys: Iterable[str]) -> str:
+def detect_format(keys: Iterable[str]) -> str:
+    """The row format that a set of column names means: `omr_sft`, `mmfinereason` or `mmr`."""
     keys = set(keys)
     if keys & {"messages", "conversations"}:
         return "omr_sft"
@@ -525,6 +526,7 @@ __all__ = [
     "ReadStats",
     "SampleWriter",
     "check_image",
+    "detect_format",
     "read_samples",
     "write_samples",
 ]

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmr.config import config_to_dict
-from mmr.data.io import ReadStats, read_samples
+from mmr.data.io import ReadStats, detect_format, read_samples
 from mmr.data.pipeline.config import CollectConfig, PipelineConfig
 from mmr.data.pipeline.runner import ShardLog, StageError, fingerprint, run_stage
 from mmr.data.schema import (
@@ -57,8 +57,6 @@ __all__ = ["collect_samples", "run_collect"]
 _IMAGE_FOLDER_META = "metadata.jsonl"
 _SAVED_MARKERS = ("state.json", "dataset_dict.json")  # what Dataset(Dict).save_to_disk writes
 # MMFineReason-only columns; the same rule as mmr.data.io's format detection.
-_MFR_KEYS = {"image", "original_question", "original_answer", "qwen3vl_235b_thinking_response"}
-_MFR_KEYS |= {"qwen3vl_235b_instruct_caption", "qwen3vl_4b_pass_rate"}
 # Columns each format cannot do without (omr_sft takes either of its two).
 _NEEDED = {
     "omr_sft": [("messages", "conversations")],
@@ -72,12 +70,7 @@ def _detect_format(keys: Iterable[str], fmt: str) -> str:
     """The format of rows with these keys (`fmt` unless it is "auto"; "jsonl" is "mmr")."""
     if fmt != "auto":
         return "mmr" if fmt == "jsonl" else fmt
-    keys = set(keys)
-    if keys & {"messages", "conversations"}:
-        return "omr_sft"
-    if "images" not in keys and keys & _MFR_KEYS:
-        return "mmfinereason"
-    return "mmr"
+    return detect_format(keys)
 
 
 def _check_columns(columns: Iterable[str], cfg: CollectConfig, where: str) -> None:
