@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mmr.data.io import write_samples
-from mmr.data.synthetic import generate_tasks, teacher_response
+from mmr.data.synthetic import KINDS, generate_tasks, teacher_response
 from mmr.eval import accuracy_table, format_table, score_generations
 from mmr.eval.cli import main
 from mmr.eval.generate import resolve_backend, resolve_temperature
@@ -28,11 +28,13 @@ def _items(samples, responses):
 
 
 def test_teacher_responses_score_one_and_wrong_ones_zero() -> None:
-    samples = generate_tasks(8, split="test")
+    samples = generate_tasks(2 * len(KINDS), split="test")
     right = score_generations(_items(samples, [teacher_response(s) for s in samples]), FAST)
-    wrong = score_generations(_items(samples, ["<think>no idea</think> \\boxed{99}"] * 8), FAST)
+    wrong = score_generations(
+        _items(samples, ["<think>no idea</think> \\boxed{99}"] * len(samples)), FAST
+    )
     table = accuracy_table(right + wrong)
-    kinds = {f"synthetic/{k}" for k in ("count", "bars", "digits", "largest")}
+    kinds = {f"synthetic/{k}" for k in KINDS}
     assert set(table) == kinds | {"all"}
     for source in kinds:
         row = table[source]
