@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -154,15 +155,25 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, default=4096)
     parser.add_argument("--judge-requests", type=int, default=1024)
     parser.add_argument("--sequential-requests", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="timings of 1 and 2 workers, taken in turn; medians are reported")  # fmt: skip
     args = parser.parse_args()
 
     items = make_rollouts(args.rollouts, seed=0)
     warmup = make_rollouts(256, seed=1)
     n = len(items)
     t_base = baseline(items)
-    t1, rows1 = timed_scoring(items, warmup, workers=1)
-    t2, rows2 = timed_scoring(items, warmup, workers=2)
-    assert [r["accuracy"] for r in rows1] == [r["accuracy"] for r in rows2]
+    # Each side is about a second: one timing of each is at the mercy of whatever else the
+    # machine does in that second. Taking them in turn and reporting medians keeps a
+    # passing disturbance from deciding the ratio.
+    times1, times2 = [], []
+    for _ in range(max(args.repeat, 1)):
+        t, rows1 = timed_scoring(items, warmup, workers=1)
+        times1.append(t)
+        t, rows2 = timed_scoring(items, warmup, workers=2)
+        times2.append(t)
+        assert [r["accuracy"] for r in rows1] == [r["accuracy"] for r in rows2]
+    t1, t2 = statistics.median(times1), statistics.median(times2)
     decided = {}
     for r in rows2:
         key = r["decided_by"].split(":")[0]
@@ -172,9 +183,10 @@ def main() -> None:
     print(
         f"baseline in-process rules + math-verify, no timeouts: {1e3 * t_base / n:.3f} ms/rollout"
     )
-    print(f"score_batch, 1 worker : {t1:.2f} s  {1e3 * t1 / n:.3f} ms/rollout")
+    print(f"score_batch, 1 worker : {t1:.2f} s  {1e3 * t1 / n:.3f} ms/rollout  "
+          f"(median of {len(times1)}: {', '.join(f'{t:.2f}' for t in times1)} s)")  # fmt: skip
     print(f"score_batch, 2 workers: {t2:.2f} s  {1e3 * t2 / n:.3f} ms/rollout  "
-          f"(goal <= 0.5 ms)")  # fmt: skip
+          f"(goal <= 0.5 ms; median of {len(times2)}: {', '.join(f'{t:.2f}' for t in times2)} s)")  # fmt: skip
     print(
         f"2 workers vs 1: {t1 / t2:.2f}x (goal >= 1.8x); 2 workers vs baseline: {t_base / t2:.2f}x"
     )
