@@ -229,6 +229,24 @@ def check_image(data: bytes, label: str = "image") -> None:
         raise MalformedRow("corrupt_image", f"corrupt image {label}: {e}") from None
 
 
+def count_rows(path: str | os.PathLike[str]) -> int | None:
+    """Rows in a file or folder without decoding them, or None where that needs a parse.
+
+    Parquet rows come from the file footers, JSONL rows are its non-empty lines; a JSON list
+    gives None. Malformed rows count (reading them later skips and counts them).
+    """
+    total = 0
+    for file in _list_files(Path(path)):
+        if file.suffix == ".parquet":
+            total += pq.ParquetFile(file).metadata.num_rows
+        elif file.suffix == ".jsonl":
+            with open(file, "rb") as f:
+                total += sum(1 for line in f if line.strip())
+        else:
+            return None
+    return total
+
+
 def _list_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
@@ -526,6 +544,7 @@ __all__ = [
     "ReadStats",
     "SampleWriter",
     "check_image",
+    "count_rows",
     "detect_format",
     "read_samples",
     "write_samples",

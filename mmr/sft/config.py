@@ -69,6 +69,12 @@ class TrainerSection:
     seed: int = 42  # seeds data order and any randomness in the model
     epochs: int = 1  # passes over the data (max_steps wins when > 0)
     max_steps: int = 0  # optimizer steps in all; 0: epochs x rows per epoch
+    # How epochs become steps when max_steps is 0. exact: count epoch 0's micro-batches
+    # (tokenizes the whole epoch once before step 1: minutes for 100K samples, hours for
+    # millions). estimate: rows from file metadata / mean samples per micro-batch of the
+    # first `plan_sample` micro-batches (seconds; the schedule still ends at that step).
+    plan_steps: str = "exact"  # exact | estimate
+    plan_sample: int = 256  # micro-batches tokenized for the estimate
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     save_steps: int = 500  # checkpoint every N optimizer steps (0: only at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
@@ -92,6 +98,7 @@ class SFTConfig:
         check_choice("optim.scheduler", self.optim.scheduler, ("cosine", "linear", "constant"))
         check_choice("deepspeed.zero_stage", self.deepspeed.zero_stage, (2, 3))
         check_choice("trainer.device", self.trainer.device, ("auto", "cpu", "cuda"))
+        check_choice("trainer.plan_steps", self.trainer.plan_steps, ("exact", "estimate"))
         check_choice("model.dtype", self.model.dtype, ("auto", "float32", "bfloat16"))
         if self.data.packing and self.data.max_length > self.data.packing_length:
             raise ConfigError(

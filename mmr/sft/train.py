@@ -22,6 +22,7 @@ checkpoints/step_N (resume with `trainer.resume=auto`), final/ (HF folder).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -38,6 +39,7 @@ import torch
 import torch.distributed as dist
 
 from mmr.config import config_to_dict, load_config, save_config
+from mmr.data.io import count_rows
 from mmr.metrics import MetricLogger
 from mmr.models import freeze_modules, load_model, load_processor
 from mmr.models.export import save_hf_checkpoint
@@ -269,7 +271,10 @@ def plan_total_steps(cfg: SFTConfig, stream: SFTStream, device: torch.device) ->
     """`trainer.max_steps`, else epochs x (micro-batches per epoch on the shortest rank)."""
     if cfg.trainer.max_steps > 0:
         return cfg.trainer.max_steps
-    n = torch.tensor(sum(1 for _ in stream._groups(0)), device=device)
+    if cfg.trainer.plan_steps == "estimate":
+        n = torch.tensor(estimate_micro_batches(cfg, stream), device=device)
+    else:
+        n = torch.tensor(sum(1 for _ in stream._groups(0)), device=device)
     if dist.is_initialized():
         dist.all_reduce(n, op=dist.ReduceOp.MIN)
     steps = cfg.trainer.epochs * int(n) // cfg.trainer.gradient_accumulation_steps
@@ -279,6 +284,31 @@ def plan_total_steps(cfg: SFTConfig, stream: SFTStream, device: torch.device) ->
             f"gradient_accumulation_steps={cfg.trainer.gradient_accumulation_steps}"
         )
     return steps
+
+
+def estimate_micro_batches(cfg: SFTConfig, stream: SFTStream) -> int:
+    """Micro-batches per epoch on this rank, from row counts and a sample of micro-batches.
+
+    This rank's rows come from file metadata (`count_rows`), split as `SFTStream` splits
+    them (row j of each file goes to rank j % world_size); the mean samples per
+    micro-batch from the first `trainer.plan_sample` micro-batches of epoch 0. When the
+    sample is the whole epoch, or a file's rows cannot be counted cheaply, the count is exact.
+    """
+    sizes = [len(g) for g in itertools.islice(stream._groups(0), cfg.trainer.plan_sample)]
+    if len(sizes) < cfg.trainer.plan_sample:
+        return len(sizes)  # the whole epoch was seen
+    counts = [count_rows(path) for path in cfg.data.train_files]
+    if any(c is None for c in counts):
+        logger.warning("plan_steps=estimate: a JSON list has no cheap row count; counting exactly")
+        return sum(1 for _ in stream._groups(0))
+    rows = sum(max(0, -(-(c - stream.rank) // stream.world_size)) for c in counts)
+    estimate = max(1, math.ceil(rows * len(sizes) / sum(sizes)))
+    logger.info(
+        "plan_steps=estimate: %d rows on this rank / %.2f samples per micro-batch (first %d) "
+        "-> %d micro-batches per epoch",
+        rows, sum(sizes) / len(sizes), len(sizes), estimate,
+    )  # fmt: skip
+    return estimate
 
 
 def deepspeed_config(cfg: SFTConfig, dtype: torch.dtype) -> dict[str, Any]:

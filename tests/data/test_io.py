@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from mmr.data import ReadStats, Sample, SampleWriter, read_samples, write_samples
-from mmr.data.io import _json_list_records
+from mmr.data.io import _json_list_records, count_rows
 from mmr.data.schema import MMFINEREASON_COLUMNS
 
 
@@ -361,3 +361,17 @@ def test_writer_counts_what_a_format_cannot_hold(tmp_path):
         read_samples(tmp_path / "m.parquet", fmt="csv")
     with pytest.raises(FileNotFoundError):
         read_samples(tmp_path / "absent.parquet")
+
+
+def test_count_rows_reads_no_rows(tmp_path) -> None:
+    samples = [Sample(id=str(i), source="s", question=f"q{i}", answer="1") for i in range(7)]
+    write_samples(tmp_path / "shards" / "a.parquet", samples[:4])
+    write_samples(tmp_path / "shards" / "b.parquet", samples[4:])
+    assert count_rows(tmp_path / "shards") == 7
+    assert count_rows(tmp_path / "shards" / "a.parquet") == 4
+    lines = tmp_path / "rows.jsonl"
+    lines.write_text('{"id": "1"}\n\n{"id": "2"}\nnot json\n')
+    assert count_rows(lines) == 3  # a malformed line is a row; reading it skips and counts it
+    listed = tmp_path / "rows.json"
+    listed.write_text(json.dumps([{"id": "1"}]))
+    assert count_rows(listed) is None  # a JSON list would have to be parsed

@@ -231,3 +231,32 @@ def test_mfu_counts_attention_inside_each_packed_sample():
     assert sample_lengths(batch) == [3, 2]
     padded = {"attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])}
     assert sample_lengths(padded) == [3, 2]
+
+
+def test_estimated_plan_is_close_to_the_exact_count(data, tiny_qwen2_5_vl):
+    # plan_steps=estimate: rows from file metadata / mean samples per micro-batch of the
+    # first plan_sample micro-batches, instead of tokenizing the whole epoch before step 1.
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from mmr.config import load_config
+    from mmr.sft.config import SFTConfig
+    from mmr.sft.data import SFTStream
+    from mmr.sft.train import estimate_micro_batches, plan_total_steps
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen2_5_vl)
+    processor = AutoProcessor.from_pretrained(tiny_qwen2_5_vl)
+    overrides = [f"data.train_files=[{data}]", "data.packing_length=512", "data.max_length=512",
+                 "trainer.epochs=2", "trainer.plan_steps=estimate", "trainer.plan_sample=4"]  # fmt: skip
+    cfg = load_config(SFTConfig, None, overrides)
+    for rank in (0, 1):
+        stream = SFTStream(cfg.data, processor, model.model.get_rope_index, seed=0, rank=rank,
+                           world_size=2)  # fmt: skip
+        exact = sum(1 for _ in stream._groups(0))
+        assert exact > 4  # the sample is a part of the epoch
+        estimate = estimate_micro_batches(cfg, stream)
+        assert abs(estimate - exact) <= max(1, 0.25 * exact), (estimate, exact)
+        assert plan_total_steps(cfg, stream, torch.device("cpu")) == 2 * estimate
+    cfg.trainer.plan_sample = 10_000  # a sample that holds the whole epoch: the exact count
+    assert estimate_micro_batches(cfg, stream) == exact
+    cfg.trainer.plan_steps = "exact"
+    assert plan_total_steps(cfg, stream, torch.device("cpu")) == 2 * exact
