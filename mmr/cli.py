@@ -61,6 +61,9 @@ def _add_models_parser(sub: argparse._SubParsersAction) -> None:
     tiny.add_argument("--family", required=True, help="qwen2_5_vl or qwen3_vl")
     tiny.add_argument("--out", required=True, help="output folder (loadable by from_pretrained)")
     tiny.add_argument("--seed", type=int, default=0, help="weight init seed (default 0)")
+    tiny.add_argument("--hidden-size", type=int, default=64, help="text model width (default 64)")
+    tiny.add_argument("--intermediate-size", type=int, default=128, help="text MLP width")
+    tiny.add_argument("--layers", type=int, default=2, help="text decoder layers (default 2)")
 
 
 def _run_models(args: argparse.Namespace) -> int:
@@ -75,7 +78,12 @@ def _run_models(args: argparse.Namespace) -> int:
     if args.family not in FAMILIES:
         print(f"mmr models tiny: unknown family {args.family!r}; choose from {', '.join(FAMILIES)}")
         return 2
-    out = tiny.build(args.family, args.out, seed=args.seed)
+    try:
+        out = tiny.build(args.family, args.out, seed=args.seed, hidden_size=args.hidden_size,
+                         intermediate_size=args.intermediate_size, layers=args.layers)  # fmt: skip
+    except ValueError as err:
+        print(f"mmr models tiny: {err}", file=sys.stderr)
+        return 2
     print(f"wrote a tiny {args.family} model to {out}")
     return 0
 

@@ -185,31 +185,16 @@ def prepare_output(out: Path) -> Path:
 
 
 def build_base_model(m: ModelSection, folder: Path, seed: int) -> Path:
-    """`mmr models tiny` (tokenizer, processor, chat template, generation config), then the
-    text model widened to the recipe's size and re-initialised from `seed`."""
-    import torch
-    from transformers import AutoConfig
+    """`mmr models tiny` (tokenizer, processor, chat template, generation config) with the
+    text model at the recipe's size, random weights from `seed`."""
+    from safetensors.torch import load_file
 
-    from mmr.models import get_family, tiny
+    from mmr.models import tiny
 
-    tiny.build(m.family, folder, seed=seed)
-    path = folder / "config.json"
-    config = json.loads(path.read_text())
-    text = config["text_config"]
-    text.pop("layer_types", None)  # recomputed for the new depth
-    heads = max(m.hidden_size // 16, 1)
-    text.update(hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-                num_hidden_layers=m.layers, num_attention_heads=heads,
-                num_key_value_heads=max(heads // 2, 1))  # fmt: skip
-    config["vision_config"]["out_hidden_size"] = m.hidden_size
-    path.write_text(json.dumps(config, indent=2))
-    family = get_family(m.family)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = family.model_class(AutoConfig.from_pretrained(folder))
-    model.save_pretrained(folder)
-    params = sum(p.numel() for p in model.parameters())
-    print(f"{m.family} base model: {params:,} parameters, random weights -> {folder}")
+    tiny.build(m.family, folder, seed=seed, hidden_size=m.hidden_size,
+               intermediate_size=m.intermediate_size, layers=m.layers)  # fmt: skip
+    weights = sum(t.numel() for t in load_file(folder / "model.safetensors").values())
+    print(f"{m.family} base model: {weights:,} parameters, random weights -> {folder}")
     return folder
 
 

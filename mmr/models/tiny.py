@@ -181,18 +181,32 @@ def _padded_vocab(tokenizer: Qwen2Tokenizer) -> int:
     return -(-len(tokenizer) // 64) * 64
 
 
-def build_config(family: str, tokenizer: Qwen2Tokenizer) -> PreTrainedConfig:
-    """A tiny config of the family whose special-token ids are `tokenizer`'s."""
+def build_config(
+    family: str,
+    tokenizer: Qwen2Tokenizer,
+    *,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    layers: int = 2,
+) -> PreTrainedConfig:
+    """A tiny config of the family whose special-token ids are `tokenizer`'s.
+
+    The text model's size is settable (the demo widens it); attention heads follow
+    `hidden_size / 16`, so head_dim and the mrope sections stay the same for every size.
+    """
     name = get_family(family).name
+    if hidden_size % 16 or hidden_size < 32:
+        raise ValueError(f"hidden_size must be a multiple of 16 and >= 32, got {hidden_size}")
     ids = _token_ids(tokenizer)
     special = {k: ids[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    heads = hidden_size // 16
     text = dict(
         vocab_size=_padded_vocab(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(heads // 2, 1),
         max_position_embeddings=32768,
         **special,
     )
@@ -273,17 +287,28 @@ def build(
     seed: int = 0,
     vocab_size: int = 1024,
     max_pixels: int | None = None,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    layers: int = 2,
 ) -> Path:
     """Write a tiny `family` checkpoint (model, processor, tokenizer) to `out_dir`; return it.
 
     `vocab_size` bounds the trained BPE vocab (the corpus may give fewer tokens);
-    `max_pixels` bounds image size (see `build_processor`). Same arguments -> same files.
+    `max_pixels` bounds image size (see `build_processor`); `hidden_size`,
+    `intermediate_size` and `layers` size the text model (see `build_config`). Same
+    arguments -> same files.
     """
     fam = get_family(family)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(fam.name, vocab_size)
-    config = build_config(fam.name, tokenizer)
+    config = build_config(
+        fam.name,
+        tokenizer,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        layers=layers,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = fam.model_class(config)
@@ -301,12 +326,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--max-pixels", type=int, default=None)
+    parser.add_argument("--hidden-size", type=int, default=64, help="text model width")
+    parser.add_argument("--intermediate-size", type=int, default=128, help="text MLP width")
+    parser.add_argument("--layers", type=int, default=2, help="text decoder layers")
     args = parser.parse_args(argv)
     out = build(
         args.family,
         args.out,
         seed=args.seed,
         vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        layers=args.layers,
         max_pixels=args.max_pixels,
     )
     print(f"tiny {args.family} model written to {out}")

@@ -131,3 +131,17 @@ def test_build_is_deterministic_fast_and_small(family, tiny_dir, tmp_path):
 def test_unknown_family_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="supported families: qwen2_5_vl, qwen3_vl"):
         tiny.build("llava", tmp_path)
+
+
+def test_text_model_size_is_settable(family, tmp_path):
+    # What the demo uses: a wider, deeper text model with the same tokenizer and processor.
+    out = tiny.build(family, tmp_path / "wide", hidden_size=128, intermediate_size=256, layers=3)
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    text = model.config.text_config
+    assert (text.hidden_size, text.intermediate_size, text.num_hidden_layers) == (128, 256, 3)
+    assert text.hidden_size // text.num_attention_heads == 16  # head_dim, so mrope still fits
+    assert model.config.vision_config.out_hidden_size == 128
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert model(input_ids=ids).logits.shape[-1] == model.config.text_config.vocab_size
+    with pytest.raises(ValueError, match="hidden_size"):
+        tiny.build(family, tmp_path / "odd", hidden_size=40)
