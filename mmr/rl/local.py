@@ -17,7 +17,7 @@ runs the same algorithm in one process for the demo, the tests and reward debugg
    recipe's clip ratios and `loss_agg_mode`, and an AdamW step on the trainable parameters
    (the vision tower and projector are frozen by default, as in SFT).
 
-Left out: vLLM, KL and entropy terms (the recipe has neither), micro and dynamic batches, Ray,
+Left out: vLLM, KL and entropy terms (the recipe has neither), dynamic batches (micro-batches are fixed-size), Ray,
 multi-device. Losses and advantages are verl's functions, imported, never rewritten.
 
 Outputs in `trainer.output_dir`: config.yaml, data_stats.json, metrics.jsonl (per step:
@@ -419,7 +419,7 @@ def policy_loss(
     advantages: torch.Tensor, response_mask: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
     """verl's policy loss (GSPO: `compute_policy_loss_gspo`) and its metrics, called as
-    verl's actor calls it, with one forward per mini-batch (no micro-batches)."""
+    verl's actor calls it (per micro-batch, normalised by `config.global_batch_info`)."""
     return loss_fn(old_log_prob=old_log_prob, log_prob=log_prob, advantages=advantages,
                    response_mask=response_mask, loss_agg_mode=actor_cfg.loss_agg_mode,
                    config=actor_cfg)  # fmt: skip
@@ -429,7 +429,8 @@ def update_policy(
     model: Any, optimizer: Any, rollouts: Rollouts, advantages: torch.Tensor,
     cfg: LocalRLConfig, loss_fn: Any, actor_cfg: Any,
 ) -> dict[str, float]:  # fmt: skip
-    """ppo_epochs x mini-batches of verl's policy loss, one AdamW step per mini-batch."""
+    """ppo_epochs x mini-batches of verl's policy loss, one AdamW step per mini-batch, each
+    mini-batch in micro-batches of `algorithm.ppo_micro_batch_size` rollouts (0: one)."""
     alg, temperature, mask = cfg.algorithm, cfg.rollout.temperature, rollouts.response_mask
     rows = len(rollouts.samples)
     size = alg.ppo_mini_batch_size * cfg.rollout.n or rows
@@ -447,17 +448,34 @@ def update_policy(
     for _ in range(alg.ppo_epochs):
         for s in minis:
             optimizer.zero_grad(set_to_none=True)
-            log_prob = response_log_probs(model, rollouts, s, temperature)
-            loss, m = policy_loss(loss_fn, actor_cfg, log_prob, old[s], advantages[s], mask[s])
-            loss.backward()
+            # Micro-batches accumulate gradients; verl's global batch info makes each micro
+            # loss its share of the mini-batch loss (as verl's actor sets it), so the summed
+            # gradient is the whole mini-batch's for every loss_agg_mode.
+            actor_cfg.global_batch_info.update(
+                dp_size=1,
+                batch_num_tokens=int(mask[s].sum()),
+                global_batch_size=int((mask[s].sum(-1) > 0).sum()),
+                loss_scale_factor=getattr(actor_cfg, "loss_scale_factor", None),
+            )
+            micro = alg.ppo_micro_batch_size or (s.stop - s.start)
+            loss_sum, clips, kls = 0.0, [], []
+            for b in range(s.start, s.stop, micro):
+                m_slice = slice(b, min(b + micro, s.stop))
+                log_prob = response_log_probs(model, rollouts, m_slice, temperature)
+                loss, m = policy_loss(loss_fn, actor_cfg, log_prob, old[m_slice],
+                                      advantages[m_slice], mask[m_slice])  # fmt: skip
+                loss.backward()
+                loss_sum += float(loss.detach())
+                clips.append(m.get("actor/pg_clipfrac", math.nan))
+                kls.append(m.get("actor/ppo_kl", math.nan))
             grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
             if math.isfinite(grad_norm):
                 optimizer.step()
             else:  # as verl: a non-finite gradient skips the step instead of ruining the weights
                 skipped += 1
                 logger.warning("grad norm is %s: optimizer step skipped", grad_norm)
-            clip, kl = (m.get(f"actor/{k}", math.nan) for k in ("pg_clipfrac", "ppo_kl"))
-            for key, value in zip(seen, (float(loss.detach()), clip, kl, grad_norm)):
+            clip, kl = float(np.mean(clips)), float(np.mean(kls))
+            for key, value in zip(seen, (loss_sum, clip, kl, grad_norm)):
                 seen[key].append(value)
     optimizer.zero_grad(set_to_none=True)
     return {**{k: float(np.mean(v)) for k, v in seen.items()}, "skipped_steps": skipped}

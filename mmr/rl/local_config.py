@@ -59,6 +59,9 @@ class AlgorithmSection:
     clip_ratio_high: float = 4e-4  # upper clip of the (sequence) importance ratio
     ppo_epochs: int = 1  # passes over each rollout batch
     ppo_mini_batch_size: int = 0  # prompts per optimizer step; 0: the whole batch (on-policy)
+    # Rollouts per forward/backward inside a mini-batch (0: the whole mini-batch at once);
+    # gradients accumulate to the same update, so this only trades speed for memory.
+    ppo_micro_batch_size: int = 0
 
 
 @dataclass
@@ -124,6 +127,11 @@ class LocalRLConfig:
             raise ConfigError(
                 f"config key 'algorithm.ppo_mini_batch_size' ({mini}) must divide "
                 f"data.batch_size ({self.data.batch_size}), or be 0 (one mini-batch)"
+            )
+        if self.algorithm.ppo_micro_batch_size < 0:
+            raise ConfigError(
+                "config key 'algorithm.ppo_micro_batch_size' must be >= 0 "
+                f"(0: the whole mini-batch), got {self.algorithm.ppo_micro_batch_size}"
             )
         if self.trainer.max_steps <= 0 and self.trainer.epochs <= 0:
             raise ConfigError("set trainer.max_steps or trainer.epochs to a positive number")

@@ -244,3 +244,41 @@ def test_a_judge_that_goes_down_mid_run_does_not_stop_the_engine(
     assert metrics[2]["reward/judged"] == 0 and metrics[2]["reward/judge_fallbacks"] >= 4
     assert metrics[2]["reward/accuracy"] < 0.5  # the scripted answers fell back to "wrong"
     assert (out / "checkpoints" / "step_2" / "state.pt").is_file()
+
+
+@pytest.mark.parametrize("agg", ["seq-mean-token-mean", "token-mean"])
+def test_micro_batches_give_the_same_update_as_one_batch(tmp_path, agg):
+    # ppo_micro_batch_size splits each mini-batch's forward/backward; verl's global batch
+    # info scales each micro loss, so the accumulated gradient, the step and the reported
+    # loss are those of one whole-batch pass.
+    import copy
+
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    cfg = load_config(LocalRLConfig, RECIPE, [*SMALL, "data.batch_size=2", "rollout.n=4",
+                      f"algorithm.loss_agg_mode={agg}", "optim.lr=1e-2"])  # fmt: skip
+    torch.manual_seed(0)
+    model, processor, device = local.build_model(cfg, tmp_path)
+    prompts = local.load_prompts(cfg, processor, tmp_path)
+    batch = local.next_batch(prompts, local.TrainerState(seed=0), cfg)
+    rollouts = local.generate_rollouts(model, processor, batch, cfg, device)
+    rows = rollouts.responses.shape[0]
+    g = torch.Generator().manual_seed(1)
+    advantages = torch.randn(rows, 1, generator=g) * rollouts.response_mask
+    results = []
+    for micro in (0, 3):  # 3 does not divide the 8 rows: a short last micro-batch
+        cfg.algorithm.ppo_micro_batch_size = micro
+        copy_ = copy.deepcopy(model)
+        optimizer, _ = local.build_optimizer(cfg, copy_, total_steps=1)
+        stats = local.update_policy(copy_, optimizer, rollouts, advantages, cfg,
+                                    get_policy_loss_fn("gspo"), local.build_actor_config(cfg))  # fmt: skip
+        results.append((stats, [p.detach().clone() for p in copy_.parameters()]))
+    (whole, w_params), (split, s_params) = results
+    assert split["loss"] == pytest.approx(whole["loss"], rel=1e-5, abs=1e-7)
+    # The grad norm pins the gradient's scale (Adam's first step would hide a wrong one);
+    # the weights pin its direction (to 0.1% of a step: Adam magnifies float noise in
+    # near-zero gradients).
+    assert split["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4)
+    assert whole["grad_norm"] > 0
+    for a, b in zip(w_params, s_params):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
