@@ -442,14 +442,16 @@ _OMR_KEYS = (  # top-level keys the mapping reads; any other key goes to meta
 )
 
 
-def _part_image(part: dict[str, Any]) -> RawImage:
+def _part_image(part: dict[str, Any]) -> RawImage | None:
+    """The image a content part names, or None for a bare `{"type": "image"}` marker (the
+    image then comes from the record's `images` column, in order)."""
     for key in ("image_url", "image", "path", "url"):
         value = part.get(key)
         if isinstance(value, dict):
             value = value.get("url") or value.get("bytes") or value.get("path")
         if isinstance(value, str | bytes) and value:
             return value
-    raise MalformedRow("bad_field", f"image part without a path: {part!r:.80}")
+    return None
 
 
 def _content_parts(content: Any) -> list[tuple[str, Any]]:
@@ -515,8 +517,20 @@ def sample_from_omr(
         raise MalformedRow(
             "multi_turn", f"{n_user} user and {n_assistant} assistant turns; a Sample has one each"
         )
-    question, images = _question_from_parts(turns["user"][0])
-    images = _image_value(record.get("images", record.get("image")), "images") + images
+    question, part_images = _question_from_parts(turns["user"][0])
+    column = _image_value(record.get("images", record.get("image")), "images")
+    markers = sum(image is None for image in part_images)
+    if markers:  # bare image parts: the `images` column holds their images, in order
+        if markers != len(column):
+            raise MalformedRow(
+                "bad_field",
+                f"{markers} image part(s) without a path but {len(column)} image(s) in the "
+                "`images` column",
+            )
+        fill = iter(column)
+        images = [next(fill) if image is None else image for image in part_images]
+    else:
+        images = column + part_images
     response = _turn_text(turns["assistant"][0], "assistant") if turns["assistant"] else None
     answer, answer_from = _answer_with_policy(record, response)
     meta = {k: v for k, v in record.items() if k not in _OMR_KEYS}

@@ -233,6 +233,31 @@ def test_omr_variants():
     assert (sample.question, raw_images, sample.answer) == ("<image>\nHow many?", ["c.png"], "3")
 
 
+def test_omr_bare_image_parts_take_the_images_column_in_order():
+    # Records that keep images in their own column and mark places with {"type": "image"}.
+    record = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image"},
+                    {"type": "text", "text": " is bigger than "},
+                    {"type": "image", "image": None},
+                    {"type": "text", "text": "?"},
+                ],
+            },
+            {"role": "assistant", "content": "<think>t</think>\\boxed{yes}"},
+        ],
+        "images": [b"first", b"second"],
+    }
+    sample, raw_images = sample_from_omr(record)
+    assert sample.question == "<image> is bigger than <image>?"
+    assert raw_images == [b"first", b"second"]
+    record["images"] = [b"first"]  # one image for two places: a clear, counted skip
+    with pytest.raises(MalformedRow, match=r"2 image part.*1 image"):
+        sample_from_omr(record)
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
