@@ -294,13 +294,14 @@ def estimate_micro_batches(cfg: SFTConfig, stream: SFTStream) -> int:
     micro-batch from the first `trainer.plan_sample` micro-batches of epoch 0. When the
     sample is the whole epoch, or a file's rows cannot be counted cheaply, the count is exact.
     """
-    sizes = [len(g) for g in itertools.islice(stream._groups(0), cfg.trainer.plan_sample)]
+    groups = stream._groups(0)
+    sizes = [len(g) for g in itertools.islice(groups, cfg.trainer.plan_sample)]
     if len(sizes) < cfg.trainer.plan_sample:
         return len(sizes)  # the whole epoch was seen
     counts = [count_rows(path) for path in cfg.data.train_files]
     if any(c is None for c in counts):
         logger.warning("plan_steps=estimate: a JSON list has no cheap row count; counting exactly")
-        return sum(1 for _ in stream._groups(0))
+        return len(sizes) + sum(1 for _ in groups)  # the sample plus the rest of the epoch
     rows = sum(max(0, -(-(c - stream.rank) // stream.world_size)) for c in counts)
     estimate = max(1, math.ceil(rows * len(sizes) / sum(sizes)))
     logger.info(
