@@ -3,9 +3,8 @@
 Tests and the CPU demo cannot download data, so they train and evaluate on these. Five kinds:
 
 - `colour`:  one shape; "what colour is the shape" (a colour name). The easy rung: a random
-             vision tower learns to look from it within a few hundred steps, and the other
-             kinds then build on what it learned (without it, the demo's tiny model left the
-             image unused for 1,600 steps of the other kinds).
+             vision tower learns to look from it first, and the other kinds then build on
+             what it learned (without it, the demo's tiny model left the image unused).
 - `count`:   shapes on a 4x4 grid; "how many red shapes" (level 3: "how many red circles").
 - `bars`:    a four-bar chart on a unit grid; "which bar is the tallest/shortest" (A-D) or
              "how many units taller is X than Y" (a number).
