@@ -230,12 +230,9 @@ def render(meta: dict[str, Any]) -> Image.Image:
     image = Image.new("RGB", (SIZE, SIZE), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     kind, scene = meta["kind"], meta["scene"]
-    if kind == "colour":
-        for x, y in scene["specks"]:
-            draw.rectangle((x, y, x + 1, y + 1), fill=(200, 200, 200))
-        for o in scene["objects"]:
-            _shape(draw, o["shape"], o["x"], o["y"], o["size"], PALETTE[o["colour"]])
-    elif kind == "count":
+    for x, y in scene.get("specks", ()):  # clutter (colour, digits), under everything else
+        draw.rectangle((x, y, x + 1, y + 1), fill=(200, 200, 200))
+    if kind in ("colour", "count"):
         for o in scene["objects"]:
             _shape(draw, o["shape"], o["x"], o["y"], o["size"], PALETTE[o["colour"]])
     elif kind == "bars":
@@ -249,8 +246,6 @@ def render(meta: dict[str, Any]) -> Image.Image:
             )
         draw.line([(0, scene["baseline"]), (SIZE - 1, scene["baseline"])], fill=(0, 0, 0), width=2)
     elif kind == "digits":
-        for x, y in scene["specks"]:
-            draw.rectangle((x, y, x + 1, y + 1), fill=(200, 200, 200))
         for digit, box in zip(scene["digits"], scene["boxes"]):
             rects = _segment_boxes(*box)
             for seg in SEGMENTS[digit]:
