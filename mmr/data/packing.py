@@ -4,10 +4,12 @@ A packed row concatenates tokenized samples up to `packing_length` tokens. Each 
 keeps its own positions, computed by the model's own `get_rope_index` on that sample
 alone (3-D mrope for text, height and width), and the row carries a fourth, text-only
 position channel that restarts at 0 for every sample. transformers' Qwen-VL models read
-that `(4, 1, L)` layout: with no `attention_mask`, they build a block-diagonal causal
-mask from the restarts (sdpa/eager on CPU) or run flash-attn varlen with `cu_seqlens`
-derived from them (flash_attention_2 on GPU). So a packed row gives the same loss as
-its samples run one by one, which `tests/data/test_packing.py` checks.
+that `(4, 1, L)` layout: with no `attention_mask`, they run flash-attn varlen with
+`cu_seqlens` derived from the restarts (flash_attention_2 on GPU) or build a dense
+block-diagonal causal mask from them (sdpa/eager). mmr's trainer uses `sdpa_varlen` where
+flash-attn is missing: one sdpa call per sample, no mask (`mmr.models.attention`). So a
+packed row gives the same loss as its samples run one by one, which
+`tests/data/test_packing.py` checks.
 
 transformers only derives that mask when the forward has no KV cache: with the default
 `use_cache=True` it silently attends across samples. `model_inputs(batch)` sets

@@ -33,6 +33,8 @@ from transformers import (
     Qwen3VLProcessor,
 )
 
+from mmr.models import attention
+
 PART_NAMES = ("vision_tower", "projector", "language_model", "lm_head")
 
 
@@ -175,9 +177,12 @@ def load_model(
     """Load the checkpoint at `path` with its family's model class.
 
     `dtype="auto"` keeps the checkpoint's dtype; `attn_implementation=None` lets
-    transformers choose (sdpa on CPU); extra kwargs go to `from_pretrained`.
+    transformers choose (sdpa on CPU), `"sdpa_varlen"` is mmr's per-sample sdpa for packed
+    rows (`mmr.models.attention`); extra kwargs go to `from_pretrained`.
     """
     family = family_of(AutoConfig.from_pretrained(path))
+    if attn_implementation == attention.NAME:
+        attention.register()
     return family.model_class.from_pretrained(
         path, dtype=dtype, attn_implementation=attn_implementation, **kwargs
     )

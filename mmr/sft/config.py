@@ -17,7 +17,7 @@ class ModelSection:
     path: str | None = None  # HF id or local folder; null builds a tiny model (CPU demo/tests)
     tiny_family: str = "qwen2_5_vl"  # family of the tiny model built when path is null
     freeze: list[str] = field(default_factory=lambda: ["vision_tower", "projector"])
-    attn_implementation: str | None = None  # null: flash_attention_2 if installed, else sdpa
+    attn_implementation: str | None = None  # null: flash_attention_2 if installed, else sdpa_varlen
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or float32 / bfloat16
     max_pixels: int | None = None  # image processor budget per image (null: the checkpoint's)

@@ -41,7 +41,7 @@ import torch.distributed as dist
 from mmr.config import config_to_dict, load_config, save_config
 from mmr.data.io import count_rows
 from mmr.metrics import MetricLogger
-from mmr.models import freeze_modules, load_model, load_processor
+from mmr.models import attention, freeze_modules, load_model, load_processor
 from mmr.models.export import save_hf_checkpoint
 from mmr.sft.checkpoint import TrainerState, find_resume_dir, load_checkpoint, save_checkpoint
 from mmr.sft.config import SFTConfig
@@ -232,6 +232,8 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_attention(model_cfg: Any, device: torch.device) -> str:
+    """flash-attn 2 on CUDA when installed; else mmr's `sdpa_varlen` (sdpa per packed sample,
+    transformers' sdpa for everything else: `mmr.models.attention`)."""
     if model_cfg.attn_implementation:
         return model_cfg.attn_implementation
     if device.type == "cuda":
@@ -241,7 +243,7 @@ def resolve_attention(model_cfg: Any, device: torch.device) -> str:
             return "flash_attention_2"
         except ImportError:
             pass
-    return "sdpa"
+    return attention.register()
 
 
 def prepare_model_path(cfg: SFTConfig, out: Path, rank: int) -> str:
