@@ -8,6 +8,8 @@ variants per prompt as in RL. Printed figures, all measured in this one run:
 - baseline: a plain in-process rule + math-verify function without timeouts (unsafe in
   threads, no backstop) - what the safety has to cost nearly nothing against;
 - `score_batch` with 1 and with 2 math-verify workers (ms per rollout, and the ratio);
+- the machine's ceiling for that ratio: the same distinct math-verify pairs, split evenly
+  over 2 warm plain processes (no pool, no IPC per item) against all of them in 1;
 - judge: N requests to a local server with 100 ms latency at concurrency 64, and a short
   sequential run, extrapolated to N.
 """
@@ -122,6 +124,49 @@ def timed_scoring(items: list[dict], warmup: list[dict], workers: int) -> tuple[
     return elapsed, rows
 
 
+def undecided_pairs(items: list[dict]) -> list[tuple[str, str]]:
+    """The distinct (answer, gold) pairs that `score_batch` sends to math-verify."""
+    max_chars = RewardConfig().accuracy.max_answer_chars
+    pairs = []
+    for item in items:
+        answer, _ = extract_final_answer(item["response"])
+        if answer is None or len(answer) > max_chars:
+            continue
+        if relaxed_match(answer, item["ground_truth"], item["question"]).correct is None:
+            pairs.append((answer, item["ground_truth"]))
+    return list(dict.fromkeys(pairs))
+
+
+def _run_pairs(pairs: list[tuple[str, str]]) -> float:
+    from mmr.rewards.verify import run_pair
+
+    start = time.perf_counter()
+    for answer, gold in pairs:
+        run_pair(answer, gold, 2, 2, False)
+    return time.perf_counter() - start
+
+
+def ceiling(items: list[dict], warmup: list[dict]) -> tuple[float, float]:
+    """Seconds for the pairs in 1 process, and split in half over 2 processes at once.
+
+    Both processes are first warmed on another set of pairs (sympy builds caches as it
+    meets new kinds of expression). What 2 processes cannot gain here (memory and cache
+    contention between the cores) no pool can gain either.
+    """
+    import multiprocessing as mp
+
+    pairs, warm = undecided_pairs(items), undecided_pairs(warmup)
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_run_pairs, [warm, warm], chunksize=1)
+        start = time.perf_counter()
+        pool.apply(_run_pairs, (pairs,))
+        one = time.perf_counter() - start
+        start = time.perf_counter()
+        pool.map(_run_pairs, [pairs[0::2], pairs[1::2]], chunksize=1)
+        two = time.perf_counter() - start
+    return one, two
+
+
 def bench_judge(n: int, sequential_n: int) -> tuple[float, float]:
     import logging
 
@@ -166,14 +211,17 @@ def main() -> None:
     # Each side is about a second: one timing of each is at the mercy of whatever else the
     # machine does in that second. Taking them in turn and reporting medians keeps a
     # passing disturbance from deciding the ratio.
-    times1, times2 = [], []
+    times1, times2, ceilings = [], [], []
     for _ in range(max(args.repeat, 1)):
         t, rows1 = timed_scoring(items, warmup, workers=1)
         times1.append(t)
         t, rows2 = timed_scoring(items, warmup, workers=2)
         times2.append(t)
         assert [r["accuracy"] for r in rows1] == [r["accuracy"] for r in rows2]
+        one, two = ceiling(items, warmup)
+        ceilings.append(one / two)
     t1, t2 = statistics.median(times1), statistics.median(times2)
+    top = statistics.median(ceilings)
     decided = {}
     for r in rows2:
         key = r["decided_by"].split(":")[0]
@@ -190,6 +238,9 @@ def main() -> None:
     print(
         f"2 workers vs 1: {t1 / t2:.2f}x (goal >= 1.8x); 2 workers vs baseline: {t_base / t2:.2f}x"
     )
+    print(f"ceiling on this machine: the {len(undecided_pairs(items))} math-verify pairs split "
+          f"evenly over 2 plain processes vs 1: {top:.2f}x (median of "
+          f"{', '.join(f'{c:.2f}' for c in ceilings)}); the pool reaches {t1 / t2 / top:.0%} of it")  # fmt: skip
 
     t_conc, t_seq = bench_judge(args.judge_requests, args.sequential_requests)
     seq_est = t_seq / args.sequential_requests * args.judge_requests

@@ -8,8 +8,9 @@ does not count. In that tail the last `\\boxed{}` wins (so a hedge `\\boxed{A} o
 `relaxed_match` returns a `Decision`: `True` (match), `False` when the rules are sure it
 is wrong (two plain numbers that differ, two different option letters), or `None` when
 only math-verify (mmr/rewards/verify.py) or the judge can tell. Everything here is pure
-Python string work, cheap enough to run in-process for every rollout; math-verify runs in
-worker processes because its timeouts need signals.
+Python string work (no signals, no timeouts needed): `score_batch` runs it in-process
+for small batches and in the worker pool for big ones; math-verify always runs in worker
+processes because its timeouts need signals.
 """
 
 from __future__ import annotations

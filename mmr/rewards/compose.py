@@ -3,8 +3,11 @@
 Weights default to OpenMMReasoner's 0.9 / 0.1; `length.weight` is set per recipe.
 `score_batch` scores many rollouts at once, in stages, so each stage can be parallel:
 
-1. in-process, per row: final-answer extraction, the format part, the relaxed rules;
-2. what the rules leave undecided goes to math-verify in worker processes (chunked);
+1. per row: final-answer extraction, the format part, the relaxed rules (in the worker
+   processes, chunked, for batches of at least `accuracy.chunk_size` rows; in-process for
+   smaller ones, where a round trip would cost more than the work);
+2. what the rules leave undecided goes to math-verify in the workers, each distinct
+   (answer, gold) pair once;
 3. what is still not confirmed goes to the LLM judge, if enabled (async, concurrent);
 4. the length part, which needs the whole rollout group (rows with the same `group`);
 5. the plug-in, if `function` is set (replace the total, or add to it).
@@ -94,6 +97,7 @@ class RewardScorer:
     def score_batch(self, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Score rollouts; each item has `response`, `ground_truth` and optional fields."""
         rows = [self._prepare(i, item) for i, item in enumerate(items)]
+        self._run_rules(rows)
         self._run_math_verify(rows)
         if self.judge_enabled:
             self._run_judge(rows)
@@ -132,17 +136,27 @@ class RewardScorer:
         if missing:
             row.error = f"missing field(s): {', '.join(missing)}"
             row.decided_by = "error"
-            return row
-        row.format = score_format(solution_str=row.response)
-        row.answer, how = extract_final_answer(row.response)
-        if row.answer is None:
-            row.decided_by = f"no answer ({how})"
-            return row
-        row.decision = relaxed_match(row.answer, row.gold, row.question)
-        if row.decision.correct is not None:
-            row.correct = row.decision.correct
-            row.decided_by = row.decision.rule
         return row
+
+    def _run_rules(self, rows: list[_Row]) -> None:
+        todo = [r for r in rows if r.error is None]
+        tasks = [(r.response, r.gold, r.question) for r in todo]
+        acc = self.cfg.accuracy
+        if acc.workers == 0 or len(tasks) < acc.chunk_size:
+            results: list[Any] = [rule_stage(*task) for task in tasks]
+        else:
+            results = _get_pool(acc).map(rule_stage, tasks, failed=lambda status: status)
+        for row, result in zip(todo, results):
+            if isinstance(result, str):  # the worker timed out or raised on this row
+                row.error = f"rules: {result}"
+                row.decided_by = "timeout" if result == "timeout" else "error"
+                continue
+            row.format, row.answer, how, row.decision = result
+            if row.answer is None:
+                row.decided_by = f"no answer ({how})"
+            elif row.decision.correct is not None:
+                row.correct = row.decision.correct
+                row.decided_by = row.decision.rule
 
     def _run_math_verify(self, rows: list[_Row]) -> None:
         acc = self.cfg.accuracy
@@ -277,6 +291,31 @@ _POOLS: dict[tuple, VerifyPool] = {}
 _SCORERS: dict[str, RewardScorer] = {}
 
 
+def rule_stage(response: str, gold: str, question: str) -> tuple[float, str | None, str, Decision]:
+    """Stage 1 of one row (module level: it runs in the workers): format part, final answer,
+    how it was found, and the relaxed rules' decision (undecided when there is no answer)."""
+    fmt = score_format(solution_str=response)
+    answer, how = extract_final_answer(response)
+    decision = _UNDECIDED if answer is None else relaxed_match(answer, gold, question)
+    return fmt, answer, how, decision
+
+
+def _get_pool(acc: Any) -> VerifyPool:
+    """The shared worker pool for these accuracy settings (started on first use)."""
+    key = (
+        max(1, acc.workers),
+        acc.hard_timeout_s,
+        acc.parse_timeout_s,
+        acc.verify_timeout_s,
+        acc.chunk_size,
+    )
+    with _LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = VerifyPool(*key)
+    return pool
+
+
 def verify_pairs(
     pairs: list[tuple[str, str]], acc: Any, explain: bool = False
 ) -> list[VerifyResult]:
@@ -289,18 +328,7 @@ def verify_pairs(
         return [
             run_pair(p, g, acc.parse_timeout_s, acc.verify_timeout_s, explain) for p, g in pairs
         ]
-    key = (
-        max(1, acc.workers),
-        acc.hard_timeout_s,
-        acc.parse_timeout_s,
-        acc.verify_timeout_s,
-        acc.chunk_size,
-    )
-    with _LOCK:
-        pool = _POOLS.get(key)
-        if pool is None:
-            pool = _POOLS[key] = VerifyPool(*key)
-    return pool.verify_many(pairs, explain=explain)
+    return _get_pool(acc).verify_many(pairs, explain=explain)
 
 
 def get_scorer(cfg: RewardConfig | None = None) -> RewardScorer:

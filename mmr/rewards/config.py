@@ -40,7 +40,9 @@ class WeightsConfig:
 @dataclass
 class AccuracyConfig:
     math_verify: bool = True  # run math-verify on what the relaxed rules cannot decide
-    workers: int = 2  # math-verify worker processes (0: run in this process, main thread only)
+    # Worker processes for math-verify, and for the rules of batches >= chunk_size rows
+    # (0: everything in this process, main thread only).
+    workers: int = 2
     parse_timeout_s: int = 2  # math-verify's own timeout per parse (whole seconds, signal-based)
     verify_timeout_s: int = 2  # math-verify's own timeout per comparison (whole seconds)
     hard_timeout_s: float = 6.0  # backstop: a worker stuck this long on one item is killed

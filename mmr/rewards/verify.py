@@ -9,7 +9,9 @@ scores 0 with status "timeout", and the rest of its chunk is sent again.
 
 Work goes to the workers in chunks (one message per chunk each way) so the per-item IPC
 cost stays small. One pool serves every caller: a dispatcher thread owns the workers, and
-any thread may call `verify_many` at the same time.
+any thread may call `verify_many` at the same time. `map` runs any module-level function
+the same way (`score_batch` sends its rule stage through it, so big batches use every core
+for extraction and rules as well).
 
     pool = VerifyPool(num_workers=2)
     pool.verify_many([("\\frac{1}{2}", "0.5")])   # [VerifyResult(correct=True, status="ok")]
@@ -30,6 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
+from typing import Any
 
 __all__ = ["VerifyPool", "VerifyResult", "explain_pair", "run_pair", "verify_pair"]
 
@@ -84,6 +87,12 @@ def _install_flag() -> _TimeoutFlag:
     return _FLAG
 
 
+# Parsed gold answers, per process: the pairs of one prompt share its gold, and RL scores
+# the same prompts again and again. Parse results are immutable sympy objects.
+_GOLD_CACHE: dict[tuple[str, int], list] = {}
+_GOLD_CACHE_SIZE = 1 << 14
+
+
 def run_pair(pred: str, gold: str, parse_s: int, verify_s: int, explain: bool) -> VerifyResult:
     """math-verify on one pair with its own (signal) timeouts: main thread of a process only."""
     from math_verify import parse, verify
@@ -91,7 +100,13 @@ def run_pair(pred: str, gold: str, parse_s: int, verify_s: int, explain: bool) -
     flag = _install_flag()
     flag.timed_out = False
     try:
-        gold_parsed = parse(f"${gold}$", parsing_timeout=parse_s)
+        gold_parsed = _GOLD_CACHE.get((gold, parse_s))
+        if gold_parsed is None:
+            gold_parsed = parse(f"${gold}$", parsing_timeout=parse_s)
+            if not flag.timed_out:
+                if len(_GOLD_CACHE) >= _GOLD_CACHE_SIZE:
+                    _GOLD_CACHE.clear()
+                _GOLD_CACHE[(gold, parse_s)] = gold_parsed
         pred_parsed = parse(f"${pred}$", parsing_timeout=parse_s)
         correct = bool(
             gold_parsed
@@ -128,12 +143,19 @@ def explain_pair(
     return run_pair(pred, gold, parse_timeout_s, verify_timeout_s, explain=True)
 
 
-def _worker_main(conn: Connection, progress, work_fn=run_pair) -> None:
-    """Worker loop: receive a chunk, score each item, send the chunk's results back."""
+@dataclass(frozen=True)
+class _Raised:
+    """An item whose function raised in the worker (the worker itself carries on)."""
+
+    message: str
+
+
+def _worker_main(conn: Connection, progress, warm_up: bool = True) -> None:
+    """Worker loop: receive a chunk `(fn, tasks)`, run `fn(*task)` for each, send results."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    if work_fn is run_pair:
+    if warm_up:
         # Warm up before taking work: math-verify's first call imports sympy's parsers,
         # which on a loaded machine can outlast the hard timeout that starts with a chunk.
         with contextlib.suppress(Exception):
@@ -145,12 +167,15 @@ def _worker_main(conn: Connection, progress, work_fn=run_pair) -> None:
             return
         if chunk is None:
             return
-        tasks, parse_s, verify_s = chunk
+        fn, tasks = chunk
         results = []
-        for i, (pred, gold, explain) in enumerate(tasks):
+        for i, task in enumerate(tasks):
             progress[1] = time.monotonic()  # start time first: the parent reads index, then time
             progress[0] = i
-            results.append(work_fn(pred, gold, parse_s, verify_s, explain))
+            try:
+                results.append(fn(*task))
+            except Exception as err:
+                results.append(_Raised(f"{type(err).__name__}: {str(err)[:200]}"))
         progress[1] = 0.0
         conn.send(results)
 
@@ -161,16 +186,18 @@ def _worker_main(conn: Connection, progress, work_fn=run_pair) -> None:
 
 @dataclass
 class _Job:
-    results: list[VerifyResult | None]
+    results: list[Any]
     remaining: int
+    failed: Callable[[str], Any]  # the result of an item that timed out, raised or was lost
     done: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
 class _Chunk:
     job: _Job
+    fn: Callable[..., Any]
     positions: list[int]  # where each task's result goes in job.results
-    tasks: list[tuple[str, str, bool]]
+    tasks: list[tuple]
 
 
 @dataclass
@@ -186,7 +213,7 @@ def _context() -> mp.context.BaseContext:
     # worker is replaced in milliseconds since the server has math-verify imported already.
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["math_verify", "mmr.rewards.verify"])
+        ctx.set_forkserver_preload(["math_verify", "mmr.rewards.verify", "mmr.rewards.compose"])
         return ctx
     return mp.get_context("spawn")
 
@@ -227,28 +254,59 @@ class VerifyPool:
     def verify_many(
         self, pairs: list[tuple[str, str]], explain: bool = False
     ) -> list[VerifyResult]:
-        """Verdicts for (answer, gold) pairs, in order; blocks until all are in."""
-        if not pairs:
+        """Verdicts for (answer, gold) pairs, in order; blocks until all are in.
+
+        math-verify items cost from well under a millisecond to seconds, so they go out in
+        small chunks (about 16 per worker): the workers then finish nearly together instead
+        of one waiting on the other's last long chunk.
+        """
+        p, v = self.parse_timeout_s, self.verify_timeout_s
+        # Pairs of one gold go out together, so each worker parses that gold once.
+        first_seen: dict[str, int] = {}
+        for _, gold in pairs:
+            first_seen.setdefault(gold, len(first_seen))
+        return self.map(
+            self._work_fn,
+            [(pred, gold, p, v, explain) for pred, gold in pairs],
+            failed=lambda status: VerifyResult(False, status),
+            chunks_per_worker=16,
+            order=sorted(range(len(pairs)), key=lambda i: first_seen[pairs[i][1]]),
+        )
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        tasks: list[tuple],
+        failed: Callable[[str], Any],
+        chunks_per_worker: int = 4,
+        order: list[int] | None = None,
+    ) -> list[Any]:
+        """`[fn(*task) for task in tasks]` in the workers, in order; blocks until all are in.
+
+        `fn` is a module-level function (sent by reference). An item that runs longer than
+        `hard_timeout_s` gets `failed("timeout")` (its worker is killed and replaced); one
+        that raises gets `failed("error: ...")`, and the worker carries on. Tasks go out in
+        chunks of at most `chunk_size`, about `chunks_per_worker` chunks per worker (more
+        chunks even out uneven items, fewer save messages), in `order` if given.
+        """
+        if not tasks:
             return []
         if self._closed:
             raise RuntimeError("VerifyPool is closed")
-        job = _Job(results=[None] * len(pairs), remaining=len(pairs))
-        # About four chunks per worker: few messages, yet an even share of the work.
-        size = max(1, min(self.chunk_size, math.ceil(len(pairs) / (4 * self.num_workers))))
-        chunks = [
-            _Chunk(
-                job,
-                list(range(i, min(i + size, len(pairs)))),
-                [(p, g, explain) for p, g in pairs[i : i + size]],
-            )
-            for i in range(0, len(pairs), size)
-        ]
+        job = _Job(results=[None] * len(tasks), remaining=len(tasks), failed=failed)
+        order = list(range(len(tasks))) if order is None else order
+        per_chunk = math.ceil(len(tasks) / (chunks_per_worker * self.num_workers))
+        size = max(1, min(self.chunk_size, per_chunk))
+        chunks = []
+        for start in range(0, len(order), size):
+            positions = order[start : start + size]
+            chunks.append(_Chunk(job, fn, positions, [tasks[i] for i in positions]))
         with self._lock:
             self._queue.extend(chunks)
             self._ensure_started()
         self._wake_send.send_bytes(b"w")
         job.done.wait()
-        return [r if r is not None else VerifyResult(False, "error: lost") for r in job.results]
+        return [r if r is not None else failed("error: lost") for r in job.results]
 
     def close(self) -> None:
         """Stop the dispatcher and the workers (idempotent)."""
@@ -267,7 +325,7 @@ class VerifyPool:
             pending, self._queue = list(self._queue), deque()
         for chunk in pending:  # anyone still waiting gets errors, not a hang
             for pos in chunk.positions:
-                self._deliver(chunk.job, pos, VerifyResult(False, "error: pool closed"))
+                self._deliver(chunk.job, pos, chunk.job.failed("error: pool closed"))
 
     def __enter__(self) -> VerifyPool:
         return self
@@ -288,7 +346,7 @@ class VerifyPool:
         progress = self._ctx.RawArray("d", 2)
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(child, progress, self._work_fn),
+            args=(child, progress, self._work_fn is run_pair),
             name="mmr-verify-worker",
             daemon=True,
         )
@@ -324,13 +382,15 @@ class VerifyPool:
                     worker.progress[0] = 0
                     worker.progress[1] = time.monotonic()
                     try:
-                        worker.conn.send((chunk.tasks, self.parse_timeout_s, self.verify_timeout_s))
+                        worker.conn.send((chunk.fn, chunk.tasks))
                     except (OSError, ValueError):
                         self._replace(worker, "error: math-verify worker died", locked=True)
 
-    def _finish(self, worker: _Worker, results: list[VerifyResult]) -> None:
+    def _finish(self, worker: _Worker, results: list[Any]) -> None:
         chunk, worker.chunk = worker.chunk, None
         for pos, result in zip(chunk.positions, results):
+            if isinstance(result, _Raised):
+                result = chunk.job.failed(f"error: {result.message}")
             self._deliver(chunk.job, pos, result)
 
     def _check_overruns(self) -> None:
@@ -350,13 +410,16 @@ class VerifyPool:
         if chunk is None:
             return
         index = min(max(index, 0), len(chunk.tasks) - 1)
-        log.warning("math-verify item exceeded its limit (%s); worker replaced", status)
-        self._deliver(chunk.job, chunk.positions[index], VerifyResult(False, status))
+        log.warning("worker item exceeded its limit (%s); worker replaced", status)
+        self._deliver(chunk.job, chunk.positions[index], chunk.job.failed(status))
         # Results of the items before `index` died with the worker: they run again.
         rest = [i for i in range(len(chunk.tasks)) if i != index]
         if rest:
             retry = _Chunk(
-                chunk.job, [chunk.positions[i] for i in rest], [chunk.tasks[i] for i in rest]
+                chunk.job,
+                chunk.fn,
+                [chunk.positions[i] for i in rest],
+                [chunk.tasks[i] for i in rest],
             )
             if locked:
                 self._queue.appendleft(retry)
@@ -365,7 +428,7 @@ class VerifyPool:
                     self._queue.appendleft(retry)
 
     @staticmethod
-    def _deliver(job: _Job, pos: int, result: VerifyResult) -> None:
+    def _deliver(job: _Job, pos: int, result: Any) -> None:
         if job.results[pos] is None:
             job.results[pos] = result
             job.remaining -= 1

@@ -16,3 +16,12 @@ def hang_on_request(
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         time.sleep(60)
     return VerifyResult(pred == gold)
+
+
+def echo_or_fail(text: str) -> str:
+    """For `VerifyPool.map`: "boom" raises, "hang" sleeps past any limit, else echoes."""
+    if text == "boom":
+        raise ValueError("boom")
+    if text == "hang":
+        time.sleep(60)
+    return text

@@ -15,7 +15,7 @@ from mmr.rewards.accuracy import (
 )
 from mmr.rewards.config import RewardConfig
 from mmr.rewards.verify import VerifyPool
-from tests.rewards.helpers import hang_on_request
+from tests.rewards.helpers import echo_or_fail, hang_on_request
 
 T = "<think>reasoning</think> "
 
@@ -196,6 +196,14 @@ def test_hard_timeout_kills_a_stuck_worker_and_keeps_the_rest() -> None:
         assert pool.timeouts == 1
         # the replacement worker serves the next call
         assert pool.verify_many([("5", "5")])[0].correct
+
+
+def test_pool_map_contains_items_that_raise_or_hang() -> None:
+    with VerifyPool(num_workers=1, hard_timeout_s=0.5) as pool:
+        tasks = [("a",), ("boom",), ("hang",), ("b",)]
+        out = pool.map(echo_or_fail, tasks, failed=lambda status: f"failed: {status}")
+        assert out == ["a", "failed: error: ValueError: boom", "failed: timeout", "b"]
+        assert pool.map(echo_or_fail, [("c",)], failed=str) == ["c"]
 
 
 @pytest.mark.parametrize(

@@ -128,3 +128,42 @@ def test_import_is_light_and_imports_no_stage() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+MIXED = [
+    {"response": OK, "ground_truth": "4"},
+    {"response": r"<think>a</think> \boxed{\dfrac{1}{2}}", "ground_truth": "0.5"},
+    {"response": r"<think>a</think> \boxed{(x+1)^2}", "ground_truth": "x^2+2x+1"},
+    {"response": r"<think>a</think> The answer is (B).", "ground_truth": "B",
+     "question": "Pick one.\nA. 12\nB. 15"},
+    {"response": r"<think>a</think> \boxed{15}", "ground_truth": "B",
+     "question": "Pick one.\nA. 12\nB. 15"},
+    {"response": r"<think>\boxed{4}</think> no answer here", "ground_truth": "4"},
+    {"response": r"<think>never closed \boxed{4}", "ground_truth": "4"},
+    {"response": r"<answer>12 cm</answer>", "ground_truth": "12"},
+    {"response": r"<think>a</think> \boxed{3}", "ground_truth": "4"},
+    {"response": "no ground truth"},
+    {"response": r"<think>a</think> \boxed{" + "9" * 5000 + "}", "ground_truth": "7"},
+]  # fmt: skip
+
+
+def test_rules_in_workers_give_the_in_process_rows() -> None:
+    """Batches of >= chunk_size rows run extraction, format and rules in the workers."""
+    from mmr.rewards.compose import _POOLS, shutdown
+
+    items = [dict(item, group=i % 7) for i, item in enumerate(MIXED * 12)]  # 132 rows
+    in_process = RewardConfig()
+    in_process.accuracy.workers = 0
+    in_workers = RewardConfig()
+    in_workers.accuracy.chunk_size = 16
+    shutdown()
+    expected = score_batch(items, in_process)
+    assert not _POOLS
+    got = score_batch(items, in_workers)
+    assert got == expected
+    assert _POOLS
+    # A small batch that the rules decide alone starts no workers.
+    shutdown()
+    small = [0, 3, 4, 7, 8]
+    assert score_batch([items[i] for i in small], in_workers) == [expected[i] for i in small]
+    assert not _POOLS
