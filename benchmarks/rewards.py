@@ -9,7 +9,8 @@ variants per prompt as in RL. Printed figures, all measured in this one run:
   threads, no backstop) - what the safety has to cost nearly nothing against;
 - `score_batch` with 1 and with 2 math-verify workers (ms per rollout, and the ratio);
 - the machine's ceiling for that ratio: the same distinct math-verify pairs, split evenly
-  over 2 warm plain processes (no pool, no IPC per item) against all of them in 1;
+  over 2 warm plain processes (no pool, no IPC per item) against all of them in 1, and a
+  control: a pure-Python loop split the same way (work that does not contend for memory);
 - judge: N requests to a local server with 100 ms latency at concurrency 64, and a short
   sequential run, extrapolated to N.
 """
@@ -167,6 +168,30 @@ def ceiling(items: list[dict], warmup: list[dict]) -> tuple[float, float]:
     return one, two
 
 
+def _spin(n: int) -> float:
+    start = time.perf_counter()
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return time.perf_counter() - start
+
+
+def cpu_control(n: int = 10_000_000) -> float:
+    """The same split for a pure-Python arithmetic loop: what the two cores give to work
+    that does not contend for memory (close to 2x on an idle machine)."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_spin, [1000, 1000], chunksize=1)
+        start = time.perf_counter()
+        pool.apply(_spin, (n,))
+        one = time.perf_counter() - start
+        start = time.perf_counter()
+        pool.map(_spin, [n // 2, n // 2], chunksize=1)
+        two = time.perf_counter() - start
+    return one / two
+
+
 def bench_judge(n: int, sequential_n: int) -> tuple[float, float]:
     import logging
 
@@ -238,6 +263,7 @@ def main() -> None:
     print(
         f"2 workers vs 1: {t1 / t2:.2f}x (goal >= 1.8x); 2 workers vs baseline: {t_base / t2:.2f}x"
     )
+    print(f"control: a pure-Python loop split over 2 processes vs 1: {cpu_control():.2f}x")
     print(f"ceiling on this machine: the {len(undecided_pairs(items))} math-verify pairs split "
           f"evenly over 2 plain processes vs 1: {top:.2f}x (median of "
           f"{', '.join(f'{c:.2f}' for c in ceilings)}); the pool reaches {t1 / t2 / top:.0%} of it")  # fmt: skip

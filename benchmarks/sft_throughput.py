@@ -6,9 +6,9 @@
 Model: Qwen2.5-VL (a registered mmr family) with random weights, built offline around the
 tiny builder's tokenizer and processor (`mmr.models.tiny`) with a bigger config. `--preset
 cpu` (default): text hidden 512, 8 layers, 8 heads (2 KV), MLP 1376, vocab rows 8192, a
-4-block vision tower; ~37M parameters (31M trainable), fp32, sdpa. `--preset gpu3b`: Qwen2.5-VL-3B's shape
+4-block vision tower; ~37M parameters (31M trainable), fp32, mmr's `sdpa_varlen`. `--preset gpu3b`: Qwen2.5-VL-3B's shape
 (hidden 2048, 36 layers, 16 heads, 2 KV heads, MLP 11008, vocab 151936, tied embeddings;
-vision depth 32, hidden 1280), bf16, flash-attn 2 when installed (else sdpa), gradient
+vision depth 32, hidden 1280), bf16, flash-attn 2 when installed (else sdpa_varlen), gradient
 checkpointing, one GPU. The vision tower and projector are frozen, as in mmr's recipes.
 
 Data: 512 synthetic samples (one `data.pack_buffer` of mmr's SFT stream), each one image and
@@ -30,7 +30,9 @@ Measured in this one run, every variant from the same initial weights on the sam
 2. median time per optimizer step, after `--warmup` steps, on the same packed rows: mmr's
    step (a DeepSpeed ZeRO-2 engine built as `mmr.sft.train.train` builds it, its loop body
    with `PerfMeter`) vs transformers' `Trainer` (same AdamW, lr schedule, clipping and
-   precision); goal mmr/Trainer <= 1.0x.
+   precision) given the same DeepSpeed config (`deepspeed=`, as LLaMA-Factory and TRL
+   recipes run it): goal mmr/Trainer <= 1.0x. Also vs a plain `Trainer` (torch AdamW, no
+   DeepSpeed), which shows what ZeRO-2's machinery costs on one process.
 On a GPU it also prints tokens/s and MFU (`mmr.sft.perf`; goal >= 40%).
 """
 
@@ -441,9 +443,10 @@ def first_item(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def make_trainer(
     model: torch.nn.Module, rows: list[Batch], cfg: SFTConfig, device: torch.device,
-    seed: int, timer: StepTimer, out: str,
+    seed: int, timer: StepTimer, out: str, with_deepspeed: bool,
 ) -> Any:  # fmt: skip
-    """transformers' Trainer on the same rows with the same AdamW, schedule and clipping."""
+    """transformers' Trainer on the same rows with the same AdamW, schedule and clipping;
+    `with_deepspeed`: given mmr's DeepSpeed JSON (the Trainer fills in its "auto" keys)."""
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
@@ -458,6 +461,7 @@ def make_trainer(
         train_sampling_strategy="sequential", remove_unused_columns=False,
         dataloader_num_workers=0, logging_strategy="no", save_strategy="no",
         eval_strategy="no", report_to="none", disable_tqdm=True,
+        deepspeed=trainer_deepspeed_config(cfg, device) if with_deepspeed else None,
     )  # fmt: skip
     trainer = Trainer(
         model=model,
@@ -470,14 +474,23 @@ def make_trainer(
     return trainer
 
 
+def trainer_deepspeed_config(cfg: SFTConfig, device: torch.device) -> dict[str, Any]:
+    """mmr's DeepSpeed JSON with the keys the Trainer sets from its own arguments on "auto"."""
+    ds = deepspeed_config(cfg, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                "gradient_clipping"):  # fmt: skip
+        ds[key] = "auto"
+    return ds
+
+
 def mmr_vs_trainer(
     base: torch.nn.Module, preset: Preset, work: Workload, processor: Any, seed: int,
-    device: torch.device,
+    device: torch.device, with_deepspeed: bool,
 ) -> StepTimer:  # fmt: skip
     """Step times of both on the same rows, from fresh copies of the same weights.
 
-    The Trainer is built before mmr's one-process gloo group exists, so it runs as a plain
-    single-process script (with the group, it would wrap the model in DDP). On a GPU the
+    The plain Trainer is built before mmr's one-process gloo group exists, so it runs as a
+    plain single-process script (with the group, it would wrap the model in DDP). On a GPU the
     two run one after the other (both models and optimizers do not fit at once), and the
     Trainer's bf16 autocast updates bf16 weights while DeepSpeed keeps fp32 master weights:
     mmr does a little more work there.
@@ -488,8 +501,9 @@ def mmr_vs_trainer(
     timer = StepTimer(device, rows)
     with tempfile.TemporaryDirectory() as out:
         trainer = make_trainer(
-            fresh_copy(base, preset, device), rows, cfg, device, seed, timer, out
-        )
+            fresh_copy(base, preset, device), rows, cfg, device, seed, timer, out,
+            with_deepspeed,
+        )  # fmt: skip
         _, world_size, _ = setup_distributed(preset.device)
         if world_size != 1:
             raise SystemExit("run this benchmark as one process (python, not torchrun)")
@@ -497,6 +511,8 @@ def mmr_vs_trainer(
             timer.mmr = MmrStep(fresh_copy(base, preset, device), cfg, processor, device)
         trainer.train()
         timer.trainer_digest = weights_digest(trainer.model)
+        if with_deepspeed:
+            trainer.model_wrapped.destroy()
         del trainer
         release(device)
         if timer.mmr is None:
@@ -535,11 +551,14 @@ def verdict(value: float, target: float, higher: bool = True) -> str:
 class Results:
     packed_s: float
     padded_s: float
-    mmr_steps: list[float]
-    trainer_steps: list[float]
+    mmr_steps: list[float]  # interleaved with the Trainer + DeepSpeed steps
+    trainer_steps: list[float]  # Trainer with mmr's DeepSpeed config
+    plain_mmr_steps: list[float]  # interleaved with the plain Trainer steps
+    plain_trainer_steps: list[float]  # Trainer with torch AdamW, no DeepSpeed
     mmr_metrics: list[dict[str, Any]]
     row_flops: float  # mean model FLOPs of a measured row, attention per sample
     weights_diff: float  # max relative difference of mmr's and the Trainer's final weights
+    plain_weights_diff: float
 
 
 def describe(args: Any, preset: Preset, base: Any, items: list, work: Workload) -> list[str]:
@@ -580,6 +599,7 @@ def figures(preset: Preset, work: Workload, r: Results, device: torch.device) ->
     padded_slots = sum(b["input_ids"].numel() for b in work.padded)
     packed_tps, padded_tps = real / r.packed_s, real / r.padded_s  # NaN: out of memory
     mmr, hf = statistics.median(r.mmr_steps), statistics.median(r.trainer_steps)
+    mmr2, plain = statistics.median(r.plain_mmr_steps), statistics.median(r.plain_trainer_steps)
     rows = [
         ("packing efficiency, FFD over the mix", f"{work.efficiency:.1%}", ">= 97%",
          verdict(work.efficiency, 0.97)),
@@ -593,10 +613,16 @@ def figures(preset: Preset, work: Workload, r: Results, device: torch.device) ->
         ("  padded slots / packed slots", f"{padded_slots / packed_slots:.2f}x", "", ""),
         ("mmr step (DeepSpeed ZeRO-2), median s", f"{mmr:.3f}",
          f"{min(r.mmr_steps):.3f}-{max(r.mmr_steps):.3f}", ""),
-        ("Trainer step, median s", f"{hf:.3f}",
+        ("Trainer step, same DeepSpeed config, median s", f"{hf:.3f}",
          f"{min(r.trainer_steps):.3f}-{max(r.trainer_steps):.3f}", ""),
         ("mmr / Trainer step time", f"{mmr / hf:.3f}x", "<= 1.0x", verdict(mmr / hf, 1.0, False)),
         ("  final weights, mmr vs Trainer (rel.)", f"{r.weights_diff:.0e}", "same work", ""),
+        ("plain Trainer step (torch AdamW), median s", f"{plain:.3f}",
+         f"{min(r.plain_trainer_steps):.3f}-{max(r.plain_trainer_steps):.3f}", ""),
+        ("  mmr step beside it, median s", f"{mmr2:.3f}",
+         f"{min(r.plain_mmr_steps):.3f}-{max(r.plain_mmr_steps):.3f}", ""),
+        ("  mmr / plain Trainer step time", f"{mmr2 / plain:.3f}x", "", ""),
+        ("  final weights, mmr vs plain Trainer", f"{r.plain_weights_diff:.0e}", "same work", ""),
     ]  # fmt: skip
     peak = peak_flops(device)
     if peak is not None:
@@ -650,7 +676,8 @@ def measure(
     spent = packed_vs_padded(model, work, cfg, device)
     del model
     release(device)
-    timer = mmr_vs_trainer(base, preset, work, processor, args.seed, device)
+    plain = mmr_vs_trainer(base, preset, work, processor, args.seed, device, False)
+    timer = mmr_vs_trainer(base, preset, work, processor, args.seed, device, True)
     warmup = len(work.warm_rows)
     lm = sum(count_params(base, p)[0] for p in ("model.language_model", "lm_head"))
     vision = count_params(base, "model.visual")[0]
@@ -664,9 +691,12 @@ def measure(
         padded_s=spent["padded"],
         mmr_steps=timer.mmr_s[warmup:],
         trainer_steps=timer.trainer_s[warmup:],
+        plain_mmr_steps=plain.mmr_s[warmup:],
+        plain_trainer_steps=plain.trainer_s[warmup:],
         mmr_metrics=timer.mmr.metrics[warmup:],
         row_flops=sum(flops) / len(work.packed),
         weights_diff=relative_diff(timer.mmr_digest, timer.trainer_digest),
+        plain_weights_diff=relative_diff(plain.mmr_digest, plain.trainer_digest),
     )
 
 

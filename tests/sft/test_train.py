@@ -260,3 +260,34 @@ def test_estimated_plan_is_close_to_the_exact_count(data, tiny_qwen2_5_vl):
     assert estimate_micro_batches(cfg, stream) == exact
     cfg.trainer.plan_steps = "exact"
     assert plan_total_steps(cfg, stream, torch.device("cpu")) == 2 * exact
+
+
+def test_estimated_plan_counts_a_json_list_exactly(tmp_path, tiny_qwen2_5_vl, caplog):
+    # A JSON list has no cheap row count (no footer, no lines): the estimate falls back to
+    # counting the whole epoch, continuing from the micro-batches it has already sampled.
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from mmr.config import load_config
+    from mmr.data.io import read_samples, write_samples
+    from mmr.sft.config import SFTConfig
+    from mmr.sft.data import SFTStream
+    from mmr.sft.train import estimate_micro_batches
+
+    jsonl = tmp_path / "train.jsonl"
+    write_samples(jsonl, read_samples(_write_data(tmp_path / "src.parquet")))
+    listed = tmp_path / "train.json"
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    listed.write_text(json.dumps(rows))
+    jsonl.unlink()
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen2_5_vl)
+    processor = AutoProcessor.from_pretrained(tiny_qwen2_5_vl)
+    overrides = [f"data.train_files=[{listed}]", "data.packing_length=512", "data.max_length=512",
+                 "trainer.plan_steps=estimate", "trainer.plan_sample=2"]  # fmt: skip
+    cfg = load_config(SFTConfig, None, overrides)
+    stream = SFTStream(cfg.data, processor, model.model.get_rope_index, seed=0)
+    exact = sum(1 for _ in stream._groups(0))
+    assert exact > 2
+    with caplog.at_level("WARNING", logger="mmr.sft.train"):
+        assert estimate_micro_batches(cfg, stream) == exact
+    assert "JSON list has no cheap row count" in caplog.text
