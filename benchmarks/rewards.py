@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.rewards.fake_judge
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fake_openai
 
 from mmr.rewards.accuracy import extract_final_answer, relaxed_match
 from mmr.rewards.compose import RewardScorer, shutdown
@@ -197,7 +197,7 @@ def bench_judge(n: int, sequential_n: int) -> tuple[float, float]:
 
     from mmr.rewards.config import JudgeConfig
     from mmr.rewards.judge import Judge
-    from tests.rewards.fake_judge import FakeJudgeServer
+    from tests.fake_openai import FakeJudgeServer
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     server = FakeJudgeServer().start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.rewards.fake_judge import FakeJudgeServer
+from tests.fake_openai import FakeJudgeServer
 
 JUDGE_ENV = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL_NAME", "USE_LLM_JUDGE")
 

@@ -9,7 +9,7 @@ import pytest
 
 from mmr.rewards import RewardConfig, RewardScorer
 from mmr.rewards.judge import Judge, load_prompt, parse_verdict, render_prompt
-from tests.rewards.fake_judge import FakeJudgeServer, student_answer
+from tests.fake_openai import FakeJudgeServer, student_answer
 
 T = "<think>t</think> "
 

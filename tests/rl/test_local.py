@@ -22,7 +22,7 @@ import torch
 from mmr.config import load_config
 from mmr.rl import local
 from mmr.rl.local_config import LocalRLConfig
-from tests.rewards.fake_judge import FakeJudgeServer
+from tests.fake_openai import FakeJudgeServer
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "demo" / "tiny_gspo.yaml"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.data.pipeline.fake_server import FakeOpenAIServer
+from tests.fake_openai import FakeOpenAIServer
 
 
 @pytest.fixture(scope="session")

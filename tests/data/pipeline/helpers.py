@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from mmr.data.schema import Sample
-from tests.data.pipeline.fake_server import prompt_text
+from tests.fake_openai import prompt_text
 
 WORDS = [f"w{i}" for i in range(400)]
 

@@ -12,7 +12,7 @@ from mmr.data.io import read_samples, write_samples
 from mmr.data.pipeline.clean import clean_image, clean_text, run_clean
 from mmr.data.pipeline.config import PipelineConfig
 from mmr.data.schema import Sample
-from tests.data.pipeline.fake_server import prompt_text
+from tests.fake_openai import prompt_text
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:

@@ -8,7 +8,7 @@ import pytest
 from mmr.data.pipeline.client import ChatClient, MalformedReply, user_message
 from mmr.data.pipeline.config import ClientConfig
 from mmr.data.schema import Sample
-from tests.data.pipeline.fake_server import image_count, prompt_text
+from tests.fake_openai import image_count, prompt_text
 
 
 def _client(server, **kw) -> ChatClient:

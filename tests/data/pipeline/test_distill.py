@@ -10,8 +10,8 @@ import pyarrow.dataset as ds
 from mmr.data.io import read_samples, write_samples
 from mmr.data.pipeline.config import PipelineConfig
 from mmr.data.pipeline.distill import run_distill
-from tests.data.pipeline.fake_server import image_count, prompt_text
 from tests.data.pipeline.helpers import arithmetic, parse_question, solution
+from tests.fake_openai import image_count, prompt_text
 
 
 def _cfg(server, **cot) -> PipelineConfig:

@@ -20,8 +20,8 @@ from mmr.data.pipeline.runner import StageError
 from mmr.data.pipeline.select import run_select
 from mmr.rewards import shutdown
 from mmr.rewards.config import JudgeConfig
-from tests.data.pipeline.fake_server import prompt_text
 from tests.data.pipeline.helpers import arithmetic, long_think, parse_question, sample
+from tests.fake_openai import prompt_text
 
 NUMBERS = {"zero": 0, "two": 2, "four": 4, "seven": 7, "eight": 8, "nine": 9}
 _JUDGED = re.compile(r"Reference answer:\s*(.*?)\s*Student's final answer:\s*(.*?)\s*\n\n", re.S)

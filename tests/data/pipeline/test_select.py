@@ -29,8 +29,8 @@ from mmr.data.pipeline.select import (
     select_filter,
 )
 from mmr.data.pipeline.verify import check_answers, reward_config
-from tests.data.pipeline.fake_server import prompt_text
 from tests.data.pipeline.helpers import long_think, sample
+from tests.fake_openai import prompt_text
 
 
 def _naive_repeat(text: str, n: int, freq: int) -> bool:
