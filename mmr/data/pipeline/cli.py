@@ -9,8 +9,10 @@
 one before). `--input` is what the step reads: for collect it replaces `collect.paths`;
 for another step it defaults to the previous stage's folder under DIR. A stage killed
 and run again with the same command resumes from its manifest; `--overwrite` starts it
-again. The resolved config is written to DIR/config.yaml. Exit status: 0 done, 2 when
-the config, the input or a model endpoint is missing or wrong.
+again. The resolved config is written to DIR/config.yaml (`run`), DIR/config.dedup.yaml or
+DIR/config.difficulty.yaml, so a dedup or difficulty pass into the same DIR keeps the
+record of the run beside it. Exit status: 0 done, 2 when the config, the input or a model
+endpoint is missing or wrong.
 """
 
 from __future__ import annotations
@@ -98,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(PipelineConfig, args.config, args.overrides)
-        save_config(cfg, Path(args.output) / "config.yaml")
+        name = "config.yaml" if args.action == "run" else f"config.{args.action}.yaml"
+        save_config(cfg, Path(args.output) / name)
         _run(args, cfg)
     except (ConfigError, StageError, FileNotFoundError, ValueError) as err:
         print(f"mmr data {args.action}: {err}", file=sys.stderr)

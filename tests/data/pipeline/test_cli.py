@@ -135,7 +135,8 @@ def test_dedup_cli_with_the_offline_minilm_model(tmp_path, capsys):
     lines = (out / "reports" / "dedup_clusters.jsonl").read_text().splitlines()
     clusters = {c["kept"]: [d[0] for d in c["duplicates"]] for c in map(json.loads, lines)}
     assert clusters == {"1": ["2", "4"], "3": ["6"]}
-    assert load_config(PipelineConfig, out / "config.yaml").dedup.threshold == 0.8
+    assert load_config(PipelineConfig, out / "config.dedup.yaml").dedup.threshold == 0.8
+    assert not (out / "config.yaml").exists()  # the name `mmr data run` writes
     # Finished: run again, nothing is redone (and no model is loaded for it).
     assert main([*argv, "--quiet"]) == 0
     assert json.loads((out / "reports" / "dedup.json").read_text())["rows_out"] == 3
@@ -193,6 +194,10 @@ def test_difficulty_cli_against_the_local_server(tmp_path, server, capsys):
     assert report["failed_reasons"] == {"difficulty_http_503": 1}
     assert report["info"] == {"answers_requested": 20, "rated": 4}
     assert (out / "failed" / "difficulty" / "part-00000.parquet").is_file()
+    assert (
+        load_config(PipelineConfig, out / "config.difficulty.yaml").select.difficulty.client.model
+        == "small"
+    )
     assert len(server.requests) == 20
     assert main(argv) == 0 and len(server.requests) == 20  # finished: nothing asked again
 
