@@ -25,6 +25,18 @@ import torch
 NAME = "sdpa_varlen"
 
 
+# Every layer of a forward (and its checkpointed recompute) gets the same position_ids
+# tensor: its segments are read once (one device-to-host sync per forward, not per layer).
+_LAST: tuple[torch.Tensor | None, list[list[int]]] = (None, [])
+
+
+def _row_segments(position_ids: torch.Tensor) -> list[list[int]]:
+    global _LAST
+    if _LAST[0] is not position_ids:
+        _LAST = (position_ids, [segment_lengths(row) for row in position_ids])
+    return _LAST[1]
+
+
 def segment_lengths(position_ids: torch.Tensor) -> list[int]:
     """Lengths of the samples of one packed row, from text positions restarting at 0."""
     starts = (position_ids == 0).nonzero().flatten().tolist()
@@ -59,8 +71,9 @@ def sdpa_varlen_attention_forward(
     if not _is_packed_call(query, key, attention_mask, position_ids):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     rows = []
+    segments = _row_segments(position_ids)
     for b in range(query.shape[0]):
-        lengths = segment_lengths(position_ids[b])
+        lengths = segments[b]
         if len(lengths) == 1:  # one sample: the plain causal call
             out, _ = sdpa_attention_forward(
                 module, query[b : b + 1], key[b : b + 1], value[b : b + 1], None, **kwargs
