@@ -102,3 +102,25 @@ def test_saved_config_does_not_name_the_implementation(models, tmp_path):
     pair[NAME].save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert NAME not in json.dumps(config)
+
+
+def test_gradient_checkpointing_recompute_gives_the_same_gradients(models):
+    """The checkpointed recompute runs the attention again on the same packed row."""
+    pair, processor, path = models
+    _, row = _packed(pair["sdpa"], processor)
+    model = load_model(path, dtype=torch.float32, attn_implementation=NAME)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    reference = pair[NAME]
+    reference.train()
+    grads = []
+    try:
+        for m in (model, reference):
+            m.zero_grad()
+            m(**model_inputs(row)).loss.backward()
+            grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    finally:
+        reference.eval()
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[1].items():
+        torch.testing.assert_close(grads[0][name], g, atol=1e-5, rtol=1e-4, msg=name)
