@@ -4,7 +4,9 @@ Nothing is preprocessed ahead of time and no file has to fit in memory: samples 
 from `mmr.data.io.read_samples`, rank `r` of `w` keeps samples `r, r+w, ...`, a seeded
 buffer shuffles them, `mmr.data.chat` tokenizes them (too-long and broken samples are
 counted, not fatal), and every `pack_buffer` tokenized samples are bin-packed
-(first-fit decreasing) into rows of `packing_length` tokens. With `batch_size` > 1 the
+(first-fit decreasing) into rows of `packing_length` tokens. First-fit decreasing makes the
+rows in order of their longest sample; they are shuffled (seeded) within each buffer, so
+training does not run long-to-short once per buffer on every rank at the same time. With `batch_size` > 1 the
 rows of a micro-batch are laid end to end in one sequence (attention stays per sample,
 so this is the same computation as a batch of rows, without padding between them).
 
@@ -92,7 +94,7 @@ class SFTStream:
         if not cfg.packing:
             yield from _chunks(items, cfg.batch_size)
             return
-        rows = self._packed_rows(items)
+        rows = self._packed_rows(items, epoch)
         yield from (
             [item for row in rows_chunk for item in row]
             for rows_chunk in _chunks(rows, cfg.batch_size)
@@ -132,9 +134,14 @@ class SFTStream:
             stats=self.stats.chat,
         )
 
-    def _packed_rows(self, items: Iterator[TokenizedSample]) -> Iterator[list[TokenizedSample]]:
+    def _packed_rows(
+        self, items: Iterator[TokenizedSample], epoch: int
+    ) -> Iterator[list[TokenizedSample]]:
+        rng = random.Random(f"{self.seed}/{epoch}/{self.rank}/rows")
         for buffer in _chunks(items, self.cfg.pack_buffer):
             bins = pack_first_fit_decreasing([len(it) for it in buffer], self.cfg.packing_length)
+            if self.cfg.shuffle:
+                rng.shuffle(bins)
             for b in bins:
                 row = [buffer[i] for i in b]
                 self.stats.pack.rows += 1

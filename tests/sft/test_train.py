@@ -291,3 +291,47 @@ def test_estimated_plan_counts_a_json_list_exactly(tmp_path, tiny_qwen2_5_vl, ca
     with caplog.at_level("WARNING", logger="mmr.sft.train"):
         assert estimate_micro_batches(cfg, stream) == exact
     assert "JSON list has no cheap row count" in caplog.text
+
+
+def test_packed_rows_are_shuffled_within_each_buffer(tiny_qwen2_5_vl):
+    # First-fit decreasing makes rows in order of their longest sample; the stream shuffles
+    # them (seeded by seed/epoch/rank) within each pack buffer and keeps every row whole.
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from mmr.config import load_config
+    from mmr.data.chat import TokenizedSample
+    from mmr.data.packing import pack_first_fit_decreasing
+    from mmr.sft.config import SFTConfig
+    from mmr.sft.data import SFTStream
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen2_5_vl)
+    processor = AutoProcessor.from_pretrained(tiny_qwen2_5_vl)
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 200) for _ in range(60)]
+    items = [
+        TokenizedSample(torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long),
+                        torch.ones(n, dtype=torch.long), sample_id=str(i))
+        for i, n in enumerate(lengths)
+    ]  # fmt: skip
+
+    def rows(shuffle: bool, epoch: int = 0) -> list[list[str]]:  # (files are not read here)
+        cfg = load_config(SFTConfig, None, ["data.packing_length=256", "data.max_length=256",
+                                            "data.pack_buffer=30", "data.train_files=[unused]",
+                                            f"data.shuffle={str(shuffle).lower()}"])  # fmt: skip
+        stream = SFTStream(cfg.data, processor, model.model.get_rope_index, seed=0)
+        return [[it.sample_id for it in row] for row in stream._packed_rows(iter(items), epoch)]
+
+    expected = [
+        [str(start + i) for i in b]
+        for start in (0, 30)
+        for b in pack_first_fit_decreasing(lengths[start : start + 30], 256)
+    ]
+    assert rows(shuffle=False) == expected
+    first_buffer = len(pack_first_fit_decreasing(lengths[:30], 256))
+    epoch0 = rows(shuffle=True)
+    assert epoch0 != expected
+    assert rows(shuffle=True) == epoch0  # deterministic: a resumed run replays it
+    assert rows(shuffle=True, epoch=1) != epoch0
+    # The same rows, each within its own buffer.
+    for part in (slice(None, first_buffer), slice(first_buffer, None)):
+        assert sorted(epoch0[part]) == sorted(expected[part])
