@@ -37,6 +37,9 @@ class DataSection:
     batch_size: int = 1  # rows (packed) or samples (padded) per micro-batch per GPU
     shuffle: bool = True  # shuffle samples each epoch (seeded: resumes reproduce it)
     shuffle_buffer: int = 4096  # samples held for the streaming shuffle
+    # Micro-batches prepared ahead in a background thread, overlapping the step; null: 2 on
+    # GPU, 0 on CPU (where the thread competes with the step for the same cores).
+    prefetch: int | None = None
     system_prompt: str | None = None  # prepended as a system turn to every sample
     synthetic: int = 0  # >0: generate this many synthetic visual tasks when train_files is empty
 
@@ -107,3 +110,5 @@ class SFTConfig:
             )
         if self.trainer.max_steps <= 0 and self.trainer.epochs <= 0:
             raise ConfigError("set trainer.max_steps or trainer.epochs to a positive number")
+        if self.data.prefetch is not None and self.data.prefetch < 0:
+            raise ConfigError("config key 'data.prefetch' must be >= 0 (or null)")

@@ -45,7 +45,7 @@ from mmr.models import attention, freeze_modules, load_model, load_processor
 from mmr.models.export import save_hf_checkpoint
 from mmr.sft.checkpoint import TrainerState, find_resume_dir, load_checkpoint, save_checkpoint
 from mmr.sft.config import SFTConfig
-from mmr.sft.data import SFTStream
+from mmr.sft.data import SFTStream, prefetched
 from mmr.sft.perf import count_params, peak_flops, sample_lengths, step_flops
 from mmr.training import resolve_dtype, set_pixel_budget, tiny_model_if_unset
 
@@ -146,37 +146,47 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     engine.train()
     while state.step < total_steps:
         trained_any = False
-        for batch in synced(stream.batches(state.epoch, skip=state.batches_in_epoch), device):
-            trained_any = True
-            batch = {k: v.to(device) for k, v in batch.items()}
-            inputs = {k: v for k, v in batch.items() if k != "num_tokens"}
-            loss = engine(**inputs, use_cache=False).loss + vision.zero_term(batch)
-            boundary = engine.is_gradient_accumulation_boundary()
-            lr = scheduler.get_last_lr()[0]  # the rate this optimizer step uses
-            engine.backward(loss)
-            engine.step()
-            state.batches_in_epoch += 1
-            window.append(perf.micro_stats(batch, loss))
-            if not boundary:
-                continue
-            state.step += 1
-            metrics = perf.step_metrics(window, engine, lr)
-            window = []
-            if state.step % cfg.trainer.log_steps == 0 or state.step == total_steps:
-                log.log(state.step, {**metrics, "train/epoch": state.epoch})
-            if cfg.trainer.save_steps > 0 and state.step % cfg.trainer.save_steps == 0:
-                save_checkpoint(
-                    engine, out, state, config_to_dict(cfg), cfg.trainer.keep_checkpoints
-                )
-            if state.step >= total_steps:
-                break
-        else:
-            if not trained_any:
-                raise RuntimeError(f"epoch {state.epoch} produced no batches on some rank")
-            if rank == 0:
-                (out / "data_stats.json").write_text(json.dumps(stream.stats.as_dict(), indent=2))
-            state.epoch += 1
-            state.batches_in_epoch = 0
+        batches = prefetched(
+            stream.batches(state.epoch, skip=state.batches_in_epoch),
+            prefetch_depth(cfg.data.prefetch, device),
+            pin=device.type == "cuda",
+        )
+        try:
+            for batch in synced(batches, device):
+                trained_any = True
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                inputs = {k: v for k, v in batch.items() if k != "num_tokens"}
+                loss = engine(**inputs, use_cache=False).loss + vision.zero_term(batch)
+                boundary = engine.is_gradient_accumulation_boundary()
+                lr = scheduler.get_last_lr()[0]  # the rate this optimizer step uses
+                engine.backward(loss)
+                engine.step()
+                state.batches_in_epoch += 1
+                window.append(perf.micro_stats(batch, loss))
+                if not boundary:
+                    continue
+                state.step += 1
+                metrics = perf.step_metrics(window, engine, lr)
+                window = []
+                if state.step % cfg.trainer.log_steps == 0 or state.step == total_steps:
+                    log.log(state.step, {**metrics, "train/epoch": state.epoch})
+                if cfg.trainer.save_steps > 0 and state.step % cfg.trainer.save_steps == 0:
+                    save_checkpoint(
+                        engine, out, state, config_to_dict(cfg), cfg.trainer.keep_checkpoints
+                    )
+                if state.step >= total_steps:
+                    break
+            else:
+                if not trained_any:
+                    raise RuntimeError(f"epoch {state.epoch} produced no batches on some rank")
+                if rank == 0:
+                    (out / "data_stats.json").write_text(
+                        json.dumps(stream.stats.as_dict(), indent=2)
+                    )
+                state.epoch += 1
+                state.batches_in_epoch = 0
+        finally:
+            batches.close()  # stops the prefetch thread when the loop ends early
 
     # The end: a last checkpoint (if the periodic one missed it) and the HF export.
     if cfg.trainer.save_steps > 0 and state.step % cfg.trainer.save_steps != 0:
@@ -229,6 +239,10 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def prefetch_depth(prefetch: int | None, device: torch.device) -> int:
+    return prefetch if prefetch is not None else (2 if device.type == "cuda" else 0)
 
 
 def resolve_attention(model_cfg: Any, device: torch.device) -> str:

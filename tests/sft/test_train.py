@@ -6,6 +6,7 @@ Each run is a subprocess of `mmr sft` (or torchrun), as users launch it.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import random
@@ -159,7 +160,10 @@ def test_export_reloads_and_generates(reference_run):
 
 def test_killed_run_resumes_with_the_same_losses(tmp_path, data, reference_run):
     out = tmp_path / "killed"
-    proc = _sft(out, data, "trainer.max_steps=8", "trainer.save_steps=4", wait=False)
+    # The reference run reads its data in the loop (CPU default); this one in the prefetch
+    # thread: the same order, so the same losses.
+    proc = _sft(out, data, "trainer.max_steps=8", "trainer.save_steps=4", "data.prefetch=2",
+                wait=False)  # fmt: skip
     deadline = time.time() + 300
     # Kill it (SIGKILL: no cleanup) once it has trained past the step-4 checkpoint.
     while time.time() < deadline and proc.poll() is None:
@@ -171,7 +175,8 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, data, reference_run):
     proc.wait()
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_4"
 
-    _sft(out, data, "trainer.max_steps=8", "trainer.save_steps=4", "trainer.resume=auto")
+    _sft(out, data, "trainer.max_steps=8", "trainer.save_steps=4", "trainer.resume=auto",
+         "data.prefetch=2")  # fmt: skip
     resumed, reference = _losses(out), _losses(reference_run)
     assert sorted(resumed) == sorted(reference)
     for step in reference:
@@ -335,3 +340,30 @@ def test_packed_rows_are_shuffled_within_each_buffer(tiny_qwen2_5_vl):
     # The same rows, each within its own buffer.
     for part in (slice(None, first_buffer), slice(first_buffer, None)):
         assert sorted(epoch0[part]) == sorted(expected[part])
+
+
+def test_prefetch_keeps_order_raises_errors_and_stops_early():
+    import threading
+
+    from mmr.sft.data import prefetched
+
+    batches = [{"x": torch.tensor([i])} for i in range(10)]
+    assert [b["x"].item() for b in prefetched(iter(batches), 3)] == list(range(10))
+    assert [b["x"].item() for b in prefetched(iter(batches), 0)] == list(range(10))
+
+    def broken():
+        yield batches[0]
+        raise OSError("corrupt shard")
+
+    got = []
+    with pytest.raises(OSError, match="corrupt shard"):
+        for b in prefetched(broken(), 2):
+            got.append(b["x"].item())
+    assert got == [0]
+
+    # Leaving early: closing the generator stops the thread, which was blocked on a full queue.
+    endless = ({"x": torch.tensor([i])} for i in itertools.count())
+    stream = prefetched(endless, 2)
+    assert next(stream)["x"].item() == 0
+    stream.close()
+    assert not any(t.name == "mmr-sft-prefetch" for t in threading.enumerate())
