@@ -117,7 +117,9 @@ def timed_scoring(items: list[dict], warmup: list[dict], workers: int) -> tuple[
     cfg = RewardConfig()
     cfg.accuracy.workers = workers
     scorer = RewardScorer(cfg)
-    scorer.score_batch(warmup)  # starts the workers; different strings, so caches stay cold
+    # Starts the workers and warms them (sympy builds caches per kind of expression it
+    # meets); different numbers, so no answer or verdict is cached for the timed batch.
+    scorer.score_batch(warmup)
     start = time.perf_counter()
     rows = scorer.score_batch(items)
     elapsed = time.perf_counter() - start
@@ -224,13 +226,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rollouts", type=int, default=4096)
     parser.add_argument("--judge-requests", type=int, default=1024)
+    parser.add_argument("--warmup-rollouts", type=int, default=4096,
+                        help="rollouts (other numbers, same kinds) each pool scores first: "
+                             "workers in an RL run are long-lived and warm")  # fmt: skip
     parser.add_argument("--sequential-requests", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3,
                         help="timings of 1 and 2 workers, taken in turn; medians are reported")  # fmt: skip
     args = parser.parse_args()
 
     items = make_rollouts(args.rollouts, seed=0)
-    warmup = make_rollouts(256, seed=1)
+    warmup = make_rollouts(args.warmup_rollouts, seed=1)
     n = len(items)
     t_base = baseline(items)
     # Each side is about a second: one timing of each is at the mercy of whatever else the

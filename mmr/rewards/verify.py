@@ -143,6 +143,21 @@ def explain_pair(
     return run_pair(pred, gold, parse_timeout_s, verify_timeout_s, explain=True)
 
 
+# One pair of each common kind of answer (the kinds of math RL sets).
+_WARM_UP = [
+    ("1", "1"),
+    ("\\dfrac{2}{4}", "\\frac{1}{2}"),
+    ("0.5", "\\frac{1}{2}"),
+    ("x^2+2x+1", "(x+1)^2"),
+    ("\\sqrt{12}", "2\\sqrt{3}"),
+    ("\\pi/3", "\\frac{\\pi}{3}"),
+    ("x \\in [1,3)", "[1, 3)"),
+    ("(1, 2)", "(1,2)"),
+    ("\\{1, 2\\}", "\\{2, 1\\}"),
+    ("e^{x}", "\\exp(x)"),
+]
+
+
 @dataclass(frozen=True)
 class _Raised:
     """An item whose function raised in the worker (the worker itself carries on)."""
@@ -157,9 +172,11 @@ def _worker_main(conn: Connection, progress, warm_up: bool = True) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if warm_up:
         # Warm up before taking work: math-verify's first call imports sympy's parsers,
-        # which on a loaded machine can outlast the hard timeout that starts with a chunk.
-        with contextlib.suppress(Exception):
-            run_pair("1", "1", 2, 2, False)
+        # which on a loaded machine can outlast the hard timeout that starts with a chunk,
+        # and each kind of expression builds sympy caches on first sight.
+        for pred, gold in _WARM_UP:
+            with contextlib.suppress(Exception):
+                run_pair(pred, gold, 2, 2, False)
     while True:
         try:
             chunk = conn.recv()
@@ -379,8 +396,11 @@ class VerifyPool:
                 if worker.chunk is None and self._queue:
                     chunk = self._queue.popleft()
                     worker.chunk = chunk
+                    # The hard-timeout clock starts when the worker starts an item (it sets
+                    # progress[1]), not now: a new worker warms up before its first chunk.
+                    # A worker that dies instead is seen as a closed pipe.
                     worker.progress[0] = 0
-                    worker.progress[1] = time.monotonic()
+                    worker.progress[1] = 0.0
                     try:
                         worker.conn.send((chunk.fn, chunk.tasks))
                     except (OSError, ValueError):

@@ -198,6 +198,15 @@ def test_hard_timeout_kills_a_stuck_worker_and_keeps_the_rest() -> None:
         assert pool.verify_many([("5", "5")])[0].correct
 
 
+def test_hard_timeout_counts_from_the_item_not_the_workers_warm_up() -> None:
+    # A new worker warms math-verify up (~1 s) before its first chunk; a hard timeout
+    # shorter than that must not kill it for the warm-up.
+    with VerifyPool(num_workers=1, hard_timeout_s=0.3) as pool:
+        results = pool.verify_many([("1", "1"), ("2", "3")])
+        assert [(r.correct, r.status) for r in results] == [(True, "ok"), (False, "ok")]
+        assert pool.timeouts == 0
+
+
 def test_pool_map_contains_items_that_raise_or_hang() -> None:
     with VerifyPool(num_workers=1, hard_timeout_s=0.5) as pool:
         tasks = [("a",), ("boom",), ("hang",), ("b",)]
