@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="score a JSONL file of rollouts")
     score.add_argument("--input", required=True, help="JSONL rows: response, ground_truth, ...")
     score.add_argument("--output", required=True, help="JSONL file to write the scored rows to")
+    score.add_argument(
+        "--batch-rows",
+        type=int,
+        default=4096,
+        help="rows scored at once (whole rollout groups; progress is shown per batch)",
+    )
     _add_config_args(score)
     explain = sub.add_parser("explain", help="show each step of scoring one response")
     explain.add_argument("--response", required=True, help="the model's response text")
@@ -87,7 +93,26 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def group_batches(rows: Sequence[dict[str, Any]], size: int) -> list[list[int]]:
+    """Row indices in batches of about `size` rows that never split a rollout group (rows
+    with equal `group`; rows without one stand alone), so the group length term sees each
+    group whole. Groups keep the order of their first row."""
+    groups: dict[Any, list[int]] = {}
+    for i, row in enumerate(rows):
+        group = row.get("group")
+        key = ("__row__", i) if group is None else ("group", json.dumps(group, sort_keys=True))
+        groups.setdefault(key, []).append(i)
+    batches: list[list[int]] = [[]]
+    for members in groups.values():
+        if batches[-1] and len(batches[-1]) + len(members) > size:
+            batches.append([])
+        batches[-1].extend(members)
+    return [b for b in batches if b]
+
+
 def _score(args: argparse.Namespace, scorer: Any) -> int:
+    from tqdm import tqdm
+
     from mmr.rewards.compose import summarize
 
     try:
@@ -95,7 +120,15 @@ def _score(args: argparse.Namespace, scorer: Any) -> int:
     except (OSError, UnicodeDecodeError, ValueError) as err:
         print(f"mmr reward score: cannot read the input: {err}", file=sys.stderr)
         return 2
-    scored = scorer.score_batch(rows)
+    if args.batch_rows < 1:
+        print("mmr reward score: --batch-rows must be >= 1", file=sys.stderr)
+        return 2
+    scored: list[Any] = [None] * len(rows)
+    with tqdm(total=len(rows), desc="score", unit="rows", dynamic_ncols=True) as bar:
+        for batch in group_batches(rows, args.batch_rows):
+            for i, result in zip(batch, scorer.score_batch([rows[i] for i in batch])):
+                scored[i] = result
+            bar.update(len(batch))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:

@@ -129,7 +129,7 @@ class RewardScorer:
             question=question if isinstance(question, str) else "",
             data_source=item.get("data_source"),
             extra_info=extra,
-            group=group if group is not None else ("__row__", index),
+            group=_group_key(group, index),
             given_tokens=item.get("response_tokens"),
         )
         missing = [k for k in ("response", "ground_truth") if item.get(k) is None]
@@ -273,6 +273,18 @@ class RewardScorer:
         if self._judge:
             self._judge.close()
         self._judge = None
+
+
+def _group_key(group: Any, index: int) -> Hashable:
+    """A rollout group id usable as a key: a row without one is its own group; a list or
+    mapping id (JSON input may hold any value) is keyed by its JSON text."""
+    if group is None:
+        return ("__row__", index)
+    try:
+        hash(group)
+    except TypeError:
+        return ("__json__", json.dumps(group, sort_keys=True, default=str))
+    return group
 
 
 def _as_text(value: Any) -> str:

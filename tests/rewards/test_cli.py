@@ -42,6 +42,38 @@ def test_score_writes_input_plus_parts_and_a_summary(tmp_path, capsys) -> None:
     assert "token counts from: approx" in printed  # says which approximation it used
 
 
+def test_group_batches_never_split_a_group() -> None:
+    from mmr.rewards.cli import group_batches
+
+    rows = [{"group": g} for g in ["a", "b", "a", None, "c", "b", "c", "c", None]]
+    batches = group_batches(rows, size=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(rows)))
+    for batch in batches:
+        groups = {rows[i]["group"] for i in batch} - {None}
+        assert all(rows[j]["group"] not in groups for b in batches if b is not batch for j in b)
+    assert batches == [[0, 2], [1, 5, 3], [4, 6, 7], [8]]  # groups whole, in first-row order
+    assert group_batches(rows, size=100) == [[0, 2, 1, 5, 3, 4, 6, 7, 8]]
+
+
+def test_score_in_batches_equals_one_batch(tmp_path) -> None:
+    # Rows of a group far apart in the file, a group term that needs the whole group.
+    rows = [
+        {"response": "<think>" + "w " * n + rf"</think> \boxed{{{a}}}", "ground_truth": "4",
+         "group": g, "response_tokens": n}
+        for n, a, g in [(10, 4, "x"), (50, 4, "y"), (30, 4, "x"), (20, 5, "y"), (70, 4, "x"),
+                        (40, 4, "z"), (25, 4, "y")]
+    ]  # fmt: skip
+    src = _write(tmp_path / "in.jsonl", rows)
+    outs = []
+    for size in ("1", "4096"):
+        out = tmp_path / f"out{size}.jsonl"
+        args = ["score", "--input", str(src), "--output", str(out), "--batch-rows", size]
+        assert main([*args, "length.mode=group", "length.weight=0.5"]) == 0
+        outs.append([json.loads(line) for line in out.read_text().splitlines()])
+    assert outs[0] == outs[1]
+    assert len({r["length"] for r in outs[0]}) > 2  # the group term did something
+
+
 @pytest.mark.parametrize(
     "content,args",
     [(None, []), ("{not json\n", []), ('["a list"]\n', []),

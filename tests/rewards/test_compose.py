@@ -167,3 +167,22 @@ def test_rules_in_workers_give_the_in_process_rows() -> None:
     small = [0, 3, 4, 7, 8]
     assert score_batch([items[i] for i in small], in_workers) == [expected[i] for i in small]
     assert not _POOLS
+
+
+def test_list_and_dict_group_ids_are_groups() -> None:
+    # JSON input may hold any group id; equal ids form one group, whatever their type.
+    cfg = RewardConfig()
+    cfg.length.mode, cfg.length.weight = "group", 0.5
+    short, long = OK, r"<think>" + "w " * 200 + r"</think> \boxed{4}"
+    rows = score_batch(
+        [{"response": r, "ground_truth": "4", "group": g} for r, g in
+         [(short, [1, 2]), (long, [1, 2]), (short, {"p": 1}), (long, {"p": 1})]],
+        cfg,
+    )  # fmt: skip
+    as_strings = score_batch(
+        [{"response": r, "ground_truth": "4", "group": g} for r, g in
+         [(short, "a"), (long, "a"), (short, "b"), (long, "b")]],
+        cfg,
+    )  # fmt: skip
+    assert [r["length"] for r in rows] == [r["length"] for r in as_strings]
+    assert rows[0]["length"] > rows[1]["length"]
