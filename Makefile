@@ -47,6 +47,7 @@ demo: setup
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/rewards.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sft_throughput.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sft_loss_memory.py
 	$(BIN)/python benchmarks/select_throughput.py
 
 clean:

@@ -66,6 +66,7 @@ from mmr.data.packing import (
 from mmr.data.schema import Sample
 from mmr.models import freeze_modules, get_family, tiny
 from mmr.sft.config import SFTConfig
+from mmr.sft.loss import CausalLMLoss
 from mmr.sft.perf import count_params, peak_flops, step_flops
 from mmr.sft.train import (
     PerfMeter,
@@ -380,6 +381,7 @@ class MmrStep:
             config=deepspeed_config(cfg, dtype),
         )
         self.vision = VisionKeepalive(model, processor, device)
+        self.lm_loss = CausalLMLoss(model, chunked=cfg.model.chunked_loss)
         self.perf = PerfMeter(model, device, world_size=1)
         self.device = device
         self.metrics: list[dict[str, Any]] = []
@@ -391,7 +393,7 @@ class MmrStep:
         engine = self.engine
         batch = {k: v.to(self.device) for k, v in batch.items()}
         inputs = {k: v for k, v in batch.items() if k != "num_tokens"}
-        loss = engine(**inputs, use_cache=False).loss + self.vision.zero_term(batch)
+        loss = self.lm_loss(engine, inputs) + self.vision.zero_term(batch)
         lr = self.scheduler.get_last_lr()[0]
         engine.backward(loss)
         engine.step()

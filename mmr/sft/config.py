@@ -19,6 +19,9 @@ class ModelSection:
     freeze: list[str] = field(default_factory=lambda: ["vision_tower", "projector"])
     attn_implementation: str | None = None  # null: flash_attention_2 if installed, else sdpa_varlen
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+    # Loss from hidden states by torch's chunked linear_cross_entropy: no (tokens x vocab)
+    # logits in memory (mmr/sft/loss.py); false, or ZeRO-3: transformers' loss from logits.
+    chunked_loss: bool = True
     dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or float32 / bfloat16
     max_pixels: int | None = None  # image processor budget per image (null: the checkpoint's)
     min_pixels: int | None = None  # lower image budget (null: the checkpoint's)

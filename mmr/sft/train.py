@@ -46,6 +46,7 @@ from mmr.models.export import save_hf_checkpoint
 from mmr.sft.checkpoint import TrainerState, find_resume_dir, load_checkpoint, save_checkpoint
 from mmr.sft.config import SFTConfig
 from mmr.sft.data import SFTStream, prefetched
+from mmr.sft.loss import CausalLMLoss
 from mmr.sft.perf import count_params, peak_flops, sample_lengths, step_flops
 from mmr.training import resolve_dtype, set_pixel_budget, tiny_model_if_unset
 
@@ -140,6 +141,12 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     # steps the optimizer and scheduler at each accumulation boundary.
     log = MetricLogger(out, cfg.wandb, config_to_dict(cfg), total_steps, rank, resume_at=state.step)
     vision = VisionKeepalive(model, processor, device)
+    # ZeRO-3 partitions lm_head.weight, which the chunked loss reads outside the head's
+    # forward: there, transformers' loss (the head's forward gathers its weight).
+    chunked = cfg.model.chunked_loss and cfg.deepspeed.zero_stage != 3
+    if cfg.model.chunked_loss and not chunked:
+        logger.info("model.chunked_loss: not with ZeRO-3; using transformers' loss")
+    lm_loss = CausalLMLoss(model, chunked=chunked)
     perf = PerfMeter(model, device, world_size)
     window: list[dict[str, float]] = []
     metrics: dict[str, Any] = {}
@@ -156,7 +163,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                 trained_any = True
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 inputs = {k: v for k, v in batch.items() if k != "num_tokens"}
-                loss = engine(**inputs, use_cache=False).loss + vision.zero_term(batch)
+                loss = lm_loss(engine, inputs) + vision.zero_term(batch)
                 boundary = engine.is_gradient_accumulation_boundary()
                 lr = scheduler.get_last_lr()[0]  # the rate this optimizer step uses
                 engine.backward(loss)
