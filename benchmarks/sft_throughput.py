@@ -66,7 +66,7 @@ from mmr.data.packing import (
 from mmr.data.schema import Sample
 from mmr.models import freeze_modules, get_family, tiny
 from mmr.sft.config import SFTConfig
-from mmr.sft.loss import CausalLMLoss
+from mmr.sft.loss import CausalLMLoss, use_chunked
 from mmr.sft.perf import count_params, peak_flops, step_flops
 from mmr.sft.train import (
     PerfMeter,
@@ -381,7 +381,8 @@ class MmrStep:
             config=deepspeed_config(cfg, dtype),
         )
         self.vision = VisionKeepalive(model, processor, device)
-        self.lm_loss = CausalLMLoss(model, chunked=cfg.model.chunked_loss)
+        chunked = use_chunked(cfg.model.chunked_loss, device, cfg.deepspeed.zero_stage)
+        self.lm_loss = CausalLMLoss(model, chunked=chunked)
         self.perf = PerfMeter(model, device, world_size=1)
         self.device = device
         self.metrics: list[dict[str, Any]] = []

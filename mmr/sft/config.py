@@ -20,8 +20,9 @@ class ModelSection:
     attn_implementation: str | None = None  # null: flash_attention_2 if installed, else sdpa_varlen
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     # Loss from hidden states by torch's chunked linear_cross_entropy: no (tokens x vocab)
-    # logits in memory (mmr/sft/loss.py); false, or ZeRO-3: transformers' loss from logits.
-    chunked_loss: bool = True
+    # logits in memory (mmr/sft/loss.py). null: on GPU; off on CPU, where memory is not the
+    # limit and it was 16% slower at a 152K vocabulary. false, or ZeRO-3: transformers' loss.
+    chunked_loss: bool | None = None
     dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or float32 / bfloat16
     max_pixels: int | None = None  # image processor budget per image (null: the checkpoint's)
     min_pixels: int | None = None  # lower image budget (null: the checkpoint's)

@@ -10,7 +10,7 @@ than a chunk of logits (forward and backward). The value is transformers' loss: 
 next-token cross-entropy over label tokens (labels shifted by one, -100 ignored),
 accumulated in fp32 (`tests/sft/test_loss.py`).
 
-`model.chunked_loss=false` goes back to transformers' loss.
+`model.chunked_loss` (null: on GPU, off on CPU; never under ZeRO-3) picks it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from mmr.data.chat import IGNORE_INDEX
+
+
+def use_chunked(setting: bool | None, device: torch.device, zero_stage: int) -> bool:
+    """`model.chunked_loss`: null means on GPU only; never under ZeRO-3, which partitions
+    `lm_head.weight` (the chunked loss reads it outside the head's forward)."""
+    wanted = setting if setting is not None else device.type == "cuda"
+    return wanted and zero_stage != 3
 
 
 class CausalLMLoss:

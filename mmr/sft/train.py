@@ -46,7 +46,7 @@ from mmr.models.export import save_hf_checkpoint
 from mmr.sft.checkpoint import TrainerState, find_resume_dir, load_checkpoint, save_checkpoint
 from mmr.sft.config import SFTConfig
 from mmr.sft.data import SFTStream, prefetched
-from mmr.sft.loss import CausalLMLoss
+from mmr.sft.loss import CausalLMLoss, use_chunked
 from mmr.sft.perf import count_params, peak_flops, sample_lengths, step_flops
 from mmr.training import resolve_dtype, set_pixel_budget, tiny_model_if_unset
 
@@ -143,7 +143,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     vision = VisionKeepalive(model, processor, device)
     # ZeRO-3 partitions lm_head.weight, which the chunked loss reads outside the head's
     # forward: there, transformers' loss (the head's forward gathers its weight).
-    chunked = cfg.model.chunked_loss and cfg.deepspeed.zero_stage != 3
+    chunked = use_chunked(cfg.model.chunked_loss, device, cfg.deepspeed.zero_stage)
     if cfg.model.chunked_loss and not chunked:
         logger.info("model.chunked_loss: not with ZeRO-3; using transformers' loss")
     lm_loss = CausalLMLoss(model, chunked=chunked)

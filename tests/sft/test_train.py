@@ -367,3 +367,12 @@ def test_prefetch_keeps_order_raises_errors_and_stops_early():
     assert next(stream)["x"].item() == 0
     stream.close()
     assert not any(t.name == "mmr-sft-prefetch" for t in threading.enumerate())
+
+
+def test_chunked_loss_trains_and_logs(tmp_path, data):
+    # CPU default is transformers' loss; the chunked loss (GPU default) trains here too.
+    out = tmp_path / "chunked"
+    _sft(out, data, "model.chunked_loss=true", "trainer.max_steps=3", "trainer.save_steps=0",
+         "trainer.export=false")  # fmt: skip
+    losses = _losses(out)
+    assert sorted(losses) == [1, 2, 3] and all(0 < v < 20 for v in losses.values())
