@@ -178,28 +178,26 @@ def prefetched(batches: Iterator[dict], depth: int, pin: bool = False) -> Iterat
     slots: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(item: Any) -> bool:
+        """Hand `item` over; False once the consumer has stopped."""
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for batch in batches:
                 if pin:
                     batch = {k: v.pin_memory() for k, v in batch.items()}
-                while not stop.is_set():
-                    try:
-                        slots.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(batch):
                     return
-            item: Any = done
+            put(done)
         except BaseException as err:  # handed to the consumer, raised there
-            item = err
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+            put(err)
 
     thread = threading.Thread(target=produce, name="mmr-sft-prefetch", daemon=True)
     thread.start()
