@@ -247,6 +247,16 @@ def count_rows(path: str | os.PathLike[str]) -> int | None:
     return total
 
 
+def parquet_files(path: str | os.PathLike[str]) -> list[Path] | None:
+    """The files `read_samples` reads at `path` when all of them are parquet (whose footers
+    give row counts and schemas without reading rows), else None (also for no such path)."""
+    try:
+        files = _list_files(Path(path))
+    except FileNotFoundError:
+        return None
+    return files if all(f.suffix == ".parquet" for f in files) else None
+
+
 def _list_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
@@ -546,6 +556,7 @@ __all__ = [
     "check_image",
     "count_rows",
     "detect_format",
+    "parquet_files",
     "read_samples",
     "write_samples",
 ]

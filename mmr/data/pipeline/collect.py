@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmr.config import config_to_dict
-from mmr.data.io import ReadStats, detect_format, read_samples
+from mmr.data.io import ReadStats, detect_format, parquet_files, read_samples
 from mmr.data.pipeline.config import CollectConfig, PipelineConfig
 from mmr.data.pipeline.runner import ShardLog, StageError, fingerprint, run_stage
 from mmr.data.schema import (
@@ -56,7 +56,6 @@ __all__ = ["collect_samples", "run_collect"]
 
 _IMAGE_FOLDER_META = "metadata.jsonl"
 _SAVED_MARKERS = ("state.json", "dataset_dict.json")  # what Dataset(Dict).save_to_disk writes
-# MMFineReason-only columns; the same rule as mmr.data.io's format detection.
 # Columns each format cannot do without (omr_sft takes either of its two).
 _NEEDED = {
     "omr_sft": [("messages", "conversations")],
@@ -221,17 +220,11 @@ def _hf_dataset(
 
 
 def _parquet_files(path: Path) -> list[Path] | None:
-    """The parquet files `read_samples` reads at `path`, or None when it reads others."""
-    if path.is_file():
-        return [path] if path.suffix == ".parquet" else None
-    if not path.is_dir() or (path / _IMAGE_FOLDER_META).is_file():
+    """The parquet files read at `path`, or None when it is read otherwise (an image
+    folder, JSON rows)."""
+    if path.is_dir() and (path / _IMAGE_FOLDER_META).is_file():
         return None
-    files = [
-        p
-        for p in sorted(path.rglob("*.parquet"))
-        if not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
-    ]
-    return files or None
+    return parquet_files(path)
 
 
 def _parquet_sources(path: Path, cfg: CollectConfig) -> set[str] | None:

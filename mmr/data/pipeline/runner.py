@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from mmr.config import config_to_dict
-from mmr.data.io import ReadStats, read_samples, write_samples
+from mmr.data.io import ReadStats, parquet_files, read_samples, write_samples
 from mmr.data.schema import Sample
 
 __all__ = [
@@ -201,12 +201,8 @@ def read_input(
     """(samples, their ReadStats, row count when parquet metadata tells it) for a stage."""
     stats = ReadStats()
     samples = read_samples(path, fmt=fmt, stats=stats, validate_images=validate_images)
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
-    files = [f for f in files if not f.name.startswith(("_", "."))]
-    total = None
-    if files and all(f.suffix == ".parquet" for f in files):
-        total = sum(_parquet_rows(f) for f in files)
+    files = parquet_files(path)
+    total = None if files is None else sum(_parquet_rows(f) for f in files)
     return samples, stats, total
 
 
