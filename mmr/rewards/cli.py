@@ -97,11 +97,11 @@ def group_batches(rows: Sequence[dict[str, Any]], size: int) -> list[list[int]]:
     """Row indices in batches of about `size` rows that never split a rollout group (rows
     with equal `group`; rows without one stand alone), so the group length term sees each
     group whole. Groups keep the order of their first row."""
+    from mmr.rewards.compose import group_key  # the grouping score_batch uses
+
     groups: dict[Any, list[int]] = {}
     for i, row in enumerate(rows):
-        group = row.get("group")
-        key = ("__row__", i) if group is None else ("group", json.dumps(group, sort_keys=True))
-        groups.setdefault(key, []).append(i)
+        groups.setdefault(group_key(row.get("group"), i), []).append(i)
     batches: list[list[int]] = [[]]
     for members in groups.values():
         if batches[-1] and len(batches[-1]) + len(members) > size:

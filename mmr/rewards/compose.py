@@ -129,7 +129,7 @@ class RewardScorer:
             question=question if isinstance(question, str) else "",
             data_source=item.get("data_source"),
             extra_info=extra,
-            group=_group_key(group, index),
+            group=group_key(group, index),
             given_tokens=item.get("response_tokens"),
         )
         missing = [k for k in ("response", "ground_truth") if item.get(k) is None]
@@ -275,9 +275,10 @@ class RewardScorer:
         self._judge = None
 
 
-def _group_key(group: Any, index: int) -> Hashable:
-    """A rollout group id usable as a key: a row without one is its own group; a list or
-    mapping id (JSON input may hold any value) is keyed by its JSON text."""
+def group_key(group: Any, index: int) -> Hashable:
+    """The key that puts row `index` in its rollout group: a row without a `group` is its
+    own group; a list or mapping id (JSON input may hold any value) is keyed by its JSON
+    text."""
     if group is None:
         return ("__row__", index)
     try:
