@@ -65,6 +65,7 @@ from mmr.data.packing import (
 )
 from mmr.data.schema import Sample
 from mmr.models import freeze_modules, get_family, tiny
+from mmr.models.attention import segment_lengths
 from mmr.sft.config import SFTConfig
 from mmr.sft.loss import CausalLMLoss, use_chunked
 from mmr.sft.perf import count_params, peak_flops, step_flops
@@ -289,11 +290,9 @@ def make_workload(
 
 def sample_sizes(batch: Batch) -> list[tuple[int, int]]:
     """(tokens, vision patches) of each sample in a packed row (positions restart at 0)."""
-    starts = (batch["position_ids"][0, 0] == 0).nonzero().flatten().tolist()
-    ends = [*starts[1:], int(batch["input_ids"].shape[-1])]
+    lengths = segment_lengths(batch["position_ids"][0, 0])
     grid = batch["image_grid_thw"].prod(-1).tolist()  # one image per sample
-    real = [(s, e) for s, e in zip(starts, ends)][: len(grid)]  # the last segment is padding
-    return [(e - s, p) for (s, e), p in zip(real, grid)]
+    return list(zip(lengths[: len(grid)], grid))  # the last segment is padding
 
 
 # ---- measurements --------------------------------------------------------------------

@@ -72,14 +72,7 @@ def sdpa_varlen_attention_forward(
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     rows = []
     segments = _row_segments(position_ids)
-    for b in range(query.shape[0]):
-        lengths = segments[b]
-        if len(lengths) == 1:  # one sample: the plain causal call
-            out, _ = sdpa_attention_forward(
-                module, query[b : b + 1], key[b : b + 1], value[b : b + 1], None, **kwargs
-            )
-            rows.append(out)
-            continue
+    for b, lengths in enumerate(segments):
         parts = zip(*(t[b : b + 1].split(lengths, dim=2) for t in (query, key, value)), strict=True)
         outs = [sdpa_attention_forward(module, q, k, v, None, **kwargs)[0] for q, k, v in parts]
         rows.append(torch.cat(outs, dim=1))

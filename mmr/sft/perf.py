@@ -12,6 +12,8 @@ import itertools
 
 import torch
 
+from mmr.models.attention import segment_lengths
+
 # Dense bf16 peak FLOP/s (no sparsity) by device-name fragment, from the vendors' sheets.
 _PEAK_BF16 = {
     "H200": 989e12,
@@ -73,8 +75,8 @@ def sample_lengths(batch: dict[str, torch.Tensor]) -> list[int]:
     """Real lengths of the samples in a collated batch (packed: from the position restarts)."""
     positions = batch.get("position_ids")
     if positions is not None and positions.dim() == 3 and positions.shape[0] == 4:
-        text = positions[0].reshape(-1)
-        starts = [*(text == 0).nonzero().flatten().tolist(), text.numel()]
+        lengths = segment_lengths(positions[0].reshape(-1))
+        starts = itertools.accumulate(lengths, initial=0)
         real = int(batch["num_tokens"])  # the padding tail is a segment starting here
-        return [b - a for a, b in itertools.pairwise(starts) if a < real]
+        return [n for n, start in zip(lengths, starts) if start < real]
     return batch["attention_mask"].sum(-1).tolist()
