@@ -17,8 +17,8 @@ runs the same algorithm in one process for the demo, the tests and reward debugg
    recipe's clip ratios and `loss_agg_mode`, and an AdamW step on the trainable parameters
    (the vision tower and projector are frozen by default, as in SFT).
 
-Left out: vLLM, KL and entropy terms (the recipe has neither), dynamic batches (micro-batches are fixed-size), Ray,
-multi-device. Losses and advantages are verl's functions, imported, never rewritten.
+Left out: vLLM, KL and entropy terms (the recipe has neither), dynamic batches
+(micro-batches are fixed-size), Ray, multi-device. Losses and advantages are verl's functions, imported, never rewritten.
 
 Outputs in `trainer.output_dir`: config.yaml, data_stats.json, metrics.jsonl (per step:
 `reward`, `reward/<part>`, judge fallbacks, errors, `response/length`, `loss`, `clip_fraction`,
