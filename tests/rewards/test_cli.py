@@ -53,6 +53,8 @@ def test_group_batches_never_split_a_group() -> None:
         assert all(rows[j]["group"] not in groups for b in batches if b is not batch for j in b)
     assert batches == [[0, 2], [1, 5, 3], [4, 6, 7], [8]]  # groups whole, in first-row order
     assert group_batches(rows, size=100) == [[0, 2, 1, 5, 3, 4, 6, 7, 8]]
+    # Ids that score_batch groups together (1 == 1.0) stay in one batch.
+    assert group_batches([{"group": 1}, {"group": "x"}, {"group": 1.0}], size=1) == [[0, 2], [1]]
 
 
 def test_score_in_batches_equals_one_batch(tmp_path) -> None:
