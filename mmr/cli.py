@@ -64,6 +64,9 @@ def _add_models_parser(sub: argparse._SubParsersAction) -> None:
     tiny.add_argument("--hidden-size", type=int, default=64, help="text model width (default 64)")
     tiny.add_argument("--intermediate-size", type=int, default=128, help="text MLP width")
     tiny.add_argument("--layers", type=int, default=2, help="text decoder layers (default 2)")
+    tiny.add_argument(
+        "--head-dim", type=int, default=16, help="attention head width (64 for vLLM-CPU rollouts)"
+    )
 
 
 def _run_models(args: argparse.Namespace) -> int:
@@ -80,7 +83,8 @@ def _run_models(args: argparse.Namespace) -> int:
         return 2
     try:
         out = tiny.build(args.family, args.out, seed=args.seed, hidden_size=args.hidden_size,
-                         intermediate_size=args.intermediate_size, layers=args.layers)  # fmt: skip
+                         intermediate_size=args.intermediate_size, layers=args.layers,
+                         head_dim=args.head_dim)  # fmt: skip
     except ValueError as err:
         print(f"mmr models tiny: {err}", file=sys.stderr)
         return 2

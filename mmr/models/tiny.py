@@ -188,18 +188,26 @@ def build_config(
     hidden_size: int = 64,
     intermediate_size: int = 128,
     layers: int = 2,
+    head_dim: int = 16,
 ) -> PreTrainedConfig:
     """A tiny config of the family whose special-token ids are `tokenizer`'s.
 
     The text model's size is settable (the demo widens it); attention heads follow
-    `hidden_size / 16`, so head_dim and the mrope sections stay the same for every size.
+    `hidden_size / head_dim`, and the mrope sections scale with head_dim (they sum to
+    head_dim / 2). vLLM's CPU attention needs head_dim 64 (it rejects 16), so the tiny
+    model that verl's vLLM-CPU rollouts serve is built with `head_dim=64`.
     """
     name = get_family(family).name
-    if hidden_size % 16 or hidden_size < 32:
-        raise ValueError(f"hidden_size must be a multiple of 16 and >= 32, got {hidden_size}")
+    if head_dim not in (16, 32, 64, 128):
+        raise ValueError(f"head_dim must be 16, 32, 64 or 128, got {head_dim}")
+    if hidden_size % head_dim or hidden_size < max(32, head_dim):
+        raise ValueError(
+            f"hidden_size must be a multiple of head_dim ({head_dim}) and >= 32, got {hidden_size}"
+        )
     ids = _token_ids(tokenizer)
     special = {k: ids[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    heads = hidden_size // 16
+    heads = hidden_size // head_dim
+    scale = head_dim // 16
     text = dict(
         vocab_size=_padded_vocab(tokenizer),
         hidden_size=hidden_size,
@@ -224,16 +232,16 @@ def build_config(
         text["rope_parameters"] = {
             "rope_type": "default",
             "rope_theta": 1e6,
-            "mrope_section": [2, 3, 3],
+            "mrope_section": [2 * scale, 3 * scale, 3 * scale],
         }
         # Block 0 uses windowed attention, block 1 full attention, as in the real tower.
         vision.update(patch_size=14, window_size=112, fullatt_block_indexes=[1], hidden_act="silu")
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
-    text["head_dim"] = 16
+    text["head_dim"] = head_dim
     text["rope_parameters"] = {
         "rope_type": "default",
         "rope_theta": 5e6,
-        "mrope_section": [3, 3, 2],
+        "mrope_section": [3 * scale, 3 * scale, 2 * scale],
         "mrope_interleaved": True,
     }
     # 64 = an 8x8 grid of learned position embeddings, interpolated to each image's grid.
@@ -290,12 +298,13 @@ def build(
     hidden_size: int = 64,
     intermediate_size: int = 128,
     layers: int = 2,
+    head_dim: int = 16,
 ) -> Path:
     """Write a tiny `family` checkpoint (model, processor, tokenizer) to `out_dir`; return it.
 
     `vocab_size` bounds the trained BPE vocab (the corpus may give fewer tokens);
     `max_pixels` bounds image size (see `build_processor`); `hidden_size`,
-    `intermediate_size` and `layers` size the text model (see `build_config`). Same
+    `intermediate_size`, `layers` and `head_dim` size the text model (see `build_config`). Same
     arguments -> same files.
     """
     fam = get_family(family)
@@ -308,6 +317,7 @@ def build(
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         layers=layers,
+        head_dim=head_dim,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -329,6 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden-size", type=int, default=64, help="text model width")
     parser.add_argument("--intermediate-size", type=int, default=128, help="text MLP width")
     parser.add_argument("--layers", type=int, default=2, help="text decoder layers")
+    parser.add_argument("--head-dim", type=int, default=16, help="64 for vLLM-CPU rollouts")
     args = parser.parse_args(argv)
     out = build(
         args.family,
@@ -338,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         hidden_size=args.hidden_size,
         intermediate_size=args.intermediate_size,
         layers=args.layers,
+        head_dim=args.head_dim,
         max_pixels=args.max_pixels,
     )
     print(f"tiny {args.family} model written to {out}")

@@ -145,3 +145,17 @@ def test_text_model_size_is_settable(family, tmp_path):
     assert model(input_ids=ids).logits.shape[-1] == model.config.text_config.vocab_size
     with pytest.raises(ValueError, match="hidden_size"):
         tiny.build(family, tmp_path / "odd", hidden_size=40)
+
+
+def test_head_dim_is_settable(family, tmp_path):
+    # vLLM's CPU attention serves head_dim 64 only (it rejects 16): verl's tiny RL model.
+    out = tiny.build(family, tmp_path / "hd64", hidden_size=128, head_dim=64)
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    text = model.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    assert (head_dim, text.num_attention_heads) == (64, 2)
+    assert sum(text.rope_parameters["mrope_section"]) == head_dim // 2
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert model(input_ids=ids).logits.shape[-1] == text.vocab_size
+    with pytest.raises(ValueError, match="head_dim"):
+        tiny.build(family, tmp_path / "bad", hidden_size=64, head_dim=48)
