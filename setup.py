@@ -47,5 +47,9 @@ setup(
     package_data={"mmr": ["**/*.jinja", "**/*.txt", "**/*.yaml"]},
     install_requires=CORE,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["mmr=mmr.cli:main"]},
+    entry_points={
+        "console_scripts": ["mmr=mmr.cli:main"],
+        # verl loads it on `import verl`: fixes for verl 0.9.1 and a CPU platform (mmr/rl/).
+        "verl.plugins": ["mmr=mmr.rl.verl_plugin"],
+    },
 )

@@ -1,0 +1,35 @@
+"""mmr's verl plugin: loaded by every `import verl` (entry point group `verl.plugins`).
+
+verl 0.9.1 loads each entry point of that group at the end of its `__init__`
+(verl/__init__.py:57-77), in the driver and in every Ray worker, and swallows a plugin's
+exception at debug level; so this module reports its own failures as warnings. It
+installs, in this order:
+
+1. `mmr.rl.verl_fixes`: fixes for two bugs of verl 0.9.1's Qwen2.5-VL actor update
+   (text-only micro-batches; equal-length batches of 3-D position ids), on every platform.
+2. `mmr.rl.verl_cpu`: a CPU platform for verl and its CPU workarounds, active only where
+   there is no accelerator (never on a GPU machine).
+
+`VERL_USE_EXTERNAL_PLUGINS=none` turns the plugin off (verl's own switch).
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger("mmr.rl.verl_plugin")
+
+INSTALLED: dict[str, object] = {}
+
+try:
+    from mmr.rl import verl_fixes
+
+    INSTALLED["fixes"] = verl_fixes.install()
+except Exception:
+    logger.warning("mmr: verl fixes not installed", exc_info=True)
+try:
+    from mmr.rl import verl_cpu
+
+    INSTALLED["cpu_platform"] = verl_cpu.install()
+except Exception:
+    logger.warning("mmr: verl's CPU platform not installed", exc_info=True)
