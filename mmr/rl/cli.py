@@ -1,7 +1,8 @@
-"""`mmr rl ACTION ...`: prepare data, train on verl, or run the CPU debug engine.
+"""`mmr rl ACTION ...`: prepare data, train on verl, merge its checkpoint, or debug locally.
 
 mmr rl prepare --input curated.parquet --output data/rl
 mmr rl train --config recipes/omr_7b_gspo.yaml [--dry-run] [verl.key=value ...]
+mmr rl merge --checkpoint OUT/checkpoints/global_step_N/actor --out OUT/hf
 mmr rl local --config recipes/demo/tiny_gspo.yaml [key=value ...]
 """
 
@@ -27,11 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif action == "local":
         from mmr.rl.local import main as run
     elif action == "merge":
-        print(
-            "mmr rl merge: wrapping verl's model merger is not built yet (issue 6).",
-            file=sys.stderr,
-        )
-        return 2
+        from mmr.rl.merge import main as run
     else:
         print(
             f"mmr rl: unknown action {action!r}; choose from {', '.join(ACTIONS)}", file=sys.stderr

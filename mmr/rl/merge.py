@@ -8,6 +8,11 @@ shards and saves the model (in bf16) with its tokenizer and processor; mmr then 
 need from the result before they evaluate or serve it: the model loads with its family's
 `from_pretrained`, the processor loads as the family's processor (not a bare tokenizer),
 and the chat template is there. A missing piece fails with what is missing.
+
+verl's merger unpickles the rank shards with `weights_only=False`
+(verl/model_merger/fsdp_model_merger.py:168), so a crafted checkpoint could run code. mmr
+first loads every shard with `weights_only=True` (memory-mapped: no copy) and refuses a
+shard that holds anything but tensors, before verl's merger reads it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ def merge_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
             f"{ckpt} is not a verl FSDP actor checkpoint (expected fsdp_config.json and "
             "huggingface/ inside, e.g. .../global_step_N/actor)"
         )
+    check_shards_are_tensors(ckpt)
     config = ModelMergerConfig(
         operation="merge",
         backend="fsdp",
@@ -49,6 +55,24 @@ def merge_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
             shutil.copy2(hf_dir / name, out / name)
     verify_hf_folder(out)
     return out
+
+
+def check_shards_are_tensors(ckpt: Path) -> None:
+    """Every `model_world_size_*_rank_*.pt` shard loads with `weights_only=True`."""
+    import torch
+    import torch.distributed.tensor
+
+    shards = sorted(ckpt.glob("model_world_size_*_rank_*.pt"))
+    if not shards:
+        raise FileNotFoundError(f"{ckpt}: no model_world_size_*_rank_*.pt shards")
+    for shard in shards:
+        try:
+            torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:
+            raise RuntimeError(
+                f"{shard}: does not load as plain tensors (weights_only=True), refusing to "
+                f"unpickle it: {str(err).splitlines()[0]}"
+            ) from None
 
 
 def verify_hf_folder(path: str | Path) -> None:

@@ -50,3 +50,18 @@ def test_verify_names_a_missing_processor(tmp_path, tiny_qwen2_5_vl):
     (broken / "processor_config.json").unlink()
     with pytest.raises((RuntimeError, OSError, ValueError)):
         verify_hf_folder(broken)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("unpickled code ran",))
+
+
+def test_merge_refuses_a_shard_that_is_not_plain_tensors(tmp_path, tiny_qwen2_5_vl, capsys):
+    # verl's merger itself unpickles shards with weights_only=False.
+    actor, _ = _fsdp_checkpoint(tiny_qwen2_5_vl, tmp_path)
+    torch.save({"lm_head.weight": _RunsCode()}, actor / "model_world_size_1_rank_0.pt")
+    assert main(["--checkpoint", str(actor), "--out", str(tmp_path / "merged")]) == 2
+    captured = capsys.readouterr()
+    assert "weights_only" in captured.err and "unpickled code ran" not in captured.out
+    assert not (tmp_path / "merged").exists()
