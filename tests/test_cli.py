@@ -63,3 +63,43 @@ def test_models_tiny_writes_a_loadable_model(tmp_path):
     processor = AutoProcessor.from_pretrained(out)
     assert model.config.model_type == "qwen2_5_vl"
     assert type(processor).__name__ == "Qwen2_5_VLProcessor"
+
+
+# Every subcommand the README names, through the installed console script.
+README_COMMANDS = [
+    ["rl", "prepare"], ["rl", "train"], ["rl", "merge"], ["rl", "local"],
+    ["data", "run"], ["data", "dedup"], ["data", "difficulty"],
+    ["reward", "score"], ["reward", "explain"], ["eval"], ["sft"], ["models", "tiny"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", README_COMMANDS, ids=" ".join)
+def test_readme_subcommand_answers_help(command):
+    proc = subprocess.run(
+        [_mmr_executable(), *command, "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "usage" in proc.stdout.lower()
+    assert "not built" not in proc.stdout + proc.stderr
+
+
+def test_rl_merge_from_the_cli_names_what_is_wrong(tmp_path):
+    proc = subprocess.run(
+        [
+            _mmr_executable(),
+            "rl",
+            "merge",
+            "--checkpoint",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "not a verl FSDP actor checkpoint" in proc.stderr
