@@ -29,8 +29,9 @@ The result equals `mmr.rewards.score_batch` on the same rollouts with `group=uid
 (tests/rl/test_reward.py checks it).
 
 Metric names. Training: `reward/accuracy`, `reward/format`, `reward/length` (means over
-the batch's responses; the length part includes the group term), `reward/judge_fallbacks`
-and `reward/errors` (counts per sampled batch; with `trainer.v1.trainer_mode:
+the batch's responses; the length part includes the group term), `reward/judge_fallbacks`,
+`reward/errors` and `reward/group_length_changed` (responses whose reward the in-group
+length term changed) (counts per sampled batch; with `trainer.v1.trainer_mode:
 separate_async` and `parameter_sync_step` > 1 verl averages them over the step's
 mini-batches), next to verl's own `critic/score/mean` (the total). Validation: verl
 drops the sampler's metrics there and logs every `reward_extra_info` key as
@@ -81,6 +82,8 @@ METRICS = {
     "reward/length": ("length", "mean"),
     "reward/judge_fallbacks": ("judge_fallbacks", "count"),
     "reward/errors": ("errors", "count"),
+    # responses whose reward the in-group length term changed (length.mode group|both)
+    "reward/group_length_changed": ("group_length_changed", "count"),
 }
 
 
@@ -197,10 +200,12 @@ def finish_groups(
     new_scores = [t.clone() for t in rm_scores]
     new_infos = [dict(info) for info in infos]
     for name, before, after in zip(finals, scored, done):
+        changed = float(after["score"] != before["score"])
         for i in sessions[name]:  # verl gives every output of a session the final reward
             if new_scores[i].numel():
                 new_scores[i][-1] += after["score"] - before["score"]
             new_infos[i]["length"] = after["length"]
+            new_infos[i]["group_length_changed"] = changed
     return new_scores, new_infos, batch_metrics([new_infos[i] for i in final_rows])
 
 

@@ -9,7 +9,10 @@ sections:
 
 * `verl:` verl's own keys, nested as in verl's `ppo_trainer.yaml`, so verl's
   documentation applies unchanged. They are merged onto verl's composed config with
-  verl's schema in struct mode: a key verl does not have fails at once, by name.
+  verl's schema in struct mode: a key verl does not have fails at once, by name. A key
+  written with a leading `+` (`+enable_sleep_mode: false`) is added instead, as Hydra's
+  `+key=value` does on verl's own command line: for the settings verl reads but its
+  schema does not list (its docs add them with `+`).
 * `reward:` mmr's reward config (`mmr.rewards.RewardConfig`), passed to every reward
   worker through `reward.custom_reward_function.reward_kwargs`.
 
@@ -65,8 +68,11 @@ def compose_verl_config(cfg: RLConfig) -> DictConfig:
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         base = compose(config_name="ppo_trainer")
     OmegaConf.set_struct(base, True)  # unknown keys are errors, as in verl's own CLI
+    schema_keys, additions = split_additions(cfg.verl)
     try:
-        merged = OmegaConf.merge(base, cfg.verl, _reward_wiring())
+        merged = OmegaConf.merge(base, schema_keys, _reward_wiring())
+        for key, value in additions:
+            OmegaConf.update(merged, key, value, merge=True, force_add=True)
         overrides = reward_overrides(cfg.reward)
         # verl reads reward_kwargs but its schema has no such key (its docs add it with `+`).
         with open_dict(merged.reward.custom_reward_function):
@@ -81,6 +87,24 @@ def compose_verl_config(cfg: RLConfig) -> DictConfig:
         ) from None
     _check_sampler_hook(merged)
     return merged
+
+
+def split_additions(
+    node: dict[str, Any], prefix: str = ""
+) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """Split `+key` entries (added to verl's schema) from the keys verl's schema has."""
+    kept: dict[str, Any] = {}
+    added: list[tuple[str, Any]] = []
+    for key, value in node.items():
+        key = str(key)
+        if key.startswith("+"):
+            added.append((prefix + key[1:], value))
+        elif isinstance(value, dict):
+            kept[key], inner = split_additions(value, f"{prefix}{key}.")
+            added.extend(inner)
+        else:
+            kept[key] = value
+    return kept, added
 
 
 def _check_sampler_hook(config: DictConfig) -> None:

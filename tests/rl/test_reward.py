@@ -212,8 +212,9 @@ def test_batch_gets_score_batch_rewards_with_the_group_term_on_each_last_token(g
 
     assert set(metrics) == set(METRICS) == {
         "reward/accuracy", "reward/format", "reward/length", "reward/judge_fallbacks",
-        "reward/errors",
+        "reward/errors", "reward/group_length_changed",
     }  # fmt: skip
+    assert metrics["reward/group_length_changed"] == sum(abs(t) > 1e-6 for t in group_terms)
     n = len(expected)
     assert metrics["reward/accuracy"] == pytest.approx(sum(r["accuracy"] for r in expected) / n)
     assert metrics["reward/format"] == pytest.approx(sum(r["format"] for r in expected) / n)
@@ -228,6 +229,7 @@ def test_budget_only_mode_leaves_rewards_alone_and_still_logs(tiny_qwen2_5_vl, g
         _keys(data), rows, [o["reward_extra_info"] for o in outs], cfg
     )
     assert all(torch.equal(a, b) for a, b in zip(scores, rows)) and set(metrics) == set(METRICS)
+    assert metrics["reward/group_length_changed"] == 0
 
 
 def test_a_judge_that_is_down_neither_raises_nor_stalls(tiny_qwen2_5_vl, tokenizer):

