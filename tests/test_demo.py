@@ -5,11 +5,12 @@ learns is the full demo's business (its checks), not this test's."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from mmr.demo import main
+from mmr.demo import RLSection, main, rl_venv_bin
 
 SMALL = [
     "tasks.train=12",
@@ -22,6 +23,8 @@ SMALL = [
     "sft.overrides=[trainer.max_steps=3,trainer.save_steps=0]",
     "rl.overrides=[trainer.max_steps=2,trainer.save_steps=0,data.batch_size=2,rollout.n=2,"
     "rollout.max_new_tokens=12,reward.accuracy.workers=0]",
+    "rl.verl_overrides=[verl.trainer.total_training_steps=2,verl.trainer.save_freq=2,"
+    "verl.data.max_response_length=12,reward.length.budget_tokens=6,reward.length.max_tokens=12]",
 ]
 KEYS = ("accuracy_base", "accuracy_chance", "accuracy_sft", "accuracy_rl", "format_sft",
         "format_rl", "mean_response_tokens_sft", "mean_response_tokens_rl")  # fmt: skip
@@ -33,10 +36,17 @@ def _no_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def test_demo_small_end_to_end(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("engine", ["local", "verl"])
+def test_demo_small_end_to_end(tmp_path: Path, capsys, engine: str) -> None:
+    if engine == "verl" and not (rl_venv_bin(RLSection()) / "mmr").is_file():
+        message = "the RL venv (.venv-rl) is not installed: run `make setup-rl`"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI installs it: the demo's verl path must run there
+        pytest.skip(message)
     out = tmp_path / "demo"
-    assert main([f"output_dir={out}", *SMALL]) == 0
+    assert main([f"output_dir={out}", f"rl.engine={engine}", *SMALL]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["rl_engine"] == engine
     for key in KEYS:
         assert 0.0 <= summary[key] <= (1.0 if key.startswith(("acc", "format")) else 12.0), key
     assert summary["sft_steps"] == 3 and summary["rl_steps"] == 2
@@ -54,6 +64,12 @@ def test_demo_small_end_to_end(tmp_path: Path, capsys) -> None:
     for name in ("base", "sft", "rl"):
         assert len((out / "eval" / name / "generations.jsonl").read_text().splitlines()) == 8
     assert "held-out accuracy" in capsys.readouterr().out
+    if engine == "local":
+        assert (out / "rl" / "rollouts.jsonl").is_file()
+    else:  # verl's checkpoint, merged to the HF folder that was evaluated
+        assert (out / "rl" / "checkpoints" / "global_step_2" / "actor").is_dir()
+        assert (out / "rl" / "final" / "config.json").is_file()
+        return
     # A rerun replaces its own folder; a folder it did not make is refused.
     stranger = tmp_path / "mine"
     stranger.mkdir()

@@ -101,8 +101,10 @@ def prepare(
                 w.close()
     for split in ("train", "val"):
         tmp = out / f".{split}.tmp"
-        if tmp.exists():
-            tmp.replace(out / f"{split}.parquet")
+        if not tmp.exists():  # an empty split still gets its file (never a stale earlier one)
+            logger.warning("mmr rl prepare: the %s split is empty (%s)", split, out)
+            pq.write_table(VERL_SCHEMA.empty_table(), tmp)
+        tmp.replace(out / f"{split}.parquet")
     report = {"written": counts, "skipped": dict(skipped), "read": read_stats.as_dict()}
     (out / "prepare_report.json").write_text(json.dumps(report, indent=2))
     return report

@@ -41,6 +41,17 @@ def test_prepare_writes_splits_and_counts_skips(tmp_path):
     assert saved["written"] == report["written"]
 
 
+def test_an_empty_split_gets_an_empty_file_not_a_stale_one(tmp_path):
+    src = tmp_path / "curated.parquet"
+    write_samples(src, _samples())
+    prepare(src, tmp_path / "rl", val_fraction=0.25)
+    assert pq.read_table(tmp_path / "rl" / "val.parquet").num_rows > 0
+    report = prepare(src, tmp_path / "rl", val_fraction=0.0)  # a rerun with no validation
+    assert report["written"]["val"] == 0
+    val = pq.read_table(tmp_path / "rl" / "val.parquet")
+    assert val.num_rows == 0 and "reward_model" in val.schema.names
+
+
 def test_split_is_stable_by_id():
     assert is_validation("abc", 0.5) == is_validation("abc", 0.5)
     share = sum(is_validation(f"id{i}", 0.1) for i in range(5000)) / 5000
