@@ -24,15 +24,19 @@ EXTRACT = [
     (T + r"\boxed{\frac{1}{2}}", r"\frac{1}{2}", "boxed"),
     (T + r"\boxed{\left\{ 1, 2 \right\}}", r"\left\{ 1, 2 \right\}", "boxed"),
     (T + r"\boxed{a_{n}=2^{n}}", r"a_{n}=2^{n}", "boxed"),
-    (T + r"\boxed{A} or \boxed{B}", "B", "boxed"),  # a hedge counts as its last answer
+    # a hedge keeps every answer (scored 0 against a gold of one part: tests/rewards/test_hacks.py)
+    (T + r"\boxed{A} or \boxed{B}", "A, B", "boxed: 2 different answers"),
+    (T + r"\boxed{4} so \boxed{4}", "4", "boxed"),
     (T + r"\boxed {7}", "7", "boxed"),
     (T + r"\fbox{9}", "9", "boxed"),
     (T + r"\boxed{3} and then \boxed{4", "3", "boxed"),  # truncated last box: the one before
     (T + "<answer>12 cm</answer>", "12 cm", "answer tag"),
     (T + r"<answer>The value is \boxed{5}</answer>", "5", "boxed"),
-    (T + "<answer>1</answer> <answer>2</answer>", "2", "answer tag"),
+    (T + "<answer>1</answer> <answer>2</answer>", "1, 2", "answer tag: 2 different answers"),
     (T + "The answer is 17.", "17", "answer is"),
-    (T + "Final answer: **C**", "C", "answer is"),
+    (T + "Final answer: **C**", "C", "final answer statement"),
+    (T + r"\boxed{5} in the working. Final answer: $7$", "7", "final answer statement"),
+    (T + "Answer: The largest n is 34", "34", "answer is"),
     (T + "answer = x+1\nmore text", "x+1", "answer is"),
     ("No thinking tags, just \\boxed{8}", "8", "boxed"),
     (r"<think>the answer is \boxed{3}</think> I am not sure.", None, ""),
@@ -68,7 +72,7 @@ MATCH = [
     ("1,234,567.50", "1234567.5", None, True),
     ("12 cm", "12", None, True),
     (r"12\text{ cm}", "12", None, True),
-    ("5 apples", "5", None, True),
+    ("5 apples", "5", None, False),  # a label is not a unit: only real units are stripped
     ("12cm", "12", None, True),
     (r"30^\circ", "30", None, True),
     (r"30^{\circ}", "30°", None, True),
