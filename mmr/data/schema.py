@@ -11,11 +11,13 @@ MMFineReason and of most single-image sets). Any other count is malformed
 
 Answer policy (SFT data that carries no answer field). The gold answer is taken, in order:
 1. from the record's `answer` (or `ground_truth`) field;
-2. from the response's final answer, looked for after the last `</think>`: the last
-   `<answer>…</answer>` (if it wraps a `\\boxed{}`, the boxed content), else the last
-   `\\boxed{…}`;
+2. from the response's final answer, read exactly as the reward reads it
+   (`mmr.rewards.accuracy.extract_final_answer`: after the last `</think>`, the boxed
+   answer, a final-answer statement after it, an `<answer>` tag, an "answer is" phrase);
+   a response with several different final answers is ambiguous (`ambiguous_answer`);
 3. otherwise the row is malformed (`missing_answer`) and is skipped by the reader.
-`meta["answer_from"]` records which rule gave the answer ("field", "answer_tag", "boxed").
+`meta["answer_from"]` records which rule gave the answer ("field", "boxed", "answer_tag",
+"answer_phrase").
 
 Mappings are pure functions. Readers of external rows return `(Sample, raw_images)`, where
 the Sample's `images` is still empty and `raw_images` lists each image in order as encoded
@@ -202,29 +204,24 @@ def extract_boxed(text: str) -> str | None:
     return None
 
 
-def extract_final_answer(response: str) -> tuple[str, str] | None:
-    """(answer, rule) from the part of `response` after the last `</think>`, or None."""
-    tail = response.rsplit("</think>", 1)[-1]
-    tags = _ANSWER_TAG.findall(tail)
-    if tags:
-        tagged = tags[-1].strip()
-        boxed = extract_boxed(tagged)
-        if boxed or tagged:
-            return boxed or tagged, "answer_tag"
-    boxed = extract_boxed(tail)
-    return (boxed, "boxed") if boxed else None
+# The reward's "how" -> meta["answer_from"].
+_ANSWER_FROM = {"boxed": "boxed", "answer tag": "answer_tag"}
 
 
 def _answer_with_policy(record: dict[str, Any], response: str | None) -> tuple[str, str]:
     for key in ("answer", "ground_truth"):
         if record.get(key) not in (None, ""):
             return _text(record[key], "missing_answer", key), "field"
-    found = extract_final_answer(response) if response else None
-    if found is None:
-        raise MalformedRow(
-            "missing_answer", "no answer field and no <answer>/\\boxed{} after </think>"
-        )
-    return found
+    # One answer policy: the gold is read from a response exactly as the reward reads the
+    # answer it scores (imported here: the reward stack loads only when it is needed).
+    from mmr.rewards.accuracy import extract_final_answer
+
+    answer, how = extract_final_answer(response) if response else (None, "no response")
+    if answer is None:
+        raise MalformedRow("missing_answer", f"no answer field and no final answer ({how})")
+    if "different answers" in how:
+        raise MalformedRow("ambiguous_answer", f"no answer field and {how}: {answer[:80]!r}")
+    return answer, _ANSWER_FROM.get(how, "answer_phrase")
 
 
 # ---------------------------------------------------------------------------------------

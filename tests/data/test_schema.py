@@ -16,7 +16,6 @@ from mmr.data.schema import (
     Sample,
     check_sample,
     extract_boxed,
-    extract_final_answer,
     from_row,
     sample_from_mmfinereason,
     sample_from_mmr,
@@ -56,16 +55,44 @@ def test_check_sample_placeholder_convention():
         ("<think>so 3</think><answer>42</answer>", ("42", "answer_tag")),
         (
             "<think>x</think><answer>The area is \\boxed{\\frac{1}{2}}</answer>",
-            ("\\frac{1}{2}", "answer_tag"),
+            ("\\frac{1}{2}", "boxed"),
         ),
         ("<think>x</think>Hence \\boxed{B}.", ("B", "boxed")),
-        ("<think>\\boxed{7} maybe</think>I am not sure.", None),  # boxed only inside thinking
-        ("\\boxed{a} then \\boxed{{b}+c}", ("{b}+c", "boxed")),
-        ("<think>unfinished", None),
+        ("<think>x</think>The answer is 12.", ("12", "answer_phrase")),
     ],
 )
-def test_extract_final_answer(response, expected):
-    assert extract_final_answer(response) == expected
+def test_gold_from_the_response_is_the_answer_the_reward_reads(response, expected):
+    # One answer policy: a record without an answer field gets the reward's final answer.
+    from mmr.rewards.accuracy import extract_final_answer
+
+    sample, _ = sample_from_omr(_omr_with_response(response))
+    assert (sample.answer, sample.meta["answer_from"]) == expected
+    assert sample.answer == extract_final_answer(response)[0]
+
+
+@pytest.mark.parametrize(
+    ("response", "reason"),
+    [
+        ("<think>\\boxed{7} maybe</think>I am not sure.", "missing_answer"),  # only in thinking
+        ("<think>unfinished", "missing_answer"),
+        ("<think>x</think>\\boxed{a} then \\boxed{{b}+c}", "ambiguous_answer"),  # a hedge
+    ],
+)
+def test_no_gold_from_a_response_without_one_final_answer(response, reason):
+    with pytest.raises(MalformedRow) as err:
+        sample_from_omr(_omr_with_response(response))
+    assert err.value.reason == reason
+
+
+def _omr_with_response(response: str) -> dict:
+    """An OpenMMReasoner SFT record with no answer field (the gold is in the response)."""
+    return {
+        "id": "r",
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "What is x?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": response}]},
+        ],
+    }
 
 
 def test_extract_boxed_unbalanced_is_none():

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mmr.data.io import read_samples
-from mmr.data.schema import Sample, check_sample, count_placeholders, extract_final_answer
+from mmr.data.schema import Sample, check_sample, count_placeholders
 from mmr.data.synthetic import (
     INK,
     KINDS,
@@ -23,6 +23,7 @@ from mmr.data.synthetic import (
     teacher_response,
     write_synthetic,
 )
+from mmr.rewards.accuracy import extract_final_answer
 
 N = 300  # 20 tasks of each kind and level
 

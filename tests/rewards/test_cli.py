@@ -114,6 +114,15 @@ def test_explain_prints_every_step(capsys) -> None:
         assert needle in out, out
 
 
+def test_explain_shows_the_answers_of_a_hedge(capsys) -> None:
+    code = main(["explain", "--response", r"<think>t</think> \boxed{3} or \boxed{4}",
+                 "--ground-truth", "4"])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "extracted answer : '3, 4' (boxed: 2 different answers)" in out, out
+    assert "decided by       : rule:hedge" in out and "accuracy         : 0.0000" in out
+
+
 def test_explain_with_choices_and_judge(judge, capsys) -> None:
     judge.script = lambda prompt: "INCORRECT"
     code = main(["explain", "--response", "<think>t</think> <answer>y</answer>",

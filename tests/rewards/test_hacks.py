@@ -151,3 +151,14 @@ def test_hack_suite_runs_within_the_timeouts(scored):
     per_case = acc.parse_timeout_s + acc.verify_timeout_s + 2
     assert seconds < per_case * 3 + 60, seconds
     assert all(row["decided_by"] != "error" for row in rows)
+
+
+def test_curation_agrees_with_the_reward_on_every_case(scored):
+    # One answer policy: the data pipeline's correctness check (select, distill,
+    # difficulty) decides "right" exactly as the reward does.
+    from mmr.data.pipeline.config import VerifyConfig
+    from mmr.data.pipeline.verify import check_answers
+
+    rows, _, _ = scored
+    verdicts = check_answers([(q or "", r, g) for r, g, q, _, _ in CASES], VerifyConfig())
+    assert [ok for ok, _ in verdicts] == [row["accuracy"] == 1 for row in rows]
