@@ -38,7 +38,7 @@ from mmr.rewards.accuracy import Decision, extract_final_answer, relaxed_match
 from mmr.rewards.config import RewardConfig
 from mmr.rewards.format import score_format
 from mmr.rewards.length import count_tokens, length_parts
-from mmr.rewards.plugins import PluginRunner, load_function
+from mmr.rewards.plugins import PluginRunner
 from mmr.rewards.verify import VerifyPool, VerifyResult
 
 __all__ = [
@@ -89,8 +89,9 @@ class RewardScorer:
         self._tokenizer: Any = None
         self._plugin: PluginRunner | None = None
         if self.cfg.function:
-            fn = load_function(self.cfg.function)
-            self._plugin = PluginRunner(fn, self.cfg.plugin.kwargs, name=self.cfg.function)
+            plugin = self.cfg.plugin
+            self._plugin = PluginRunner(self.cfg.function, plugin.kwargs,
+                                        workers=plugin.workers, timeout_s=plugin.timeout_s)  # fmt: skip
 
     # -- the batch ----------------------------------------------------------------------
 
@@ -110,9 +111,14 @@ class RewardScorer:
             self.cfg.length.budget_tokens,
             self.cfg.length.max_tokens,
         )
+        plugin = [None] * len(rows)
+        if self._plugin is not None:
+            plugin = self._plugin.score_many(
+                [(r.data_source, r.response, r.gold, r.extra_info) for r in rows]
+            )
         return [
-            self._finish(row, length, n, src)
-            for row, length, n, src in zip(rows, lengths, tokens, sources)
+            self._finish(row, length, n, src, result)
+            for row, length, n, src, result in zip(rows, lengths, tokens, sources, plugin)
         ]
 
     def _prepare(self, index: int, item: Mapping[str, Any]) -> _Row:
@@ -208,7 +214,9 @@ class RewardScorer:
         ]
         return [c[0] for c in counted], [c[1] for c in counted]
 
-    def _finish(self, row: _Row, length: float, tokens: int, source: str) -> dict[str, Any]:
+    def _finish(
+        self, row: _Row, length: float, tokens: int, source: str, plugin: Any = None
+    ) -> dict[str, Any]:
         w = self.cfg.weights
         out: dict[str, Any] = {
             "score": 0.0,
@@ -223,10 +231,8 @@ class RewardScorer:
             "response_tokens": tokens,
             "tokens_source": source,
         }
-        if self._plugin is not None:
-            plugin_score, parts, err = self._plugin(
-                row.data_source, row.response, row.gold, row.extra_info
-            )
+        if plugin is not None:
+            plugin_score, parts, err = plugin
             out.update(parts)  # a plug-in part named like an mmr part replaces it
             out["plugin"] = plugin_score
             out["plugin_error"] = err is not None
@@ -273,6 +279,8 @@ class RewardScorer:
         if self._judge:
             self._judge.close()
         self._judge = None
+        if self._plugin is not None:
+            self._plugin.close()
 
 
 def group_key(group: Any, index: int) -> Hashable:

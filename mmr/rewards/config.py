@@ -124,9 +124,15 @@ class PluginConfig:
     mode: str = "replace"  # replace: its score is the total; add: total += weight * its score
     weight: float = 1.0  # weight of the plug-in's score in `add` mode
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the call
+    timeout_s: float = 5.0  # a call running longer scores 0; its worker is killed and replaced
+    workers: int = 1  # supervised plug-in processes; 0: in this process (debugging: no timeout)
 
     def __post_init__(self) -> None:
         check_choice("plugin.mode", self.mode, PLUGIN_MODES)
+        if self.timeout_s <= 0:
+            raise ConfigError("config key 'plugin.timeout_s' must be > 0")
+        if self.workers < 0:
+            raise ConfigError("config key 'plugin.workers' must be >= 0")
 
 
 @dataclass

@@ -3,10 +3,14 @@
     fn(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float | dict
 
 A dict has `score` plus named parts. Any verl reward function works here unchanged.
-A plug-in runs for every rollout, so its failures are contained: if it raises, or returns
-None, NaN or something without a score, that rollout's plug-in score is 0, its error is
-counted, and the traceback is logged once per distinct error (same exception type at the
-same line), not once per rollout.
+A plug-in runs for every rollout, so its failures are contained: if it raises (SystemExit
+included), returns None, NaN, inf or something without a score, exits its process
+(`os._exit`) or runs past `plugin.timeout_s`, that rollout's plug-in score is 0, its error
+is counted, and the traceback is logged once per distinct error (same exception type at
+the same line), not once per rollout. Plug-ins run supervised, in worker processes of the
+same kind of pool as math-verify (`mmr.rewards.verify.VerifyPool`: a stuck or dead worker
+is killed and replaced), so a batch always finishes in bounded time; `plugin.workers: 0`
+runs them in this process instead, for debugging (no timeout there).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PluginRunner", "load_function"]
+__all__ = ["PluginRunner", "call_plugin", "load_function"]
 
 log = logging.getLogger(__name__)
 
@@ -55,47 +59,112 @@ def load_function(spec: str) -> RewardFn:
     return fn
 
 
-class PluginRunner:
-    """Calls a plug-in with containment: a bad result is 0 plus one logged traceback."""
+# An outcome of one call: (score, parts, None) or (0.0, {}, (message, error key, traceback)).
+Outcome = tuple[float, dict[str, float], tuple[str, tuple, str] | None]
 
-    def __init__(self, fn: RewardFn, kwargs: dict[str, Any] | None = None, name: str = "") -> None:
-        self.fn = fn
+_LOADED: dict[str, RewardFn] = {}  # per process: a worker loads each plug-in once
+
+
+def call_plugin(
+    spec: str | RewardFn, kwargs: dict[str, Any], data_source: Any, solution_str: str,
+    ground_truth: Any, extra_info: Any,
+) -> Outcome:  # fmt: skip
+    """One contained call (module level: it runs in the plug-in workers)."""
+    try:
+        if callable(spec):
+            fn = spec
+        else:
+            fn = _LOADED.get(spec) or _LOADED.setdefault(spec, load_function(spec))
+        result = fn(data_source=data_source, solution_str=solution_str,
+                    ground_truth=ground_truth, extra_info=extra_info, **kwargs)  # fmt: skip
+        score, parts = _as_score(result)
+    except (Exception, SystemExit) as err:  # SystemExit: a plug-in may not end its worker
+        frames = traceback.extract_tb(err.__traceback__)
+        where = (frames[-1].filename, frames[-1].lineno) if frames else ("?", 0)
+        text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        message = f"{type(err).__name__}: {str(err)[:200]}"
+        return 0.0, {}, (message, (type(err).__name__, *where), text)
+    return score, parts, None
+
+
+class PluginRunner:
+    """Calls a plug-in with containment: a bad result is 0 plus one logged traceback.
+
+    `spec` is what `load_function` takes (the workers load it themselves); `fn`, when given,
+    is the already loaded function, called in this process when `workers` is 0.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        workers: int = 1,
+        timeout_s: float = 5.0,
+        fn: RewardFn | None = None,
+    ) -> None:
+        self.spec = spec
+        self.fn = fn or load_function(spec)  # fails here, by name, before any worker starts
         self.kwargs = dict(kwargs or {})
-        self.name = name or getattr(fn, "__name__", "plugin")
+        self.name = spec
+        self.workers = workers
+        self.timeout_s = timeout_s
         self.errors = 0
-        self._seen: set[tuple[str, str, int]] = set()
+        self._seen: set[tuple] = set()
+        self._pool: Any = None
 
     def __call__(
         self, data_source: Any, solution_str: str, ground_truth: Any, extra_info: Any
     ) -> tuple[float, dict[str, float], str | None]:
         """(score, extra numeric parts, error message or None) for one rollout."""
-        try:
-            result = self.fn(
-                data_source=data_source,
-                solution_str=solution_str,
-                ground_truth=ground_truth,
-                extra_info=extra_info,
-                **self.kwargs,
-            )
-            score, parts = _as_score(result)
-        except Exception as err:
-            self.errors += 1
-            self._log_once(err)
-            return 0.0, {}, f"plugin {self.name}: {type(err).__name__}: {str(err)[:200]}"
-        return score, parts, None
+        return self.score_many([(data_source, solution_str, ground_truth, extra_info)])[0]
 
-    def _log_once(self, err: Exception) -> None:
-        frames = traceback.extract_tb(err.__traceback__)
-        where = (frames[-1].filename, frames[-1].lineno) if frames else ("?", 0)
-        key = (type(err).__name__, *where)
-        if key not in self._seen:
-            self._seen.add(key)
-            log.error(
-                "reward plug-in %s failed; this rollout scores 0 (logged once per distinct "
-                "error):\n%s",
-                self.name,
-                "".join(traceback.format_exception(type(err), err, err.__traceback__)),
+    def score_many(
+        self, items: list[tuple[Any, str, Any, Any]]
+    ) -> list[tuple[float, dict[str, float], str | None]]:
+        """`__call__` for many rollouts: in the supervised workers, or in this process."""
+        if self.workers == 0:
+            outcomes = [call_plugin(self.fn, self.kwargs, *item) for item in items]
+        else:
+            tasks = [(self.spec, self.kwargs, *item) for item in items]
+            outcomes = self._get_pool().map(call_plugin, tasks, failed=self._failed)
+        out = []
+        for score, parts, err in outcomes:
+            if err is None:
+                out.append((score, parts, None))
+                continue
+            message, key, text = err
+            self.errors += 1
+            if key not in self._seen:
+                self._seen.add(key)
+                log.error(
+                    "reward plug-in %s failed; this rollout scores 0 (logged once per distinct "
+                    "error):\n%s", self.name, text or message,
+                )  # fmt: skip
+            out.append((0.0, {}, f"plugin {self.name}: {message}"))
+        return out
+
+    def _failed(self, status: str) -> Outcome:
+        # the pool's verdict on a call that timed out or whose worker died (os._exit)
+        if status == "timeout":
+            message = f"timeout: ran past plugin.timeout_s={self.timeout_s:g} s; worker replaced"
+        else:
+            message = status.replace("math-verify worker", "plug-in worker")
+        return 0.0, {}, (message, ("pool", status.split(":")[0]), "")
+
+    def _get_pool(self) -> Any:
+        if self._pool is None:
+            from mmr.rewards.verify import VerifyPool
+
+            self._pool = VerifyPool(
+                num_workers=self.workers, hard_timeout_s=self.timeout_s, work_fn=call_plugin
             )
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
 
 class PluginResultError(ValueError):

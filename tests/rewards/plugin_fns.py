@@ -24,3 +24,24 @@ def flaky(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
     if ground_truth == "nodict":
         return {"value": 1.0}
     return 1.0
+
+
+def hostile(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    """Misbehaves as the ground truth says (for the supervised-worker tests)."""
+    import os
+    import sys
+    import time
+
+    if ground_truth == "exit":
+        os._exit(3)  # the worker process dies
+    if ground_truth == "sysexit":
+        sys.exit(2)
+    if ground_truth == "hang":
+        time.sleep(3600)
+    if ground_truth == "inf":
+        return math.inf
+    if ground_truth == "text":
+        return "great"
+    if ground_truth == "raise":
+        raise ValueError("bad plug-in")
+    return 1.0

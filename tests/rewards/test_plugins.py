@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -76,5 +77,37 @@ def test_runner_accepts_numpy_like_scalars() -> None:
         def item(self) -> float:
             return 0.5
 
-    runner = PluginRunner(lambda **kw: Scalar())
+    runner = PluginRunner("inline", fn=lambda **kw: Scalar(), workers=0)
     assert runner("s", "x", "y", None) == (0.5, {}, None)
+
+
+def test_a_plugin_that_kills_exits_or_hangs_costs_one_rollout(caplog) -> None:
+    # Supervised workers: each misbehaviour scores 0, counts, is logged once, and the
+    # batch ends in bounded time (a hung call's worker is killed and replaced).
+    caplog.set_level(logging.ERROR, logger="mmr.rewards.plugins")
+    cfg = _cfg("tests.rewards.plugin_fns:hostile")
+    cfg.plugin.timeout_s = 2.0
+    scorer = RewardScorer(cfg)
+    golds = ["exit", "sysexit", "hang", "inf", "text", "raise", "fine", "fine"]
+    start = time.monotonic()
+    rows = scorer.score_batch([{"response": OK + str(i), "ground_truth": g}
+                               for i, g in enumerate(golds)])  # fmt: skip
+    assert time.monotonic() - start < 30
+    assert [r["score"] for r in rows] == [0.0] * 6 + [1.0, 1.0]
+    assert [r["plugin_error"] for r in rows] == [True] * 6 + [False, False]
+    assert "died" in rows[0]["error"] and "SystemExit" in rows[1]["error"]
+    assert "timeout" in rows[2]["error"] and "non-finite" in rows[3]["error"]
+    assert scorer.plugin_errors == 6
+    # the workers were replaced: the next batch is scored as usual
+    again = scorer.score_batch([{"response": OK, "ground_truth": "fine"}])
+    assert again[0]["score"] == 1.0
+    scorer.close()
+
+
+def test_in_process_mode_for_debugging_still_contains_errors() -> None:
+    cfg = _cfg("tests.rewards.plugin_fns:hostile")
+    cfg.plugin.workers = 0
+    rows = RewardScorer(cfg).score_batch(
+        [{"response": OK, "ground_truth": g} for g in ("sysexit", "raise", "fine")]
+    )
+    assert [r["score"] for r in rows] == [0.0, 0.0, 1.0]
