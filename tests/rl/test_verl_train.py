@@ -199,13 +199,15 @@ def test_verl_run_group_length_term_changed_rewards(verl_runs):
 
 
 def test_verl_run_rollout_and_actor_agree_after_weight_sync(verl_runs):
-    # (c) vLLM's log-probs against the actor's, each step after the weights were synced
-    for step in [
-        *verl_runs["first"]["metrics"].values(),
-        *verl_runs["resumed"]["metrics"].values(),
-    ]:
+    # (c) vLLM's token probabilities against the actor's, each step after the weights were
+    # synced. Seen with a correct sync: mean 3-5e-4, max 0.004-0.03 (once 0.11 in 16 steps:
+    # one near-tied token); with vLLM's image normalization broken (load_format dummy):
+    # mean 0.05-0.06, max 0.5-0.6.
+    steps = [*verl_runs["first"]["metrics"].values(), *verl_runs["resumed"]["metrics"].values()]
+    for step in steps:
         assert step["training/rollout_probs_diff_valid"] == 1
-        assert step["training/rollout_probs_diff_max"] < 0.02
+        assert step["training/rollout_probs_diff_mean"] < 0.005
+        assert step["training/rollout_probs_diff_max"] < 0.25
 
 
 def test_verl_run_resumes_at_the_saved_step(verl_runs):
