@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mmr.demo import RLSection, main, rl_venv_bin
+from mmr.demo import RLSection, main, rl_venv_bin, sign_test_p
 
 SMALL = [
     "tasks.train=12",
@@ -76,3 +76,11 @@ def test_demo_small_end_to_end(tmp_path: Path, capsys, engine: str) -> None:
     (stranger / "notes.txt").write_text("keep me")
     assert main([f"output_dir={stranger}", *SMALL]) == 2
     assert (stranger / "notes.txt").read_text() == "keep me"
+
+
+def test_sign_test_p():
+    assert sign_test_p(0, 0) == 1.0
+    assert sign_test_p(0, 10) == pytest.approx(2 / 1024)
+    assert sign_test_p(8, 25) == pytest.approx(0.1078, abs=1e-3)  # 8 vs 17: not significant
+    assert sign_test_p(5, 10) == 1.0
+    assert sign_test_p(3, 20) < 0.05
