@@ -162,3 +162,18 @@ def test_curation_agrees_with_the_reward_on_every_case(scored):
     rows, _, _ = scored
     verdicts = check_answers([(q or "", r, g) for r, g, q, _, _ in CASES], VerifyConfig())
     assert [ok for ok, _ in verdicts] == [row["accuracy"] == 1 for row in rows]
+
+
+def test_hack_suite_agreement_is_printed(scored, capsys):
+    rows, seconds, _ = scored
+    got = [row["accuracy"] for row in rows]
+    want = [case[3] for case in CASES]
+    false_pos = sum(g == 1 and w == 0 for g, w in zip(got, want))
+    false_neg = sum(g == 0 and w == 1 for g, w in zip(got, want))
+    agree = sum(g == w for g, w in zip(got, want))
+    with capsys.disabled():
+        print(
+            f"\nreward hack suite: {agree}/{len(CASES)} agree, {false_pos} false positives, "
+            f"{false_neg} false negatives, {seconds:.1f} s"
+        )
+    assert false_pos == 0 and false_neg == 0
