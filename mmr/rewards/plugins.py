@@ -65,6 +65,11 @@ Outcome = tuple[float, dict[str, float], tuple[str, tuple, str] | None]
 _LOADED: dict[str, RewardFn] = {}  # per process: a worker loads each plug-in once
 
 
+def preload_plugin(spec: str) -> None:
+    """Import a plug-in into this worker before it takes work (its import is not timed)."""
+    _LOADED.setdefault(spec, load_function(spec))
+
+
 def call_plugin(
     spec: str | RewardFn, kwargs: dict[str, Any], data_source: Any, solution_str: str,
     ground_truth: Any, extra_info: Any,
@@ -156,8 +161,13 @@ class PluginRunner:
         if self._pool is None:
             from mmr.rewards.verify import VerifyPool
 
+            # The plug-in is imported as each worker starts (heavy imports such as torch
+            # must not count against plugin.timeout_s), then each call is timed.
             self._pool = VerifyPool(
-                num_workers=self.workers, hard_timeout_s=self.timeout_s, work_fn=call_plugin
+                num_workers=self.workers,
+                hard_timeout_s=self.timeout_s,
+                work_fn=call_plugin,
+                initializer=(preload_plugin, (self.spec,)),
             )
         return self._pool
 

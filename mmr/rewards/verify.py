@@ -165,8 +165,14 @@ class _Raised:
     message: str
 
 
-def _worker_main(conn: Connection, progress, warm_up: bool = True) -> None:
-    """Worker loop: receive a chunk `(fn, tasks)`, run `fn(*task)` for each, send results."""
+def _worker_main(
+    conn: Connection, progress, warm_up: bool = True, initializer: tuple | None = None
+) -> None:
+    """Worker loop: receive a chunk `(fn, tasks)`, run `fn(*task)` for each, send results.
+
+    `initializer` (`(fn, args)`) runs once before the worker takes work, untimed by the
+    per-item clock (e.g. importing a reward plug-in); progress[2] turns 1 when it is done.
+    """
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -177,6 +183,10 @@ def _worker_main(conn: Connection, progress, warm_up: bool = True) -> None:
         for pred, gold in _WARM_UP:
             with contextlib.suppress(Exception):
                 run_pair(pred, gold, 2, 2, False)
+    if initializer is not None:
+        with contextlib.suppress(Exception):  # a failure shows again, counted, at the first item
+            initializer[0](*initializer[1])
+    progress[2] = 1.0
     while True:
         try:
             chunk = conn.recv()
@@ -221,8 +231,9 @@ class _Chunk:
 class _Worker:
     proc: mp.process.BaseProcess
     conn: Connection
-    progress: object  # RawArray('d', 2): [index in chunk, start time of that item]
+    progress: object  # RawArray('d', 3): [index in chunk, start time of that item, ready]
     chunk: _Chunk | None = None
+    spawned: float = field(default_factory=time.monotonic)
 
 
 def _context() -> mp.context.BaseContext:
@@ -246,8 +257,12 @@ class VerifyPool:
         verify_timeout_s: int = 2,
         chunk_size: int = 64,
         work_fn: Callable[..., VerifyResult] = run_pair,
+        initializer: tuple[Callable[..., Any], tuple] | None = None,
+        startup_timeout_s: float = 120.0,
     ) -> None:
-        """`work_fn` (a module-level function, for tests) replaces `run_pair` in workers."""
+        """`work_fn` (a module-level function) replaces `run_pair` in workers; `initializer`
+        (`(fn, args)`, module level) runs once in each new worker before it takes work, and a
+        worker not ready within `startup_timeout_s` is killed and replaced like a stuck one."""
         if num_workers < 1:
             raise ValueError("VerifyPool needs at least one worker")
         self.num_workers = num_workers
@@ -256,6 +271,8 @@ class VerifyPool:
         self.verify_timeout_s = int(verify_timeout_s)
         self.chunk_size = chunk_size
         self._work_fn = work_fn
+        self._initializer = initializer
+        self.startup_timeout_s = startup_timeout_s
         self.timeouts = 0  # items killed by the backstop, over the pool's life
         self._ctx = _context()
         self._lock = threading.Lock()
@@ -360,10 +377,10 @@ class VerifyPool:
 
     def _spawn(self) -> _Worker:
         parent, child = mp.Pipe(duplex=True)
-        progress = self._ctx.RawArray("d", 2)
+        progress = self._ctx.RawArray("d", 3)
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(child, progress, self._work_fn is run_pair),
+            args=(child, progress, self._work_fn is run_pair, self._initializer),
             name="mmr-verify-worker",
             daemon=True,
         )
@@ -418,6 +435,13 @@ class VerifyPool:
         for worker in list(self._workers):
             started = worker.progress[1]
             if worker.chunk is not None and started and now - started > self.hard_timeout_s:
+                self.timeouts += 1
+                self._replace(worker, "timeout")
+            elif (
+                worker.chunk is not None
+                and not worker.progress[2]
+                and now - worker.spawned > self.startup_timeout_s
+            ):  # its warm-up or initializer hangs
                 self.timeouts += 1
                 self._replace(worker, "timeout")
 

@@ -104,6 +104,18 @@ def test_a_plugin_that_kills_exits_or_hangs_costs_one_rollout(caplog) -> None:
     scorer.close()
 
 
+def test_a_plugins_slow_import_does_not_count_against_its_timeout(tmp_path) -> None:
+    # Real plug-ins import torch or transformers: seconds in a fresh worker.
+    path = tmp_path / "slow_reward.py"
+    path.write_text("import time\ntime.sleep(3)\n\ndef fn(**kwargs):\n    return 1.0\n")
+    cfg = _cfg(f"{path}:fn")
+    cfg.plugin.timeout_s = 1.0
+    scorer = RewardScorer(cfg)  # loads it here too, once, to fail early on a bad spec
+    rows = scorer.score_batch([{"response": OK, "ground_truth": "4"} for _ in range(3)])
+    assert [r["score"] for r in rows] == [1.0] * 3 and scorer.plugin_errors == 0
+    scorer.close()
+
+
 def test_in_process_mode_for_debugging_still_contains_errors() -> None:
     cfg = _cfg("tests.rewards.plugin_fns:hostile")
     cfg.plugin.workers = 0

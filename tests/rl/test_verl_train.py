@@ -39,7 +39,10 @@ ENV = {
     "OMP_NUM_THREADS": "2",
     "PYTHONUNBUFFERED": "1",
 }
-STEP_TIMEOUT_S = 900
+STEP_TIMEOUT_S = 1200  # one command; a loaded 2-core machine took 3.5 min per step
+# The module fixture (SFT, two verl runs, merge) takes ~6 min on an idle 2-core machine;
+# pytest's 600 s default per test would count all of it against the first test.
+pytestmark = pytest.mark.timeout(3600)
 REWARD_METRICS = (
     "reward/accuracy",
     "reward/format",
