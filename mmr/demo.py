@@ -176,7 +176,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     done("eval")
 
     banner(7, "summary, plots and report")
-    summary = summarize_run(cfg, results, test_file, out, times)
+    summary = summarize_run(cfg, results, test_file, out, times, engine)
     write_plots(out, results, summary)
     write_report(out, cfg, results, summary)
     print_summary(summary, out)
@@ -358,7 +358,7 @@ def rl_metrics(rl_dir: Path) -> list[dict[str, Any]]:
 
 def summarize_run(
     cfg: DemoConfig, results: dict[str, dict[str, Any]], test_file: Path, out: Path,
-    times: dict[str, float],
+    times: dict[str, float], engine: str,
 ) -> dict[str, Any]:  # fmt: skip
     """summary.json: accuracies, format, response lengths, chance, checks, timings."""
     from mmr.data.io import read_samples
@@ -396,7 +396,7 @@ def summarize_run(
         sft_steps=len(sft_log),
         sft_final_loss=sft_log[-1]["train/loss"] if sft_log else None,
         rl_steps=len(rl_log),
-        rl_engine=rl_engine(cfg.rl),
+        rl_engine=engine,
         rl_final_reward=rl_log[-1]["reward"] if rl_log else None,
         sft_samples=selected.get("rows_out", selected.get("out")),
         seconds=times,
