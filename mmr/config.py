@@ -22,21 +22,27 @@ import dataclasses
 import difflib
 import typing
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
 
 __all__ = [
     "ConfigError",
+    "ModelSection",
+    "OptimSection",
+    "TrainerSection",
     "check_choice",
     "config_to_dict",
     "load_config",
     "parse_overrides",
+    "positive",
+    "require_paths",
     "save_config",
 ]
 
@@ -76,6 +82,24 @@ def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
         raise ConfigError(
             f"config key '{key}' is {value!r}; choose one of {', '.join(map(str, allowed))}"
         )
+
+
+def positive(key: str, value: float, *, zero_ok: bool = False) -> None:
+    """For `__post_init__` checks: `value` must be > 0 (>= 0 with `zero_ok`)."""
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ConfigError(
+            f"config key '{key}' must be {'>= 0' if zero_ok else '> 0'}, got {value!r}"
+        )
+
+
+def require_paths(key: str, paths: Iterable[str]) -> None:
+    """Fail early, naming the key, when a file or folder a recipe names does not exist."""
+    paths = list(paths)
+    if not paths:
+        raise ConfigError(f"config key '{key}' is empty: name the files or folders to read")
+    for path in paths:
+        if not Path(path).exists():
+            raise ConfigError(f"config key '{key}': {path} does not exist")
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
@@ -191,6 +215,67 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
-def to_omegaconf(cfg: Any) -> DictConfig:
-    """The config as an OmegaConf node (for libraries, such as verl, that take one)."""
-    return OmegaConf.structured(cfg)
+# ---- sections both trainers compose (SFT and `rl local`; each subclass sets its defaults)
+
+
+@dataclass
+class ModelSection:
+    path: str | None = None  # checkpoint folder or HF hub id (required)
+    freeze: list[str] = field(default_factory=lambda: ["vision_tower", "projector"])
+    attn_implementation: str | None = None  # null: the trainer's choice (see its section)
+    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or float32 / bfloat16
+    max_pixels: int | None = None  # image processor budget per image (null: the checkpoint's)
+    min_pixels: int | None = None  # lower image budget (null: the checkpoint's)
+
+    def __post_init__(self) -> None:
+        check_choice("model.dtype", self.dtype, ("auto", "float32", "bfloat16"))
+        for key in ("max_pixels", "min_pixels"):
+            if getattr(self, key) is not None:
+                positive(f"model.{key}", getattr(self, key))
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-5  # peak learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    scheduler: str = "cosine"  # the trainer's schedules (see its section)
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    grad_clip: float = 1.0  # max global grad norm (0: off)
+
+    def __post_init__(self) -> None:
+        positive("optim.lr", self.lr)
+        positive("optim.eps", self.eps)
+        positive("optim.weight_decay", self.weight_decay, zero_ok=True)
+        positive("optim.grad_clip", self.grad_clip, zero_ok=True)
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(
+                f"config key 'optim.min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}"
+            )
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(
+                f"config key 'optim.betas' must be two numbers in [0, 1), got {self.betas}"
+            )
+
+
+@dataclass
+class TrainerSection:
+    output_dir: str = "runs/train"  # run folder: config.yaml, metrics.jsonl, checkpoints, final/
+    seed: int = 42  # seeds data order and every random draw of the run
+    epochs: int = 1  # passes over the data (max_steps wins when > 0)
+    max_steps: int = 0  # steps in all; 0: epochs x steps per epoch
+    save_steps: int = 500  # checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk (0: all)
+    resume: str | None = None  # null | "auto" (latest complete in output_dir) | a checkpoint folder
+    log_steps: int = 1  # metrics every N steps
+    export: bool = True  # write an HF folder to output_dir/final at the end
+    device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self) -> None:
+        check_choice("trainer.device", self.device, ("auto", "cpu", "cuda"))
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ConfigError("set trainer.max_steps or trainer.epochs to a positive number")
+        positive("trainer.save_steps", self.save_steps, zero_ok=True)
+        positive("trainer.keep_checkpoints", self.keep_checkpoints, zero_ok=True)
+        positive("trainer.log_steps", self.log_steps)

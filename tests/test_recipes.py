@@ -29,7 +29,7 @@ def _schema_for(path: Path):
         return SFTConfig
     if path.parent.name == "demo" and path.stem.endswith("_gspo"):
         return LocalRLConfig
-    if path.stem.endswith(("_gspo", "_gspo_8gpu", "_gspo_verl")):
+    if path.stem.endswith(("_gspo", "_gspo_verl")):
         return RLConfig
     return None
 
@@ -40,7 +40,7 @@ ALL = sorted(RECIPES.rglob("*.yaml"))
 def test_recipes_exist_and_each_has_a_schema():
     names = {p.relative_to(RECIPES).as_posix() for p in ALL}
     assert {"omr_7b_sft.yaml", "mfr_8b_sft.yaml", "demo/tiny_sft.yaml", "omr_7b_gspo.yaml",
-            "omr_7b_gspo_8gpu.yaml", "demo/tiny_gspo.yaml", "demo/tiny_gspo_verl.yaml"} <= names  # fmt: skip
+            "demo/tiny_gspo.yaml", "demo/tiny_gspo_verl.yaml"} <= names  # fmt: skip
     assert [p.name for p in ALL if _schema_for(p) is None] == []
 
 

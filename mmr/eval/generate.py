@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from mmr.data.chat import build_messages, decode_images
 from mmr.data.schema import Sample
+from mmr.models import generate as sampling
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +108,11 @@ def hf_generate(
     system_prompt: str | None = None,
 ) -> list[Generation]:
     """HF `generate` in batches of `batch_size` rows (a sample repeated n times is n rows)."""
-    from mmr.models import load_model, load_processor
+    from mmr.config import ModelSection
+    from mmr.models.build import build_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(model_path, dtype=torch.bfloat16 if device.type == "cuda" else "auto")
-    model.to(device).eval()
-    processor = load_processor(model_path)
+    model, processor = build_model(ModelSection(path=model_path, freeze=[]), device)
     prompts = build_prompts(samples, processor, system_prompt)
     rows = [(i, k) for i in range(len(samples)) for k in range(n)]
     torch.manual_seed(seed)
@@ -124,43 +124,11 @@ def hf_generate(
         inputs = processor(text=[prompts[i] for i in chunk], images=images or None,
                            padding=True, padding_side="left", return_tensors="pt")  # fmt: skip
         inputs = {k: v.to(device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-        new = _hf_batch(model, inputs, max_new_tokens, temperature, top_p)
-        out.extend(_decode(new, chunk, processor.tokenizer, model.generation_config.eos_token_id))
-    return out
-
-
-def _hf_batch(
-    model: Any, inputs: dict[str, torch.Tensor], max_new_tokens: int, temperature: float,
-    top_p: float,
-) -> torch.Tensor:  # fmt: skip
-    """The new tokens of one `generate` call (prompt cut off)."""
-    # A response never holds image placeholders: a sampled `<|image_pad|>` would ask the next
-    # step for image features that do not exist (tiny random models do produce them).
-    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-    vision = [i for i in (getattr(model.config, name, None) for name in names) if i is not None]
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-    with torch.no_grad():
-        ids = model.generate(
-            **inputs,
-            **(sampling if temperature > 0 else {"do_sample": False}),
-            max_new_tokens=max_new_tokens,
-            suppress_tokens=vision,
-            use_cache=True,
-        )
-    return ids[:, inputs["input_ids"].shape[1] :].cpu()
-
-
-def _decode(
-    new: torch.Tensor, indices: list[int], tokenizer: Any, eos: int | list[int]
-) -> list[Generation]:
-    """Cut each row at its first end token and decode it."""
-    end = torch.tensor(eos if isinstance(eos, list) else [eos])
-    is_end = torch.isin(new, end)
-    out = []
-    for index, row, ends in zip(indices, new, is_end):
-        stop = int(ends.long().argmax()) if bool(ends.any()) else len(row)
-        text = tokenizer.decode(row[:stop].tolist(), skip_special_tokens=True)
-        out.append(Generation(index, text, stop, not bool(ends.any())))
+        new = sampling.sample(model, inputs, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_p=top_p)  # fmt: skip
+        texts = sampling.decode(processor.tokenizer, new)
+        out.extend(Generation(i, text, tokens, bool(cut))
+                   for i, text, tokens, cut in zip(chunk, texts, new.lengths, new.truncated))  # fmt: skip
     return out
 
 

@@ -25,7 +25,6 @@ import contextlib
 import logging
 import math
 import multiprocessing as mp
-import os
 import threading
 import time
 from collections import deque
@@ -493,8 +492,3 @@ class VerifyPool:
             worker.proc.kill()
             worker.proc.join(timeout=2)
         worker.conn.close()
-
-
-def default_workers() -> int:
-    """Two workers, or fewer on a one-core machine."""
-    return max(1, min(2, os.cpu_count() or 1))

@@ -1,14 +1,14 @@
 """GSPO in one process, on CPU: the debug engine. verl (`mmr rl train`) is the training engine.
 
-    mmr rl local --config recipes/demo/tiny_gspo.yaml
-    python -m mmr.rl.local --config recipes/demo/tiny_gspo.yaml model.path=runs/demo/sft/final \
-        trainer.output_dir=runs/demo/gspo trainer.max_steps=20
+    mmr rl local --config recipes/demo/tiny_gspo.yaml model.path=runs/demo/sft/final \
+        data.train_files=[runs/demo/rl/train.parquet] trainer.output_dir=runs/demo/gspo
 
-verl's trainer needs GPUs and a vLLM/SGLang rollout; on a CPU it hangs or fails. This file
-runs the same algorithm in one process for the demo, the tests and reward debugging. A step:
+verl's trainer is the one that scales (vLLM rollouts, FSDP, Ray; it runs on CPU too, see
+`recipes/demo/tiny_gspo_verl.yaml`). This file runs the same algorithm in one process, with
+no servers, for the tests, the demo's fallback and reward debugging. A step:
 
-1. a batch of prompts (a Sample file, or tasks from `mmr.data.synthetic` when the recipe
-   names none), each answered `rollout.n` times by HF `generate` (sampling, seeded per step);
+1. a batch of prompts from the recipe's Sample files, each answered `rollout.n` times by HF
+   `generate` (`mmr.models.generate`: sampling, seeded per step);
 2. rewards through `mmr.rewards.score_batch`, the scorer verl's bridge and `mmr eval` use
    (group = the prompt, so the group-relative length term sees all n siblings);
 3. group advantages from verl's `compute_grpo_outcome_advantage`;
@@ -18,7 +18,8 @@ runs the same algorithm in one process for the demo, the tests and reward debugg
    (the vision tower and projector are frozen by default, as in SFT).
 
 Left out: vLLM, KL and entropy terms (the recipe has neither), dynamic batches
-(micro-batches are fixed-size), Ray, multi-device. Losses and advantages are verl's functions, imported, never rewritten.
+(micro-batches are fixed-size), Ray, multi-device. Losses and advantages are verl's
+functions, imported, never rewritten; checkpoints are `mmr.checkpoint`'s, as SFT's.
 
 Outputs in `trainer.output_dir`: config.yaml, data_stats.json, metrics.jsonl (per step:
 `reward`, `reward/<part>`, judge fallbacks, errors, `response/length`, `loss`, `clip_fraction`,
@@ -33,35 +34,41 @@ import json
 import logging
 import math
 import random
-import shutil
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mmr.config import config_to_dict, load_config, save_config
+from mmr.checkpoint import (
+    CheckpointError,
+    TrainerState,
+    begin_save,
+    checkpoint_root,
+    find_resume_dir,
+    load_rng,
+    mark_complete,
+    prune,
+    read_state,
+    safe_load,
+    save_rng,
+    write_state,
+)
+from mmr.config import ConfigError, config_to_dict, load_config, require_paths, save_config
 from mmr.data.chat import build_messages, decode_images
 from mmr.data.io import read_samples
 from mmr.data.schema import Sample
 from mmr.metrics import MetricLogger, truncate_jsonl
-from mmr.models import freeze_modules, load_model, load_processor
+from mmr.models import generate
+from mmr.models.build import build_model, check_model_path
 from mmr.models.export import save_hf_checkpoint
 from mmr.rewards import RewardConfig, score_batch, summarize
-from mmr.rl.local_config import LocalRLConfig, RolloutSection
-from mmr.training import (
-    resolve_dtype,
-    rng_state,
-    set_pixel_budget,
-    set_rng_state,
-    tiny_model_if_unset,
-    warn_on_config_change,
-)
+from mmr.rl.local_config import LocalRLConfig
 
 logger = logging.getLogger("mmr.rl.local")
 
@@ -71,8 +78,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="recipe YAML (recipes/demo/tiny_gspo.yaml)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args(argv)
-    train(load_config(LocalRLConfig, args.config, args.overrides))
+    try:
+        cfg = load_config(LocalRLConfig, args.config, args.overrides)
+        preflight(cfg)
+    except (ConfigError, CheckpointError) as err:
+        print(f"mmr rl local: {err}", file=sys.stderr)
+        return 2
+    train(cfg)
     return 0
+
+
+def preflight(cfg: LocalRLConfig) -> None:
+    """What can be checked before the model loads: the model, the data, the resume folder."""
+    check_model_path("model.path", cfg.model.path)
+    require_paths("data.train_files", cfg.data.train_files)
+    find_resume_dir(cfg.trainer.resume, cfg.trainer.output_dir)
 
 
 def train(cfg: LocalRLConfig) -> dict[str, Any]:
@@ -80,11 +100,12 @@ def train(cfg: LocalRLConfig) -> dict[str, Any]:
     from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
     logging.basicConfig(level=logging.INFO)
+    preflight(cfg)
     out = Path(cfg.trainer.output_dir)
     save_config(cfg, out / "config.yaml")
 
     # The model is both the rollout policy and the one trained: no separate inference engine.
-    model, processor, device = build_model(cfg, out)
+    model, processor, device = build_policy(cfg)
     prompts = load_prompts(cfg, processor, out)
     per_epoch = len(prompts) // cfg.data.batch_size
     total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * per_epoch
@@ -150,22 +171,12 @@ def train(cfg: LocalRLConfig) -> dict[str, Any]:
 # ---- setup --------------------------------------------------------------------------
 
 
-def build_model(cfg: LocalRLConfig, out: Path) -> tuple[Any, Any, torch.device]:
+def build_policy(cfg: LocalRLConfig) -> tuple[Any, Any, torch.device]:
     """Model (vision tower and projector frozen by default), processor and device."""
     choice = cfg.trainer.device
     use_cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
-    dtype = resolve_dtype(cfg.model.dtype, device)
-    path = tiny_model_if_unset(cfg.model.path, cfg.model.tiny_family, out, cfg.trainer.seed)
-    model = load_model(path, dtype=dtype, attn_implementation=cfg.model.attn_implementation)
-    model.to(device)
-    counts = freeze_modules(model, cfg.model.freeze)
-    processor = load_processor(path)
-    set_pixel_budget(processor, cfg.model.min_pixels, cfg.model.max_pixels)
-    logger.info(
-        "model %s: %s trainable / %s frozen parameters (freeze=%s), dtype %s, device %s",
-        path, f"{counts.trainable:,}", f"{counts.frozen:,}", cfg.model.freeze, dtype, device,
-    )  # fmt: skip
+    model, processor = build_model(cfg.model, device)
     return model, processor, device
 
 
@@ -179,18 +190,8 @@ class Prompt:
 
 def load_prompts(cfg: LocalRLConfig, processor: Any, out: Path) -> list[Prompt]:
     """Every usable prompt; unreadable and overlong ones are skipped and counted."""
-    files = list(cfg.data.train_files)
-    if not files and cfg.data.synthetic > 0:
-        from mmr.data.synthetic import write_synthetic
-
-        path = out / "data" / "train.parquet"
-        if not path.is_file():
-            write_synthetic(path, cfg.data.synthetic, seed=cfg.trainer.seed, with_response=False)
-        files = [str(path)]
-    if not files:
-        raise ValueError("set data.train_files, or data.synthetic > 0 to generate prompts")
     prompts, skipped = [], Counter()
-    for file in files:
+    for file in cfg.data.train_files:
         for sample in read_samples(file, fmt=cfg.data.format, image_root=cfg.data.image_root):
             try:
                 chat = build_messages(
@@ -254,16 +255,6 @@ def build_actor_config(cfg: LocalRLConfig) -> Any:
     )  # entropy_coeff 0 and use_kl_loss False are verl's defaults (and the recipe's)
 
 
-@dataclass
-class TrainerState:
-    """Where training stands: enough to continue with the same prompts at the same point."""
-
-    step: int = 0  # RL steps done
-    epoch: int = 0  # epoch the next batch comes from
-    position: int = 0  # prompts of that epoch already used
-    seed: int = 0
-
-
 def next_batch(prompts: list[Prompt], state: TrainerState, cfg: LocalRLConfig) -> list[Prompt]:
     """The next `data.batch_size` prompts of a seeded per-epoch order (a short tail is skipped)."""
     size = cfg.data.batch_size
@@ -316,47 +307,19 @@ def generate_rollouts(
     inputs = processor(text=[p.text for p in rows], images=flat or None, padding=True,
                        padding_side="left", return_tensors="pt")  # fmt: skip
     inputs = {k: v.to(device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-    responses = sample_responses(model, inputs, cfg.rollout)
-    end_ids = model.generation_config.eos_token_id
-    end_ids = torch.tensor(end_ids if isinstance(end_ids, list) else [end_ids], device=device)
-    is_end = torch.isin(responses, end_ids).long()
-    mask = (is_end.cumsum(-1) - is_end == 0).long()  # up to and including the first end token
-    texts = processor.tokenizer.batch_decode(
-        [r[m.bool()].tolist() for r, m in zip(responses, mask)], skip_special_tokens=True
-    )
+    r = cfg.rollout
+    out = generate.sample(model, inputs, max_new_tokens=r.max_new_tokens,
+                          temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)  # fmt: skip
     return Rollouts(
         inputs=inputs,
         image_offsets=[0, *np.cumsum([len(imgs) for imgs in images]).tolist()],
-        responses=responses,
-        response_mask=mask,
-        truncated=is_end.sum(-1) == 0,
+        responses=out.tokens,
+        response_mask=out.mask,
+        truncated=out.truncated,
         samples=[p.sample for p in rows],
         groups=[str(i // n) for i in range(len(rows))],
-        texts=texts,
+        texts=generate.decode(processor.tokenizer, out),
     )
-
-
-def sample_responses(
-    model: Any, inputs: dict[str, torch.Tensor], r: RolloutSection
-) -> torch.Tensor:
-    """HF `generate` with the recipe's sampling settings; returns only the new tokens."""
-    # A response never holds image placeholders: a sampled `<|image_pad|>` would ask the next
-    # forward for image features that do not exist (tiny random models do sample them).
-    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-    vision = [getattr(model.config, name, None) for name in names]
-    model.eval()
-    with torch.no_grad():
-        out = model.generate(
-            **inputs,
-            do_sample=True,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            top_k=max(r.top_k, 0),  # HF: 0 turns top-k off
-            max_new_tokens=r.max_new_tokens,
-            suppress_tokens=[i for i in vision if i is not None],
-            use_cache=True,
-        )
-    return out[:, inputs["input_ids"].shape[1] :]
 
 
 # ---- rewards and advantages ---------------------------------------------------------
@@ -530,60 +493,34 @@ def write_rollouts(
 
 # ---- checkpoints --------------------------------------------------------------------
 
-STATE_FILE = "trainer_state.json"
-
 
 def save_checkpoint(
     out: Path, state: TrainerState, model: Any, optimizer: Any, scheduler: Any, cfg: LocalRLConfig
 ) -> Path:
-    """checkpoints/step_N: state.pt (model, optimizer, scheduler, RNG) and trainer_state.json
-    (step, epoch, data position, seed, config). Written to a hidden folder, then renamed: a
-    run killed in the middle of a save resumes from the previous checkpoint."""
-    root = out / "checkpoints"
-    folder, tmp = root / f"step_{state.step}", root / f".step_{state.step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    rng = rng_state()
+    """checkpoints/step_N (`mmr.checkpoint`'s layout): state.pt (model, optimizer,
+    scheduler), the RNG and trainer_state.json; complete.json last, so a run killed in the
+    middle of a save resumes from the previous checkpoint."""
+    root = checkpoint_root(out)
+    folder = begin_save(root, state.step)
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": rng}, tmp / "state.pt")  # fmt: skip
-    (tmp / STATE_FILE).write_text(json.dumps({**asdict(state), "config": config_to_dict(cfg)}))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    keep = cfg.trainer.keep_checkpoints
-    for old in checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+                "scheduler": scheduler.state_dict()}, folder / "state.pt")  # fmt: skip
+    save_rng(folder, rank=0)
+    write_state(folder, state, config_to_dict(cfg))
+    mark_complete(folder)
+    prune(root, cfg.trainer.keep_checkpoints)
     return folder
-
-
-def checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a save in progress is a hidden `.step_N.tmp`)."""
-    return sorted(root.glob("step_*"), key=lambda p: int(p.name.removeprefix("step_")))
-
-
-def find_resume_dir(resume: str | None, out: Path) -> Path | None:
-    """The checkpoint to resume from: `auto` = the latest in output_dir (None if none yet)."""
-    if resume in (None, "", "false", "False"):
-        return None
-    if resume in ("auto", "true", "True"):  # None when nothing was saved yet: start fresh
-        return (checkpoints(out / "checkpoints") or [None])[-1]
-    if not (Path(resume) / STATE_FILE).is_file():
-        raise FileNotFoundError(f"trainer.resume={resume!r} is not a checkpoint (no {STATE_FILE})")
-    return Path(resume)
 
 
 def load_checkpoint(
     folder: Path, model: Any, optimizer: Any, scheduler: Any, config: dict[str, Any]
 ) -> TrainerState:
-    """Restore model, optimizer, scheduler and RNG; warn where the config differs."""
-    # This run's own file: the RNG states hold Python and numpy objects.
-    saved = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+    """Restore model, optimizer, scheduler and RNG (weights_only); warn where the config differs."""
+    saved = safe_load(folder / "state.pt")
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    set_rng_state(saved["rng"])
-    state = json.loads((folder / STATE_FILE).read_text())
-    warn_on_config_change(state.pop("config", {}), config)
-    return TrainerState(**state)
+    load_rng(folder, rank=0)
+    return read_state(folder, config)
 
 
 if __name__ == "__main__":  # the reward's math-verify workers start with forkserver

@@ -12,20 +12,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mmr.config import ConfigError, check_choice
+from mmr.config import (
+    ConfigError,
+    ModelSection,
+    OptimSection,
+    TrainerSection,
+    check_choice,
+    positive,
+)
 from mmr.metrics import WandbSection
 from mmr.rewards.config import RewardConfig
 
 
 @dataclass
-class ModelSection:
-    path: str | None = None  # HF folder (an SFT output); null builds a tiny model (CPU demo/tests)
-    tiny_family: str = "qwen2_5_vl"  # family of the tiny model built when path is null
-    freeze: list[str] = field(default_factory=lambda: ["vision_tower", "projector"])
+class RLModel(ModelSection):
     attn_implementation: str | None = None  # null: transformers' choice (sdpa)
-    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or float32 / bfloat16
-    max_pixels: int | None = None  # image processor budget per image (null: the checkpoint's)
-    min_pixels: int | None = None  # lower image budget (null: the checkpoint's)
 
 
 @dataclass
@@ -33,7 +34,6 @@ class DataSection:
     train_files: list[str] = field(default_factory=list)  # Sample parquet/JSONL files/folders
     format: str = "auto"  # auto | mmr | jsonl | mmfinereason | omr_sft (see mmr.data.io)
     image_root: str | None = None  # folder that relative image paths start from
-    synthetic: int = 0  # >0 and no train_files: generate this many tasks (mmr.data.synthetic)
     batch_size: int = 4  # prompts per step (verl: data.train_batch_size)
     max_prompt_length: int = 1024  # longer prompts (image tokens included) are dropped; 0: keep
     shuffle: bool = True  # shuffle prompts each epoch (seeded: resumes reproduce it)
@@ -65,41 +65,30 @@ class AlgorithmSection:
 
 
 @dataclass
-class OptimSection:
+class RLOptim(OptimSection):
     lr: float = 1e-6  # learning rate (OpenMMReasoner: 1e-6)
     weight_decay: float = 0.1  # AdamW weight decay (OpenMMReasoner: 0.1)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
-    eps: float = 1e-8  # AdamW epsilon
     warmup_steps: int = 25  # linear warmup, in RL steps (OpenMMReasoner: 25)
     scheduler: str = "constant"  # constant (verl's default) | cosine
-    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
-    grad_clip: float = 1.0  # max global grad norm (0: off); non-finite norms skip the step
+    # (grad_clip: non-finite norms skip the step, as in verl)
 
 
 @dataclass
-class TrainerSection:
+class RLTrainer(TrainerSection):
     output_dir: str = "runs/rl_local"  # config.yaml, metrics.jsonl, rollouts.jsonl, checkpoints
-    seed: int = 42  # seeds prompt order and every step's sampling
-    epochs: int = 1  # passes over the prompts (max_steps wins when > 0)
-    max_steps: int = 0  # RL steps in all; 0: epochs x prompts // data.batch_size
     save_steps: int = 0  # checkpoint every N steps (0: only at the end)
-    keep_checkpoints: int = 2  # newest checkpoints kept on disk
-    resume: str | None = None  # null | "auto" (latest in output_dir) | a checkpoint folder
-    log_steps: int = 1  # metrics every N steps
     log_rollouts: bool = True  # write every rollout's text, score and parts to rollouts.jsonl
-    export: bool = True  # write an HF folder to output_dir/final at the end
-    device: str = "auto"  # auto | cpu | cuda
 
 
 @dataclass
 class LocalRLConfig:
-    model: ModelSection = field(default_factory=ModelSection)
+    model: RLModel = field(default_factory=RLModel)
     data: DataSection = field(default_factory=DataSection)
     rollout: RolloutSection = field(default_factory=RolloutSection)
     algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
-    optim: OptimSection = field(default_factory=OptimSection)
+    optim: RLOptim = field(default_factory=RLOptim)
     reward: RewardConfig = field(default_factory=RewardConfig)
-    trainer: TrainerSection = field(default_factory=TrainerSection)
+    trainer: RLTrainer = field(default_factory=RLTrainer)
     wandb: WandbSection = field(default_factory=WandbSection)
 
     def __post_init__(self) -> None:
@@ -111,12 +100,10 @@ class LocalRLConfig:
              "seq-mean-token-sum-norm"),
         )  # fmt: skip
         check_choice("optim.scheduler", self.optim.scheduler, ("constant", "cosine"))
-        check_choice("trainer.device", self.trainer.device, ("auto", "cpu", "cuda"))
-        check_choice("model.dtype", self.model.dtype, ("auto", "float32", "bfloat16"))
-        _positive("rollout.n", self.rollout.n)
-        _positive("data.batch_size", self.data.batch_size)
-        _positive("rollout.max_new_tokens", self.rollout.max_new_tokens)
-        _positive("algorithm.ppo_epochs", self.algorithm.ppo_epochs)
+        positive("rollout.n", self.rollout.n)
+        positive("data.batch_size", self.data.batch_size)
+        positive("rollout.max_new_tokens", self.rollout.max_new_tokens)
+        positive("algorithm.ppo_epochs", self.algorithm.ppo_epochs)
         if self.rollout.temperature <= 0:
             raise ConfigError(
                 "config key 'rollout.temperature' must be > 0: GSPO needs sampled groups "
@@ -133,10 +120,4 @@ class LocalRLConfig:
                 "config key 'algorithm.ppo_micro_batch_size' must be >= 0 "
                 f"(0: the whole mini-batch), got {self.algorithm.ppo_micro_batch_size}"
             )
-        if self.trainer.max_steps <= 0 and self.trainer.epochs <= 0:
-            raise ConfigError("set trainer.max_steps or trainer.epochs to a positive number")
-
-
-def _positive(key: str, value: int) -> None:
-    if value < 1:
-        raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
+        positive("optim.warmup_steps", self.optim.warmup_steps, zero_ok=True)

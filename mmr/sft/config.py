@@ -8,24 +8,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mmr.config import ConfigError, check_choice
+from mmr.config import (
+    ConfigError,
+    ModelSection,
+    OptimSection,
+    TrainerSection,
+    check_choice,
+    positive,
+)
 from mmr.metrics import WandbSection
 
 
 @dataclass
-class ModelSection:
-    path: str | None = None  # HF id or local folder; null builds a tiny model (CPU demo/tests)
-    tiny_family: str = "qwen2_5_vl"  # family of the tiny model built when path is null
-    freeze: list[str] = field(default_factory=lambda: ["vision_tower", "projector"])
+class SFTModel(ModelSection):
     attn_implementation: str | None = None  # null: flash_attention_2 if installed, else sdpa_varlen
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     # Loss from hidden states by torch's chunked linear_cross_entropy: no (tokens x vocab)
     # logits in memory (mmr/sft/loss.py). null: on GPU; off on CPU, where memory is not the
     # limit and it was 16% slower at a 152K vocabulary. false, or ZeRO-3: transformers' loss.
     chunked_loss: bool | None = None
-    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or float32 / bfloat16
-    max_pixels: int | None = None  # image processor budget per image (null: the checkpoint's)
-    min_pixels: int | None = None  # lower image budget (null: the checkpoint's)
 
 
 @dataclass
@@ -45,19 +46,12 @@ class DataSection:
     # GPU, 0 on CPU (where the thread competes with the step for the same cores).
     prefetch: int | None = None
     system_prompt: str | None = None  # prepended as a system turn to every sample
-    synthetic: int = 0  # >0: generate this many synthetic visual tasks when train_files is empty
 
 
 @dataclass
-class OptimSection:
-    lr: float = 1e-5  # peak learning rate
-    weight_decay: float = 0.0  # AdamW weight decay
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
-    eps: float = 1e-8  # AdamW epsilon
+class SFTOptim(OptimSection):
     warmup_ratio: float = 0.1  # fraction of steps with linear warmup
     scheduler: str = "cosine"  # cosine | linear | constant
-    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
-    grad_clip: float = 1.0  # max global grad norm (0: off)
 
 
 @dataclass
@@ -71,11 +65,8 @@ class DeepSpeedSection:
 
 
 @dataclass
-class TrainerSection:
+class SFTTrainer(TrainerSection):
     output_dir: str = "runs/sft"  # run folder: config.yaml, metrics.jsonl, checkpoints, final/
-    seed: int = 42  # seeds data order and any randomness in the model
-    epochs: int = 1  # passes over the data (max_steps wins when > 0)
-    max_steps: int = 0  # optimizer steps in all; 0: epochs x rows per epoch
     # How epochs become steps when max_steps is 0. exact: count epoch 0's micro-batches
     # (tokenizes the whole epoch once before step 1: minutes for 100K samples, hours for
     # millions). estimate: rows from file metadata / mean samples per micro-batch of the
@@ -83,36 +74,32 @@ class TrainerSection:
     plan_steps: str = "exact"  # exact | estimate
     plan_sample: int = 256  # micro-batches tokenized for the estimate
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
-    save_steps: int = 500  # checkpoint every N optimizer steps (0: only at the end)
-    keep_checkpoints: int = 2  # newest checkpoints kept on disk
-    resume: str | None = None  # null | "auto" (latest in output_dir) | a checkpoint folder
-    log_steps: int = 1  # metrics every N optimizer steps
-    export: bool = True  # write an HF folder to output_dir/final at the end
-    device: str = "auto"  # auto | cpu | cuda
 
 
 @dataclass
 class SFTConfig:
-    model: ModelSection = field(default_factory=ModelSection)
+    model: SFTModel = field(default_factory=SFTModel)
     data: DataSection = field(default_factory=DataSection)
-    optim: OptimSection = field(default_factory=OptimSection)
+    optim: SFTOptim = field(default_factory=SFTOptim)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
-    trainer: TrainerSection = field(default_factory=TrainerSection)
+    trainer: SFTTrainer = field(default_factory=SFTTrainer)
     wandb: WandbSection = field(default_factory=WandbSection)
 
     def __post_init__(self) -> None:
         check_choice("data.truncation", self.data.truncation, ("drop", "cut"))
         check_choice("optim.scheduler", self.optim.scheduler, ("cosine", "linear", "constant"))
         check_choice("deepspeed.zero_stage", self.deepspeed.zero_stage, (2, 3))
-        check_choice("trainer.device", self.trainer.device, ("auto", "cpu", "cuda"))
         check_choice("trainer.plan_steps", self.trainer.plan_steps, ("exact", "estimate"))
-        check_choice("model.dtype", self.model.dtype, ("auto", "float32", "bfloat16"))
         if self.data.packing and self.data.max_length > self.data.packing_length:
             raise ConfigError(
                 f"data.max_length ({self.data.max_length}) must be <= data.packing_length "
                 f"({self.data.packing_length}) when packing"
             )
-        if self.trainer.max_steps <= 0 and self.trainer.epochs <= 0:
-            raise ConfigError("set trainer.max_steps or trainer.epochs to a positive number")
-        if self.data.prefetch is not None and self.data.prefetch < 0:
-            raise ConfigError("config key 'data.prefetch' must be >= 0 (or null)")
+        positive("optim.warmup_ratio", self.optim.warmup_ratio, zero_ok=True)
+        positive("trainer.plan_sample", self.trainer.plan_sample)
+        positive("trainer.gradient_accumulation_steps", self.trainer.gradient_accumulation_steps)
+        positive("data.max_length", self.data.max_length)
+        positive("data.packing_length", self.data.packing_length)
+        positive("data.batch_size", self.data.batch_size)
+        if self.data.prefetch is not None:
+            positive("data.prefetch", self.data.prefetch, zero_ok=True)

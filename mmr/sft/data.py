@@ -88,6 +88,12 @@ class SFTStream:
                 continue  # already trained on before the resume
             yield self._collate(group)
 
+    def micro_batch_sizes(self, epoch: int) -> Iterator[int]:
+        """Samples in each micro-batch of `epoch` for this rank, in order: what `batches`
+        would yield, tokenized and packed but not collated (for planning the step count)."""
+        for group in self._groups(epoch):
+            yield len(group)
+
     def _groups(self, epoch: int) -> Iterator[list[TokenizedSample]]:
         cfg = self.cfg
         items = (

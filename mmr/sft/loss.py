@@ -39,8 +39,9 @@ class CausalLMLoss:
         self.chunked = chunked
 
     def __call__(self, forward: Callable[..., Any], inputs: dict[str, Any]) -> torch.Tensor:
+        inputs = {**inputs, "use_cache": False}  # `packing.model_inputs` sets it too
         if not self.chunked:
-            return forward(**inputs, use_cache=False).loss
+            return forward(**inputs).loss
         labels = inputs["labels"]
         rest = {k: v for k, v in inputs.items() if k != "labels"}
         no_logits = torch.zeros(0, dtype=torch.long, device=labels.device)
@@ -48,7 +49,7 @@ class CausalLMLoss:
         kept: list[torch.Tensor] = []
         hook = self.model.model.register_forward_hook(lambda m, a, out: kept.append(out[0]))
         try:
-            forward(**rest, use_cache=False, logits_to_keep=no_logits)
+            forward(**rest, logits_to_keep=no_logits)
         finally:
             hook.remove()
         if len(kept) != 1:

@@ -38,17 +38,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mmr.config import config_to_dict, load_config, save_config
+from mmr.checkpoint import CheckpointError, TrainerState, find_resume_dir
+from mmr.config import ConfigError, config_to_dict, load_config, require_paths, save_config
 from mmr.data.io import count_rows
+from mmr.data.packing import model_inputs
 from mmr.metrics import MetricLogger
-from mmr.models import attention, freeze_modules, load_model, load_processor
+from mmr.models import attention
+from mmr.models.build import build_model, check_model_path, resolve_dtype
 from mmr.models.export import save_hf_checkpoint
-from mmr.sft.checkpoint import TrainerState, find_resume_dir, load_checkpoint, save_checkpoint
+from mmr.sft.checkpoint import load_checkpoint, save_checkpoint
 from mmr.sft.config import SFTConfig
 from mmr.sft.data import SFTStream, prefetched
 from mmr.sft.loss import CausalLMLoss, use_chunked
 from mmr.sft.perf import count_params, peak_flops, sample_lengths, step_flops
-from mmr.training import resolve_dtype, set_pixel_budget, tiny_model_if_unset
 
 logger = logging.getLogger("mmr.sft")
 
@@ -58,13 +60,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="recipe YAML (recipes/*_sft.yaml)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args(argv)
-    cfg = load_config(SFTConfig, args.config, args.overrides)
+    try:
+        cfg = load_config(SFTConfig, args.config, args.overrides)
+        preflight(cfg)
+    except (ConfigError, CheckpointError) as err:
+        print(f"mmr sft: {err}", file=sys.stderr)
+        return 2
     train(cfg)
     return 0
 
 
+def preflight(cfg: SFTConfig) -> None:
+    """What can be checked before DeepSpeed starts: the model, the data, the resume folder."""
+    check_model_path("model.path", cfg.model.path)
+    require_paths("data.train_files", cfg.data.train_files)
+    find_resume_dir(cfg.trainer.resume, cfg.trainer.output_dir)
+
+
 def train(cfg: SFTConfig) -> dict[str, Any]:
     """Run the recipe; returns the last step's metrics."""
+    preflight(cfg)
     rank, world_size, device = setup_distributed(cfg.trainer.device)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING)
     seed_everything(cfg.trainer.seed)
@@ -74,25 +89,15 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
 
     # Model: dtype and attention kernel follow the device; the vision tower is frozen.
     dtype = resolve_dtype(cfg.model.dtype, device)
-    model_path = prepare_model_path(cfg, out, rank)
-    model = load_model(
-        model_path, dtype=dtype, attn_implementation=resolve_attention(cfg.model, device)
+    model, processor = build_model(
+        cfg.model, device, attn_implementation=resolve_attention(cfg.model, device)
     )
     # No KV cache in training (the packed attention mask needs it off, too).
     getattr(model.config, "text_config", model.config).use_cache = False
-    counts = freeze_modules(model, cfg.model.freeze)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    processor = load_processor(model_path)
-    set_pixel_budget(processor, cfg.model.min_pixels, cfg.model.max_pixels)
-    logger.info(
-        "model %s: %s trainable / %s frozen parameters (freeze=%s), dtype %s, attention %s",
-        model_path, f"{counts.trainable:,}", f"{counts.frozen:,}", cfg.model.freeze, dtype,
-        model.config._attn_implementation,
-    )  # fmt: skip
 
     # Data: a deterministic stream per (seed, epoch, rank), so resume can replay it.
-    prepare_data_files(cfg, out, rank)
     stream = SFTStream(
         cfg.data,
         processor,
@@ -154,7 +159,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     while state.step < total_steps:
         trained_any = False
         batches = prefetched(
-            stream.batches(state.epoch, skip=state.batches_in_epoch),
+            stream.batches(state.epoch, skip=state.position),
             prefetch_depth(cfg.data.prefetch, device),
             pin=device.type == "cuda",
         )
@@ -162,13 +167,13 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
             for batch in synced(batches, device):
                 trained_any = True
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                inputs = {k: v for k, v in batch.items() if k != "num_tokens"}
+                inputs = model_inputs(batch)
                 loss = lm_loss(engine, inputs) + vision.zero_term(batch)
                 boundary = engine.is_gradient_accumulation_boundary()
                 lr = scheduler.get_last_lr()[0]  # the rate this optimizer step uses
                 engine.backward(loss)
                 engine.step()
-                state.batches_in_epoch += 1
+                state.position += 1
                 window.append(perf.micro_stats(batch, loss))
                 if not boundary:
                     continue
@@ -187,13 +192,13 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                 if not trained_any:
                     raise RuntimeError(f"epoch {state.epoch} produced no batches on some rank")
                 if rank == 0:
-                    (out / "data_stats.json").write_text(
-                        json.dumps(stream.stats.as_dict(), indent=2)
-                    )
+                    write_data_stats(out, stream, state.epoch, whole_epoch=True)
                 state.epoch += 1
-                state.batches_in_epoch = 0
+                state.position = 0
         finally:
             batches.close()  # stops the prefetch thread when the loop ends early
+        if rank == 0 and state.step >= total_steps and state.position > 0:
+            write_data_stats(out, stream, state.epoch, whole_epoch=False)
 
     # The end: a last checkpoint (if the periodic one missed it) and the HF export.
     if cfg.trainer.save_steps > 0 and state.step % cfg.trainer.save_steps != 0:
@@ -267,29 +272,6 @@ def resolve_attention(model_cfg: Any, device: torch.device) -> str:
     return attention.register()
 
 
-def prepare_model_path(cfg: SFTConfig, out: Path, rank: int) -> str:
-    """`model.path`, or a tiny model built offline into the run folder (by rank 0)."""
-    if rank == 0:
-        tiny_model_if_unset(cfg.model.path, cfg.model.tiny_family, out, cfg.trainer.seed)
-    if dist.is_initialized():
-        dist.barrier()
-    return cfg.model.path or str(out / "base_model")
-
-
-def prepare_data_files(cfg: SFTConfig, out: Path, rank: int) -> None:
-    """Generate the synthetic set when the recipe asks for it and names no files."""
-    if cfg.data.train_files or cfg.data.synthetic <= 0:
-        return
-    from mmr.data.synthetic import write_synthetic
-
-    path = out / "data" / "train.parquet"
-    if rank == 0 and not path.is_file():
-        write_synthetic(path, cfg.data.synthetic, seed=cfg.trainer.seed, split="train")
-    if dist.is_initialized():
-        dist.barrier()
-    cfg.data.train_files = [str(path)]
-
-
 def plan_total_steps(cfg: SFTConfig, stream: SFTStream, device: torch.device) -> int:
     """`trainer.max_steps`, else epochs x (micro-batches per epoch on the shortest rank)."""
     if cfg.trainer.max_steps > 0:
@@ -297,7 +279,7 @@ def plan_total_steps(cfg: SFTConfig, stream: SFTStream, device: torch.device) ->
     if cfg.trainer.plan_steps == "estimate":
         n = torch.tensor(estimate_micro_batches(cfg, stream), device=device)
     else:
-        n = torch.tensor(sum(1 for _ in stream._groups(0)), device=device)
+        n = torch.tensor(sum(1 for _ in stream.micro_batch_sizes(0)), device=device)
     if dist.is_initialized():
         dist.all_reduce(n, op=dist.ReduceOp.MIN)
     steps = cfg.trainer.epochs * int(n) // cfg.trainer.gradient_accumulation_steps
@@ -317,8 +299,8 @@ def estimate_micro_batches(cfg: SFTConfig, stream: SFTStream) -> int:
     micro-batch from the first `trainer.plan_sample` micro-batches of epoch 0. When the
     sample is the whole epoch, or a file's rows cannot be counted cheaply, the count is exact.
     """
-    groups = stream._groups(0)
-    sizes = [len(g) for g in itertools.islice(groups, cfg.trainer.plan_sample)]
+    groups = stream.micro_batch_sizes(0)
+    sizes = list(itertools.islice(groups, cfg.trainer.plan_sample))
     if len(sizes) < cfg.trainer.plan_sample:
         return len(sizes)  # the whole epoch was seen
     counts = [count_rows(path) for path in cfg.data.train_files]
@@ -480,6 +462,13 @@ class PerfMeter:
             "perf/mfu": None if self.peak is None else flops / (dt * self.peak * self.world_size),
             "perf/step_s": dt,
         }
+
+
+def write_data_stats(out: Path, stream: SFTStream, epoch: int, *, whole_epoch: bool) -> None:
+    """data_stats.json: what rank 0's stream read, dropped, cut and packed in `epoch` (a run
+    that stops inside an epoch reports what it read of that epoch, `whole_epoch` false)."""
+    stats = {"epoch": epoch, "whole_epoch": whole_epoch, **stream.stats.as_dict()}
+    (out / "data_stats.json").write_text(json.dumps(stats, indent=2))
 
 
 def check_ranks_agree(engine: Any, out: Path, rank: int) -> None:

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from mmr.config import load_config
+from mmr.models import generate
 from mmr.rl import local
 from mmr.rl.local_config import LocalRLConfig
 from tests.fake_openai import FakeJudgeServer
@@ -28,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "demo" / "tiny_gspo.yaml"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 SMALL = [
-    "data.synthetic=8",
     "data.batch_size=2",
     "rollout.n=4",
     "rollout.max_new_tokens=16",
@@ -62,18 +62,34 @@ def _no_judge_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_step_run(tmp_path_factory) -> Path:
-    """2 steps through `python -m mmr.rl.local`, as users launch it (tiny model built)."""
+def prompts(tmp_path_factory) -> Path:
+    """8 generated visual tasks, prompts only."""
+    from mmr.data.synthetic import write_synthetic
+
+    path = tmp_path_factory.mktemp("gspo_prompts") / "train.parquet"
+    write_synthetic(path, 8, seed=0, with_response=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(prompts, tiny_qwen2_5_vl) -> list[str]:
+    """The tiny model and the prompts, as overrides."""
+    return [f"model.path={tiny_qwen2_5_vl}", f"data.train_files=[{prompts}]"]
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory, inputs) -> Path:
+    """2 steps through `python -m mmr.rl.local`, as users launch it."""
     out = tmp_path_factory.mktemp("gspo_two")
     cmd = [sys.executable, "-m", "mmr.rl.local", "--config", str(RECIPE),
            f"trainer.output_dir={out}", "trainer.max_steps=2", "trainer.save_steps=1",
-           *SMALL, *WITH_PLUGIN]  # fmt: skip
+           *inputs, *SMALL, *WITH_PLUGIN]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
 
-def test_two_steps_write_metrics_checkpoints_and_a_loadable_final(two_step_run):
+def test_two_steps_write_metrics_checkpoints_and_a_loadable_final(two_step_run, tiny_qwen2_5_vl):
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     out = two_step_run
@@ -91,11 +107,13 @@ def test_two_steps_write_metrics_checkpoints_and_a_loadable_final(two_step_run):
         folder = out / "checkpoints" / f"step_{step}"
         state = json.loads((folder / "trainer_state.json").read_text())
         assert (state["step"], state["epoch"], state["position"]) == (step, 0, 2 * step)
-        saved = torch.load(folder / "state.pt", weights_only=False)
-        assert set(saved) == {"model", "optimizer", "scheduler", "rng"}
+        saved = torch.load(folder / "state.pt", weights_only=True)  # nothing unpickled
+        assert set(saved) == {"model", "optimizer", "scheduler"}
+        assert set(torch.load(folder / "rng_rank0.pt", weights_only=True)) == {
+            "python", "numpy", "torch", "cuda"}  # fmt: skip
 
     final = Qwen2_5_VLForConditionalGeneration.from_pretrained(out / "final")
-    base = Qwen2_5_VLForConditionalGeneration.from_pretrained(out / "base_model")
+    base = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_qwen2_5_vl)
     assert AutoProcessor.from_pretrained(out / "final").tokenizer.chat_template
     trained, frozen = [], []
     for (name, p), q in zip(final.named_parameters(), base.parameters()):
@@ -103,14 +121,14 @@ def test_two_steps_write_metrics_checkpoints_and_a_loadable_final(two_step_run):
     assert all(frozen) and not all(trained)  # vision tower frozen, language model moved
 
 
-def test_resume_reproduces_the_uninterrupted_run(two_step_run, tmp_path):
+def test_resume_reproduces_the_uninterrupted_run(two_step_run, inputs, tmp_path):
     straight = tmp_path / "straight"
     local.main(["--config", str(RECIPE), f"trainer.output_dir={straight}", "trainer.max_steps=3",
-                "trainer.save_steps=0", "trainer.export=false", *SMALL, *WITH_PLUGIN])  # fmt: skip
+                "trainer.save_steps=0", "trainer.export=false", *inputs, *SMALL, *WITH_PLUGIN])  # fmt: skip
     resumed = tmp_path / "resumed"
     shutil.copytree(two_step_run, resumed)
     local.main(["--config", str(RECIPE), f"trainer.output_dir={resumed}", "trainer.max_steps=3",
-                "trainer.save_steps=1", "trainer.export=false", *SMALL, *WITH_PLUGIN])  # fmt: skip
+                "trainer.save_steps=1", "trainer.export=false", *inputs, *SMALL, *WITH_PLUGIN])  # fmt: skip
 
     a, b = _metrics(straight), _metrics(resumed)
     assert sorted(a) == sorted(b) == [1, 2, 3]
@@ -204,17 +222,17 @@ def test_a_judge_that_goes_down_mid_run_does_not_stop_the_engine(
     prompts = write_synthetic(tmp_path / "prompts.parquet", 4, kinds=["count", "digits"],
                               with_response=False)  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2_5_vl)
-    real_sample, words = local.sample_responses, itertools.cycle(["seven", "nine", "a dozen"])
+    real_sample, words = generate.sample, itertools.cycle(["seven", "nine", "a dozen"])
 
-    def half_scripted(model, inputs, r):
-        real = real_sample(model, inputs, r)
+    def half_scripted(model, inputs, **how):
+        real = real_sample(model, inputs, **how).tokens
         text = f"<think>I count.</think> The answer is \\boxed{{about {next(words)}}}<|im_end|>"
         ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
         out = torch.full((len(real), max(real.shape[1], len(ids))), tokenizer.pad_token_id)
         out[:, : real.shape[1]] = real
         out[::2] = tokenizer.pad_token_id
         out[::2, : len(ids)] = ids
-        return out
+        return generate.cut_at_end(out, model.generation_config.eos_token_id)
 
     server = FakeJudgeServer().start()
     real_score, calls = local.score_batch, []
@@ -227,7 +245,7 @@ def test_a_judge_that_goes_down_mid_run_does_not_stop_the_engine(
             server.stop()
         return rows
 
-    monkeypatch.setattr(local, "sample_responses", half_scripted)
+    monkeypatch.setattr(generate, "sample", half_scripted)
     monkeypatch.setattr(local, "score_batch", score_then_stop_the_judge)
     out = tmp_path / "run"
     local.main([
@@ -247,7 +265,7 @@ def test_a_judge_that_goes_down_mid_run_does_not_stop_the_engine(
 
 
 @pytest.mark.parametrize("agg", ["seq-mean-token-mean", "token-mean"])
-def test_micro_batches_give_the_same_update_as_one_batch(tmp_path, agg):
+def test_micro_batches_give_the_same_update_as_one_batch(tmp_path, inputs, agg):
     # ppo_micro_batch_size splits each mini-batch's forward/backward; verl's global batch
     # info scales each micro loss, so the accumulated gradient, the step and the reported
     # loss are those of one whole-batch pass.
@@ -255,10 +273,10 @@ def test_micro_batches_give_the_same_update_as_one_batch(tmp_path, agg):
 
     from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
-    cfg = load_config(LocalRLConfig, RECIPE, [*SMALL, "data.batch_size=2", "rollout.n=4",
+    cfg = load_config(LocalRLConfig, RECIPE, [*inputs, *SMALL, "data.batch_size=2", "rollout.n=4",
                       f"algorithm.loss_agg_mode={agg}", "optim.lr=1e-2"])  # fmt: skip
     torch.manual_seed(0)
-    model, processor, device = local.build_model(cfg, tmp_path)
+    model, processor, device = local.build_policy(cfg)
     prompts = local.load_prompts(cfg, processor, tmp_path)
     batch = local.next_batch(prompts, local.TrainerState(seed=0), cfg)
     rollouts = local.generate_rollouts(model, processor, batch, cfg, device)

@@ -56,12 +56,13 @@ def _write_data(path: Path, n: int = 96, text_only_every: int = 3) -> Path:
     return path
 
 
-def _sft(out: Path, data: Path, *overrides: str, wait: bool = True):
+def _sft(out: Path, data: Path, *overrides: str, base: Path, wait: bool = True):
     cmd = [
         str(BIN / "mmr"),
         "sft",
         "--config",
         str(RECIPE),
+        f"model.path={base}",
         f"data.train_files=[{data}]",
         f"trainer.output_dir={out}",
         "data.packing_length=256",
@@ -94,9 +95,9 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, data) -> Path:
+def reference_run(tmp_path_factory, data, tiny_qwen2_5_vl) -> Path:
     out = tmp_path_factory.mktemp("sft_ref")
-    _sft(out, data, "trainer.max_steps=8", "trainer.save_steps=4")
+    _sft(out, data, "trainer.max_steps=8", "trainer.save_steps=4", base=tiny_qwen2_5_vl)
     return out
 
 
@@ -118,8 +119,8 @@ def test_loss_falls_and_run_folder_is_complete(reference_run):
 VISION_PREFIX = "visual."
 
 
-def test_frozen_weights_are_bit_identical_and_trained_ones_moved(reference_run):
-    base = load_file(reference_run / "base_model" / "model.safetensors")
+def test_frozen_weights_are_bit_identical_and_trained_ones_moved(reference_run, tiny_qwen2_5_vl):
+    base = load_file(tiny_qwen2_5_vl / "model.safetensors")
     final = load_file(reference_run / "final" / "model.safetensors")
     assert base.keys() == final.keys()
     visual = [k for k in base if k.startswith(VISION_PREFIX)]
@@ -130,13 +131,13 @@ def test_frozen_weights_are_bit_identical_and_trained_ones_moved(reference_run):
     assert any(not torch.equal(base[k], final[k]) for k in language)
 
 
-def test_only_trainable_parameters_reach_the_optimizer(reference_run):
+def test_only_trainable_parameters_reach_the_optimizer(reference_run, tiny_qwen2_5_vl):
     folder = reference_run / "checkpoints" / "step_8"
     optim_file = next(folder.glob("*optim_states.pt"))
     state = torch.load(optim_file, weights_only=False)["optimizer_state_dict"]
     partitions = state["single_partition_of_fp32_groups"]
     n_optimized = sum(p.numel() for p in partitions)
-    base = load_file(reference_run / "base_model" / "model.safetensors")
+    base = load_file(tiny_qwen2_5_vl / "model.safetensors")
     n_language = sum(v.numel() for k, v in base.items() if not k.startswith(VISION_PREFIX))
     n_visual = sum(v.numel() for k, v in base.items() if k.startswith(VISION_PREFIX))
     # ZeRO pads the flat partition to an alignment boundary; never by a vision tower's worth.
@@ -158,12 +159,12 @@ def test_export_reloads_and_generates(reference_run):
     assert out.shape[1] > inputs["input_ids"].shape[1]
 
 
-def test_killed_run_resumes_with_the_same_losses(tmp_path, data, reference_run):
+def test_killed_run_resumes_with_the_same_losses(tmp_path, data, reference_run, tiny_qwen2_5_vl):
     out = tmp_path / "killed"
     # The reference run reads its data in the loop (CPU default); this one in the prefetch
     # thread: the same order, so the same losses.
     proc = _sft(out, data, "trainer.max_steps=8", "trainer.save_steps=4", "data.prefetch=2",
-                wait=False)  # fmt: skip
+                base=tiny_qwen2_5_vl, wait=False)  # fmt: skip
     deadline = time.time() + 300
     # Kill it (SIGKILL: no cleanup) once it has trained past the step-4 checkpoint.
     while time.time() < deadline and proc.poll() is None:
@@ -176,29 +177,29 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, data, reference_run):
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_4"
 
     _sft(out, data, "trainer.max_steps=8", "trainer.save_steps=4", "trainer.resume=auto",
-         "data.prefetch=2")  # fmt: skip
+         "data.prefetch=2", base=tiny_qwen2_5_vl)  # fmt: skip
     resumed, reference = _losses(out), _losses(reference_run)
     assert sorted(resumed) == sorted(reference)
     for step in reference:
         assert resumed[step] == pytest.approx(reference[step], abs=1e-6), step
 
 
-def test_text_only_and_image_samples_train_the_vision_tower(tmp_path, data):
+def test_text_only_and_image_samples_train_the_vision_tower(tmp_path, data, tiny_qwen2_5_vl):
     out = tmp_path / "unfrozen"
     # No packing and one sample per micro-batch: every third micro-batch is text only.
     _sft(out, data, "model.freeze=[]", "data.packing=false", "data.shuffle=false",
-         "trainer.max_steps=4", "trainer.save_steps=0")  # fmt: skip
-    base = load_file(out / "base_model" / "model.safetensors")
+         "trainer.max_steps=4", "trainer.save_steps=0", base=tiny_qwen2_5_vl)  # fmt: skip
+    base = load_file(tiny_qwen2_5_vl / "model.safetensors")
     final = load_file(out / "final" / "model.safetensors")
     moved = [k for k in base if k.startswith(VISION_PREFIX) and not torch.equal(base[k], final[k])]
     assert moved
 
 
-def test_torchrun_two_ranks_agree(tmp_path, data):
+def test_torchrun_two_ranks_agree(tmp_path, data, tiny_qwen2_5_vl):
     out = tmp_path / "ddp"
     cmd = [
         str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()),
-        "-m", "mmr.sft.train", "--config", str(RECIPE),
+        "-m", "mmr.sft.train", "--config", str(RECIPE), f"model.path={tiny_qwen2_5_vl}",
         f"data.train_files=[{data}]", f"trainer.output_dir={out}",
         "data.packing_length=256", "data.max_length=256",
         "trainer.max_steps=3", "trainer.save_steps=0", "trainer.export=false",
@@ -210,14 +211,14 @@ def test_torchrun_two_ranks_agree(tmp_path, data):
     assert sorted(_losses(out)) == [1, 2, 3]
 
 
-def test_qwen3_vl_with_zero3_trains_and_exports(tmp_path, data):
+def test_qwen3_vl_with_zero3_trains_and_exports(tmp_path, data, tiny_qwen3_vl):
     """The other family, and ZeRO-3: export gathers the partitioned weights."""
     out = tmp_path / "qwen3_z3"
-    _sft(out, data, "model.tiny_family=qwen3_vl", "deepspeed.zero_stage=3",
-         "trainer.max_steps=4", "trainer.save_steps=0")  # fmt: skip
+    _sft(out, data, "deepspeed.zero_stage=3", "trainer.max_steps=4", "trainer.save_steps=0",
+         base=tiny_qwen3_vl)  # fmt: skip
     losses = _losses(out)
     assert losses[4] < losses[1]
-    base = load_file(out / "base_model" / "model.safetensors")
+    base = load_file(tiny_qwen3_vl / "model.safetensors")
     final = load_file(out / "final" / "model.safetensors")
     assert base.keys() == final.keys()
     # Qwen3-VL's frozen parts include pos_embed and the deepstack mergers.
@@ -256,7 +257,7 @@ def test_estimated_plan_is_close_to_the_exact_count(data, tiny_qwen2_5_vl):
     for rank in (0, 1):
         stream = SFTStream(cfg.data, processor, model.model.get_rope_index, seed=0, rank=rank,
                            world_size=2)  # fmt: skip
-        exact = sum(1 for _ in stream._groups(0))
+        exact = sum(1 for _ in stream.micro_batch_sizes(0))
         assert exact > 4  # the sample is a part of the epoch
         estimate = estimate_micro_batches(cfg, stream)
         assert abs(estimate - exact) <= max(1, 0.25 * exact), (estimate, exact)
@@ -291,7 +292,7 @@ def test_estimated_plan_counts_a_json_list_exactly(tmp_path, tiny_qwen2_5_vl, ca
                  "trainer.plan_steps=estimate", "trainer.plan_sample=2"]  # fmt: skip
     cfg = load_config(SFTConfig, None, overrides)
     stream = SFTStream(cfg.data, processor, model.model.get_rope_index, seed=0)
-    exact = sum(1 for _ in stream._groups(0))
+    exact = sum(1 for _ in stream.micro_batch_sizes(0))
     assert exact > 2
     with caplog.at_level("WARNING", logger="mmr.sft.train"):
         assert estimate_micro_batches(cfg, stream) == exact
@@ -369,11 +370,18 @@ def test_prefetch_keeps_order_raises_errors_and_stops_early():
     assert not any(t.name == "mmr-sft-prefetch" for t in threading.enumerate())
 
 
-def test_chunked_loss_trains_like_transformers_loss(tmp_path, data, reference_run):
+def test_chunked_loss_trains_like_transformers_loss(tmp_path, data, reference_run, tiny_qwen2_5_vl):
     # CPU default is transformers' loss; the chunked loss (GPU default) through the real CLI
     # and DeepSpeed gives the same losses step by step, so every gradient reached AdamW.
     out = tmp_path / "chunked"
-    _sft(out, data, "model.chunked_loss=true", "trainer.max_steps=8", "trainer.save_steps=4")
+    _sft(
+        out,
+        data,
+        "model.chunked_loss=true",
+        "trainer.max_steps=8",
+        "trainer.save_steps=4",
+        base=tiny_qwen2_5_vl,
+    )
     chunked, reference = _losses(out), _losses(reference_run)
     assert sorted(chunked) == sorted(reference)
     for step in reference:
