@@ -26,6 +26,21 @@ multi_turn, placeholder_mismatch, bad_field (a value of the wrong type), corrupt
 (a row group that cannot be decoded: all its unread rows are counted).
 Images referenced by path resolve against `image_root` (default: the file's folder).
 
+Bad files are skipped the same way, one rule for every reader (pipeline stages, SFT, RL
+prepare, eval): a data file that is empty (0 bytes), unreadable, not parquet despite its
+name (bad magic, a truncated footer) or not JSON text (binary data under .jsonl) is never
+opened by pyarrow or json: it is logged with its path and reason and recorded in
+`ReadStats.skipped_files` (path -> reason), so each caller's report names it. Only when no
+file at `path` is readable does `read_samples` raise (ValueError, naming the path and the
+files), at the call.
+
+A folder is read whole: every .parquet and .jsonl file under it, in path order, each in
+its own format (a mixed folder loses no rows; reading one kind would drop the other
+silently, and refusing would fail folders that mix shards on purpose). `.json` files are
+data only in a folder without parquet shards: beside parquet they are metadata (HF dataset
+folders keep `dataset_info.json` there); those left out are named in a warning. Names
+starting with "." or "_" (temporary files, `_manifest.json`) are never read.
+
 Writers write to a hidden temporary name beside the target and rename on close, so a run
 that dies leaves no file that looks complete.
 """
@@ -92,6 +107,13 @@ class ReadStats:
     skipped: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
     max_examples: int = 3  # example messages kept per reason
+    files: int = 0  # data files read
+    skipped_files: dict[str, str] = field(default_factory=dict)  # path -> why it was not read
+
+    def skip_file(self, path: Path, reason: str) -> None:
+        """Record one data file that is not read; every one is logged with its path."""
+        self.skipped_files[str(path)] = reason
+        logger.warning("skipping data file %s: %s", path, reason)
 
     def skip(self, reason: str, message: str) -> None:
         """Count one skipped row; log the first of each reason."""
@@ -107,6 +129,9 @@ class ReadStats:
     def summary(self) -> str:
         """Readable multi-line report."""
         lines = [f"read {self.read} rows, kept {self.kept}, skipped {self.read - self.kept}"]
+        if self.skipped_files:
+            lines.append(f"  files: {self.files} read, {len(self.skipped_files)} skipped")
+            lines += [f"    {path}: {why}" for path, why in self.skipped_files.items()]
         for reason, count in self.skipped.most_common():
             lines.append(f"  {reason}: {count}")
             lines += [f"    e.g. {example}" for example in self.examples.get(reason, [])]
@@ -119,6 +144,8 @@ class ReadStats:
             "kept": self.kept,
             "skipped": dict(self.skipped),
             "examples": {k: list(v) for k, v in self.examples.items()},
+            "files": self.files,
+            "skipped_files": dict(self.skipped_files),
         }
 
 
@@ -135,16 +162,19 @@ def read_samples(
     stats: ReadStats | None = None,
     validate_images: bool = True,
 ) -> Iterator[Sample]:
-    """Yield the Samples in a file or a folder of shards, skipping (and counting) bad rows.
+    """Yield the Samples in a file or a folder of shards, skipping (and counting) bad rows
+    and bad files (module docstring: a folder's parquet and JSONL files are all read).
 
+    Raises at the call: FileNotFoundError when `path` holds no data file, ValueError when
+    none of its data files is readable (naming them and why).
     `validate_images` decodes every image with PIL to catch corrupt or truncated files;
     turn it off for data that this reader has already checked.
     """
     # Checked here, not on the first next(): a wrong path or format fails at the call.
     if fmt not in READ_FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(READ_FORMATS)}")
-    files = _list_files(Path(path))
     stats = stats if stats is not None else ReadStats()
+    files = _readable_files(Path(path), stats)
     root = Path(image_root) if image_root is not None else None
     return _read_files(files, fmt, root, batch_size, stats, validate_images)
 
@@ -158,7 +188,12 @@ def _read_files(
     validate: bool,
 ) -> Iterator[Sample]:
     for file in files:
-        records, file_fmt = _records(file, fmt, batch_size)
+        try:
+            records, file_fmt = _records(file, fmt, batch_size)
+        except (pa.ArrowException, OSError) as e:  # changed since it was checked
+            stats.skip_file(file, f"unreadable: {e}")
+            continue
+        stats.files += 1
         from_row, root = _FROM_ROW[file_fmt], image_root or file.parent
         for where, record in records:
             stats.read += 1
@@ -171,7 +206,7 @@ def _read_files(
                 continue
             stats.kept += 1
             yield sample
-    if stats.read > stats.kept:
+    if stats.read > stats.kept or stats.skipped_files:
         logger.info("read %s: %s", ", ".join(map(str, files[:3])), stats.summary())
 
 
@@ -233,10 +268,11 @@ def count_rows(path: str | os.PathLike[str]) -> int | None:
     """Rows in a file or folder without decoding them, or None where that needs a parse.
 
     Parquet rows come from the file footers, JSONL rows are its non-empty lines; a JSON list
-    gives None. Malformed rows count (reading them later skips and counts them).
+    gives None. Malformed rows count (reading them later skips and counts them); files the
+    reader skips do not (and, as there, no readable file at all raises ValueError).
     """
     total = 0
-    for file in _list_files(Path(path)):
+    for file in _readable_files(Path(path), None):
         if file.suffix == ".parquet":
             total += pq.ParquetFile(file).metadata.num_rows
         elif file.suffix == ".jsonl":
@@ -248,18 +284,22 @@ def count_rows(path: str | os.PathLike[str]) -> int | None:
 
 
 def parquet_files(path: str | os.PathLike[str]) -> list[Path] | None:
-    """The files `read_samples` reads at `path` when all of them are parquet (whose footers
-    give row counts and schemas without reading rows), else None (also for no such path)."""
+    """The readable files `read_samples` reads at `path` when all of its data files are
+    parquet (whose footers give row counts and schemas without reading rows), else None
+    (also for no such path). Files the reader skips (module docstring) are left out."""
     try:
-        files = _list_files(Path(path))
+        files, _ = _list_files(Path(path))
     except FileNotFoundError:
         return None
-    return files if all(f.suffix == ".parquet" for f in files) else None
+    if not all(f.suffix == ".parquet" for f in files):
+        return None
+    return [f for f in files if _unreadable(f) is None]
 
 
-def _list_files(path: Path) -> list[Path]:
+def _list_files(path: Path) -> tuple[list[Path], list[Path]]:
+    """(the data files at `path`, the .json files left out as metadata) in path order."""
     if path.is_file():
-        return [path]
+        return [path], []
     if not path.is_dir():
         raise FileNotFoundError(f"no such file or folder: {path}")
     files = [
@@ -268,12 +308,56 @@ def _list_files(path: Path) -> list[Path]:
         if p.is_file()
         and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
     ]
-    # A folder of parquet shards may sit beside JSON metadata; then only the shards count.
-    shards = [p for p in files if p.suffix == ".parquet"]
-    shards = shards or [p for p in files if p.suffix in (".jsonl", ".json")]
+    if any(p.suffix == ".parquet" for p in files):
+        shards = [p for p in files if p.suffix in (".parquet", ".jsonl")]
+        return shards, [p for p in files if p.suffix == ".json"]
+    shards = [p for p in files if p.suffix in (".jsonl", ".json")]
     if not shards:
         raise FileNotFoundError(f"no .parquet, .jsonl or .json files under {path}")
-    return shards
+    return shards, []
+
+
+def _readable_files(path: Path, stats: ReadStats | None) -> list[Path]:
+    """The data files at `path` that can be read; the others go to `stats.skip_file`
+    (unless `stats` is None: a caller that only counts). ValueError when none can."""
+    files, metadata = _list_files(path)
+    if metadata and stats is not None:
+        names = ", ".join(str(p.relative_to(path)) for p in metadata[:5])
+        more = f" and {len(metadata) - 5} more" if len(metadata) > 5 else ""
+        logger.warning(
+            "%s: not reading %d .json file(s) beside parquet shards, taken as metadata: %s%s",
+            path, len(metadata), names, more,
+        )  # fmt: skip
+    reasons = {file: _unreadable(file) for file in files}
+    readable = [file for file, reason in reasons.items() if reason is None]
+    if not readable:
+        bad = "; ".join(f"{f}: {why}" for f, why in list(reasons.items())[:5])
+        more = f"; and {len(files) - 5} more" if len(files) > 5 else ""
+        raise ValueError(f"no readable data file at {path} ({bad}{more})")
+    for file, reason in reasons.items():
+        if reason is not None and stats is not None:
+            stats.skip_file(file, reason)
+    return readable
+
+
+def _unreadable(file: Path) -> str | None:
+    """Why `file` cannot be read as data (checked before any row is read), or None."""
+    try:
+        if file.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        if file.suffix == ".parquet":
+            pq.read_metadata(file)  # magic bytes and footer: a 0-byte or truncated file fails
+            return None
+        with open(file, "rb") as f:
+            head = f.read(4096)
+    except (pa.ArrowException, OSError) as e:
+        kind = "parquet" if file.suffix == ".parquet" else "data"
+        return f"not a readable {kind} file: {e}"
+    magic = {b"PAR1": " (parquet)", b"\x1f\x8b": " (gzip)"}
+    if head.startswith(tuple(magic)) or b"\x00" in head:  # JSON text never holds a NUL byte
+        found = next((hint for m, hint in magic.items() if head.startswith(m)), "")
+        return f"binary data{found}, not JSON text"
+    return None
 
 
 Records = Iterator[tuple[str, Any]]  # (where, record or MalformedRow)

@@ -77,6 +77,7 @@ def evaluate(
         "top_p": top_p,
         "seed": seed,
         "skipped_rows": dict(stats.skipped),
+        "skipped_files": dict(stats.skipped_files),  # unreadable data files, with why
         "generate_s": round(t1 - t0, 2),
         "score_s": round(time.perf_counter() - t1, 2),
     }

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from mmr.data import ReadStats, Sample, SampleWriter, read_samples, write_samples
-from mmr.data.io import _json_list_records, count_rows
+from mmr.data.io import _json_list_records, count_rows, parquet_files
 from mmr.data.schema import MMFINEREASON_COLUMNS
 
 
@@ -375,3 +375,93 @@ def test_count_rows_reads_no_rows(tmp_path) -> None:
     listed = tmp_path / "rows.json"
     listed.write_text(json.dumps([{"id": "1"}]))
     assert count_rows(listed) is None  # a JSON list would have to be parsed
+
+
+def _rows(prefix: str, n: int) -> list[Sample]:
+    return [
+        Sample(id=f"{prefix}{i}", source="s", question=f"q{i}?", answer=str(i)) for i in range(n)
+    ]
+
+
+def test_mixed_folder_reads_every_parquet_and_jsonl_file(tmp_path, caplog) -> None:
+    folder = tmp_path / "mixed"
+    write_samples(folder / "a.parquet", _rows("a", 3))
+    write_samples(folder / "b.jsonl", _rows("b", 2))
+    write_samples(folder / "sub" / "c.jsonl", _rows("c", 2))
+    (folder / "dataset_info.json").write_text('{"features": {}}')  # metadata beside shards
+    stats = ReadStats()
+    with caplog.at_level(logging.WARNING, logger="mmr.data.io"):
+        ids = [s.id for s in read_samples(folder, stats=stats)]
+    assert ids == ["a0", "a1", "a2", "b0", "b1", "c0", "c1"]  # no row of either kind is lost
+    assert (stats.files, stats.skipped_files) == (3, {})
+    assert "dataset_info.json" in caplog.text and "metadata" in caplog.text
+    assert count_rows(folder) == 7
+    assert parquet_files(folder) is None  # not all parquet: no footer-only row count
+
+
+def _truncated_parquet(path: Path) -> None:
+    write_samples(path, _rows("t", 5))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # footer gone
+
+
+BAD_FILES = {
+    "empty.parquet": lambda p: p.write_bytes(b""),
+    "truncated.parquet": _truncated_parquet,
+    "magic.parquet": lambda p: p.write_text('{"id": "not parquet"}\n'),
+    "empty.jsonl": lambda p: p.write_bytes(b""),
+    "gzip.jsonl": lambda p: p.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03abc"),
+    "parquet.jsonl": lambda p: write_samples(p, _rows("p", 2), fmt="parquet"),
+}
+REASONS = {
+    "empty.parquet": "empty file (0 bytes)",
+    "truncated.parquet": "not a readable parquet file",
+    "magic.parquet": "not a readable parquet file",
+    "empty.jsonl": "empty file (0 bytes)",
+    "gzip.jsonl": "binary data (gzip), not JSON text",
+    "parquet.jsonl": "binary data (parquet), not JSON text",
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_bad_data_file_is_a_counted_skip_naming_the_file(tmp_path, caplog, name) -> None:
+    folder = tmp_path / "data"
+    write_samples(folder / "good-0.parquet", _rows("p", 4))
+    write_samples(folder / "good-1.jsonl", _rows("j", 3))
+    bad = folder / name
+    BAD_FILES[name](bad)
+    stats = ReadStats()
+    with caplog.at_level(logging.WARNING, logger="mmr.data.io"):
+        ids = [s.id for s in read_samples(folder, stats=stats)]
+    assert sorted(ids) == sorted([f"p{i}" for i in range(4)] + [f"j{i}" for i in range(3)])
+    assert stats.files == 2 and list(stats.skipped_files) == [str(bad)]
+    assert REASONS[name] in stats.skipped_files[str(bad)]
+    assert (stats.read, stats.kept) == (7, 7)  # a skipped file is no row
+    assert str(bad) in caplog.text and REASONS[name] in caplog.text
+    assert str(bad) in stats.summary() and stats.as_dict()["skipped_files"] == stats.skipped_files
+    assert count_rows(folder) == 7  # what the reader reads, not what the bad file claims
+
+
+def test_parquet_files_leaves_out_unreadable_shards(tmp_path) -> None:
+    write_samples(tmp_path / "a.parquet", _rows("a", 2))
+    (tmp_path / "b.parquet").write_bytes(b"")
+    _truncated_parquet(tmp_path / "c.parquet")
+    assert parquet_files(tmp_path) == [tmp_path / "a.parquet"]
+    assert [s.id for s in read_samples(tmp_path)] == ["a0", "a1"]
+
+
+def test_no_readable_file_fails_at_the_call_naming_it(tmp_path) -> None:
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"no readable data file at .*empty\.parquet.*0 bytes"):
+        read_samples(empty)  # at the call, not on the first next()
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "x.parquet").write_bytes(b"")
+    _truncated_parquet(folder / "y.parquet")
+    with pytest.raises(ValueError, match="no readable data file") as err:
+        read_samples(folder)
+    assert "x.parquet: empty file (0 bytes)" in str(err.value)
+    assert "y.parquet: not a readable parquet file" in str(err.value)
+    with pytest.raises(ValueError, match="no readable data file"):
+        count_rows(folder)

@@ -41,6 +41,17 @@ def test_prepare_writes_splits_and_counts_skips(tmp_path):
     assert saved["written"] == report["written"]
 
 
+def test_prepare_skips_an_unreadable_shard_and_reports_it(tmp_path):
+    shards = tmp_path / "curated"
+    write_samples(shards / "part-0.parquet", _samples())
+    (shards / "part-1.parquet").write_bytes(b"")
+    report = prepare(shards, tmp_path / "rl", val_fraction=0.25)
+    assert report["written"]["train"] + report["written"]["val"] == 25  # every good row
+    assert report["read"]["skipped_files"] == {
+        str(shards / "part-1.parquet"): "empty file (0 bytes)"
+    }
+
+
 def test_an_empty_split_gets_an_empty_file_not_a_stale_one(tmp_path):
     src = tmp_path / "curated.parquet"
     write_samples(src, _samples())

@@ -17,7 +17,8 @@ Sources, read in this order and streamed (never loaded whole):
 
 `subsets` keeps only those `source` values (MMFineReason's subsets: BMMR, Euclid30K, ...)
 and `max_samples` caps the rows per source. Rows left out or unreadable are counted in the
-report's `read` section. Images are not decoded here: clean checks them.
+report's `read` section, and so are data files that cannot be read (empty, corrupt: named
+in `read.skipped_files`, mmr.data.io). Images are not decoded here: clean checks them.
 
 Errors name what is wrong and stop the stage (exit 2 from the CLI): a dataset that cannot
 be loaded, a split it lacks, a column the format needs (`question`, `answer`, `messages`)
@@ -315,16 +316,19 @@ def collect_samples(cfg: CollectConfig, stats: ReadStats) -> Iterator[Sample]:
     hf = _open_hf_dataset(cfg) if cfg.dataset_id else None
     if cfg.subsets and known is not None and (hf is None or hf[2] is not None):
         _check_subsets(cfg.subsets, known | (hf[2] if hf else set()))
+    # Opened now, read lazily: a path with no readable file fails before the stage starts.
+    readers = [
+        _image_folder(path, cfg.format, stats)
+        if path.is_dir() and (path / _IMAGE_FOLDER_META).is_file()
+        else read_samples(
+            path, fmt=cfg.format, image_root=cfg.image_root, stats=stats, validate_images=False
+        )
+        for path in map(Path, cfg.paths)
+    ]
 
     def sources() -> Iterator[Sample]:
-        for path in map(Path, cfg.paths):
-            if path.is_dir() and (path / _IMAGE_FOLDER_META).is_file():
-                yield from _image_folder(path, cfg.format, stats)
-            else:
-                root = cfg.image_root
-                yield from read_samples(
-                    path, fmt=cfg.format, image_root=root, stats=stats, validate_images=False
-                )
+        for reader in readers:
+            yield from reader
         if hf is not None:
             yield from _hf_dataset(hf[0], hf[1], cfg, stats)
 

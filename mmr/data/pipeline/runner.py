@@ -198,7 +198,10 @@ def _input_identity(path: str | os.PathLike[str] | None) -> Any:
 def read_input(
     path: str | os.PathLike[str], *, fmt: str = "auto", validate_images: bool = False
 ) -> tuple[Iterator[Sample], ReadStats, int | None]:
-    """(samples, their ReadStats, row count when parquet metadata tells it) for a stage."""
+    """(samples, their ReadStats, row count when parquet metadata tells it) for a stage.
+
+    Files the reader skips (empty, unreadable) are named in the stats and left out of the
+    count; an input with no readable file raises ValueError here, before the stage starts."""
     stats = ReadStats()
     samples = read_samples(path, fmt=fmt, stats=stats, validate_images=validate_images)
     files = parquet_files(path)
@@ -432,6 +435,10 @@ def format_report(report: dict[str, Any]) -> str:
         width = max(len(r[1]) for r in rows)
         lines.append(f"  {'filter':<12} {'reason':<{width}} {'rows':>8}")
         lines += [f"  {f:<12} {r:<{width}} {n:>8}" for f, r, n in rows]
+    skipped_files = read.get("skipped_files") or {}
+    if skipped_files:
+        lines.append(f"  skipped {len(skipped_files)} unreadable input file(s):")
+        lines += [f"    {path}: {why}" for path, why in skipped_files.items()]
     return "\n".join(lines)
 
 

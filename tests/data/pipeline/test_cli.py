@@ -102,6 +102,40 @@ def test_errors_exit_2(tmp_path, capsys):
     assert "api_base" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("step", ["collect", "clean"])
+def test_unreadable_input_files_are_skipped_and_named_in_the_report(tmp_path, capsys, caplog, step):
+    tasks = generate_tasks(6, with_response=False)
+    shards = tmp_path / "shards"
+    write_samples(shards / "part-0.parquet", tasks[:4])
+    write_samples(shards / "part-1.jsonl", tasks[4:])  # a mixed folder: both kinds are read
+    (shards / "part-2.parquet").write_bytes(b"")  # a writer that died before its footer
+    out = tmp_path / "out"
+    assert main(["run", "--step", step, "--input", str(shards), "--output", str(out)]) == 0
+    report = json.loads((out / "reports" / f"{step}.json").read_text())
+    assert report["rows_in"] == 6  # every row of the good files
+    assert report["read"]["files"] == 2
+    assert report["read"]["skipped_files"] == {
+        str(shards / "part-2.parquet"): "empty file (0 bytes)"
+    }
+    assert f"{shards / 'part-2.parquet'}: empty file (0 bytes)" in capsys.readouterr().out
+    assert f"skipping data file {shards / 'part-2.parquet'}" in caplog.text  # the warning
+
+
+@pytest.mark.parametrize("step", ["collect", "clean"])
+def test_input_without_a_readable_file_exits_2_naming_the_files(tmp_path, capsys, step):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "part-0.parquet").write_bytes(b"")
+    (shards / "part-1.parquet").write_bytes(b"not parquet at all")
+    out = tmp_path / "out"
+    assert main(["run", "--step", step, "--input", str(shards), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"no readable data file at {shards}" in err
+    assert "part-0.parquet: empty file (0 bytes)" in err
+    assert "part-1.parquet: not a readable parquet file" in err
+    assert not (out / "reports").exists()  # refused before the stage started
+
+
 # ---------------------------------------------------------------------------------------
 # `mmr data dedup` and `mmr data difficulty`
 
