@@ -30,11 +30,11 @@ import logging
 import os
 import threading
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mmr.config import config_to_dict
-from mmr.rewards.accuracy import Decision, extract_final_answer, relaxed_match
+from mmr.rewards.accuracy import QA, Decision, extract_final_answer, relaxed_match
 from mmr.rewards.config import RewardConfig
 from mmr.rewards.format import score_format
 from mmr.rewards.length import count_tokens, length_parts
@@ -63,13 +63,11 @@ class _Row:
     """Working state of one rollout while the stages run."""
 
     response: str
-    gold: str
-    question: str
+    qa: QA  # its answer is set once the rules have extracted it
     data_source: Any
     extra_info: Any
     group: Any
     given_tokens: Any
-    answer: str | None = None
     decision: Decision = _UNDECIDED
     correct: bool = False
     decided_by: str = ""
@@ -114,7 +112,7 @@ class RewardScorer:
         plugin = [None] * len(rows)
         if self._plugin is not None:
             plugin = self._plugin.score_many(
-                [(r.data_source, r.response, r.gold, r.extra_info) for r in rows]
+                [(r.data_source, r.response, r.qa.gold, r.extra_info) for r in rows]
             )
         return [
             self._finish(row, length, n, src, result)
@@ -128,11 +126,11 @@ class RewardScorer:
         question = item.get("question")
         if question is None and isinstance(extra, Mapping):
             question = extra.get("question")
+        question = question if isinstance(question, str) else ""
         group = item.get("group")
         row = _Row(
             response=item.get("response") if isinstance(item.get("response"), str) else "",
-            gold=_as_text(item.get("ground_truth")),
-            question=question if isinstance(question, str) else "",
+            qa=QA(question, _as_text(item.get("ground_truth"))),
             data_source=item.get("data_source"),
             extra_info=extra,
             group=group_key(group, index),
@@ -146,7 +144,7 @@ class RewardScorer:
 
     def _run_rules(self, rows: list[_Row]) -> None:
         todo = [r for r in rows if r.error is None]
-        tasks = [(r.response, r.gold, r.question) for r in todo]
+        tasks = [(r.response, r.qa) for r in todo]
         acc = self.cfg.accuracy
         if acc.workers == 0 or len(tasks) < acc.chunk_size:
             results: list[Any] = [rule_stage(*task) for task in tasks]
@@ -157,8 +155,9 @@ class RewardScorer:
                 row.error = f"rules: {result}"
                 row.decided_by = "timeout" if result == "timeout" else "error"
                 continue
-            row.format, row.answer, how, row.decision = result
-            if row.answer is None:
+            row.format, answer, how, row.decision = result
+            row.qa = replace(row.qa, answer=answer)
+            if answer is None:
                 row.decided_by = f"no answer ({how})"
             elif row.decision.correct is not None:
                 row.correct = row.decision.correct
@@ -166,22 +165,22 @@ class RewardScorer:
 
     def _run_math_verify(self, rows: list[_Row]) -> None:
         acc = self.cfg.accuracy
-        todo = [r for r in rows if r.answer is not None and r.decision.correct is None]
+        todo = [r for r in rows if r.qa.answer is not None and r.decision.correct is None]
         if not acc.math_verify:
             for r in todo:
                 r.decided_by = "rules: undecided"
             return
         send = []
         for r in todo:
-            if len(r.answer) > acc.max_answer_chars or len(r.gold) > acc.max_answer_chars:
+            if len(r.qa.answer) > acc.max_answer_chars or len(r.qa.gold) > acc.max_answer_chars:
                 r.decided_by = f"skipped: longer than {acc.max_answer_chars} chars"
             else:
                 send.append(r)
         # Rollouts of one prompt repeat their answers: each distinct pair is verified once.
-        unique = list(dict.fromkeys((r.answer, r.gold) for r in send))
+        unique = list(dict.fromkeys((r.qa.answer, r.qa.gold) for r in send))
         verdicts = dict(zip(unique, verify_pairs(unique, acc)))
         for r in send:
-            result = verdicts[(r.answer, r.gold)]
+            result = verdicts[(r.qa.answer, r.qa.gold)]
             r.correct = result.correct
             r.decided_by = "math_verify" if result.status == "ok" else result.status
             if result.status != "ok":
@@ -189,7 +188,9 @@ class RewardScorer:
 
     def _run_judge(self, rows: list[_Row]) -> None:
         todo = [
-            r for r in rows if r.answer is not None and not r.correct and r.decision.correct is None
+            r
+            for r in rows
+            if r.qa.answer is not None and not r.correct and r.decision.correct is None
         ]
         if not todo:
             return
@@ -197,7 +198,7 @@ class RewardScorer:
         if judge is None:
             verdicts: list[bool | None] = [None] * len(todo)
         else:
-            verdicts = judge.judge_many([(r.question, r.gold, r.answer) for r in todo])
+            verdicts = judge.judge_many([r.qa for r in todo])
         for r, verdict in zip(todo, verdicts):
             if verdict is None:
                 r.judge_fallback = True
@@ -225,7 +226,7 @@ class RewardScorer:
             "length": float(length),
             "judge": row.judge,
             "judge_fallback": row.judge_fallback,
-            "extracted_answer": row.answer,
+            "extracted_answer": row.qa.answer,
             "decided_by": row.decided_by,
             "error": row.error,
             "response_tokens": tokens,
@@ -312,12 +313,12 @@ _POOLS: dict[tuple, VerifyPool] = {}
 _SCORERS: dict[str, RewardScorer] = {}
 
 
-def rule_stage(response: str, gold: str, question: str) -> tuple[float, str | None, str, Decision]:
+def rule_stage(response: str, qa: QA) -> tuple[float, str | None, str, Decision]:
     """Stage 1 of one row (module level: it runs in the workers): format part, final answer,
     how it was found, and the relaxed rules' decision (undecided when there is no answer)."""
     fmt = score_format(solution_str=response)
     answer, how = extract_final_answer(response)
-    decision = _UNDECIDED if answer is None else relaxed_match(answer, gold, question)
+    decision = _UNDECIDED if answer is None else relaxed_match(answer, qa.gold, qa.question)
     return fmt, answer, how, decision
 
 
