@@ -18,7 +18,8 @@ it afterwards, once the group is complete, and gives the `score` and `length` th
 `score_batch` gives the same rows scored together.
 
 Every row gets the same keys: `score`, `accuracy`, `format`, `length`, `judge` (None when
-the judge gave no verdict), `judge_fallback`, `extracted_answer`, `decided_by`, `error`
+the judge gave no verdict), `judge_fallback` (the judge failed and the rule result
+stood), `extracted_answer`, `decided_by`, `error`
 (None or a message), `response_tokens`, `tokens_source`, and with a plug-in `plugin`,
 `plugin_error` and the plug-in's own parts. A row never raises: bad input becomes `error` and a 0 score.
 """
@@ -33,7 +34,9 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mmr.config import config_to_dict
+from omegaconf import OmegaConf
+
+from mmr.config import config_from_dict, config_to_dict, load_config, parse_overrides
 from mmr.rewards.accuracy import QA, Decision, extract_final_answer, relaxed_match
 from mmr.rewards.config import RewardConfig
 from mmr.rewards.format import score_format
@@ -374,8 +377,11 @@ def score_batch(
 
 
 # verl stacks each key over the batch and takes the key list from the first rollout, so
-# every call returns exactly these keys (plug-in parts stay in score_batch's rows).
-VERL_KEYS = ("score", *PARTS, "judge", "judge_fallback", "pred")
+# every call returns exactly these keys, plus `judge` when the config turns the judge on
+# (plug-in parts stay in score_batch's rows). `acc` (the accuracy part, 0 or 1) and `pred`
+# (the extracted answer, "" when there is none) are the keys verl's validation metrics
+# read: `acc` is its core accuracy, `pred` the vote of its majority-vote (`maj@n`) metrics.
+VERL_KEYS = ("score", "acc", "pred", *PARTS, "judge_fallback")
 _CONFIGS: dict[tuple, RewardConfig] = {}
 
 
@@ -389,12 +395,13 @@ def compute_score(
     """verl's reward-function signature: one rollout, `score` plus every part.
 
     Safe to call from verl's worker threads (math-verify runs in worker processes). The
-    config comes from `config=` (a RewardConfig or a YAML path) and `overrides=` (a list
-    of `key=value`), both settable through verl's `reward.custom_reward_function.
-    reward_kwargs`, else from the `MMR_REWARD_CONFIG` environment variable, else defaults.
+    config comes from `config=` (a RewardConfig, the nested mapping of one, or a YAML
+    path) and `overrides=` (a list of `key=value`), both settable through verl's
+    `reward.custom_reward_function.reward_kwargs` (`mmr rl train` sets `config` there), else
+    from the `MMR_REWARD_CONFIG` environment variable, else defaults.
     A single rollout has no group, so the `group` length term is 0 here: `score_batch`
     or `add_group_length` (what mmr's verl bridge calls once a group is complete) adds it.
-    `pred` is the extracted answer, which verl uses for its majority-vote metrics.
+    Returns `VERL_KEYS`, and `judge` (1, 0, or None without a verdict) when the judge is on.
     """
     info = extra_info if isinstance(extra_info, Mapping) else {}
     item = {
@@ -405,10 +412,13 @@ def compute_score(
         "extra_info": extra_info,
         "response_tokens": kwargs.get("response_tokens", info.get("response_tokens")),
     }
-    row = score_batch([item], _resolve_config(kwargs.get("config"), kwargs.get("overrides")))[0]
-    out = {key: row[key] for key in VERL_KEYS if key in row}
-    out["judge_fallback"] = float(row["judge_fallback"])
-    out["pred"] = row["extracted_answer"] or ""
+    cfg = _resolve_config(kwargs.get("config"), kwargs.get("overrides"))
+    row = score_batch([item], cfg)[0]
+    given = {"acc": row["accuracy"], "pred": row["extracted_answer"] or "",
+             "judge_fallback": float(row["judge_fallback"])}  # fmt: skip
+    out = {key: given[key] if key in given else row[key] for key in VERL_KEYS}
+    if cfg.judge.is_enabled():
+        out["judge"] = row["judge"]
     return out
 
 
@@ -450,14 +460,20 @@ def add_group_length(
 def _resolve_config(config: Any, overrides: Any) -> RewardConfig:
     if isinstance(config, RewardConfig):
         return config
-    path = config or os.environ.get("MMR_REWARD_CONFIG") or None
     if isinstance(overrides, str):
         overrides = [overrides]
-    key = (path, tuple(overrides or ()))
+    overrides = tuple(overrides or ())
+    if isinstance(config, Mapping):  # verl hands a nested DictConfig over as it is
+        plain = OmegaConf.to_container(OmegaConf.create(dict(config)), resolve=True)
+        key: tuple = ("mapping", json.dumps(plain, sort_keys=True, default=str), overrides)
+        if key not in _CONFIGS:
+            merged = OmegaConf.merge(plain, parse_overrides(overrides))
+            _CONFIGS[key] = config_from_dict(RewardConfig, merged, "compute_score's config=")
+        return _CONFIGS[key]
+    path = config or os.environ.get("MMR_REWARD_CONFIG") or None
+    key = (path, overrides)
     if key not in _CONFIGS:
-        from mmr.config import load_config
-
-        _CONFIGS[key] = load_config(RewardConfig, path, list(key[1]))
+        _CONFIGS[key] = load_config(RewardConfig, path, list(overrides))
     return _CONFIGS[key]
 
 
@@ -483,7 +499,7 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         out[f"mean_{key}"] = sum(values) / len(values) if values else 0.0
     judged = [r["judge"] for r in rows if r.get("judge") is not None]
     out["judged"] = len(judged)
-    out["judge_fallbacks"] = sum(bool(r.get("judge_fallback")) for r in rows)
+    out["judge_fallback"] = sum(bool(r.get("judge_fallback")) for r in rows)
     out["errors"] = sum(r.get("error") is not None for r in rows)
     out["timeouts"] = sum(r.get("decided_by") == "timeout" for r in rows)
     out["no_answer"] = sum(r.get("extracted_answer") is None for r in rows)
