@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fake_openai
 
-from mmr.rewards.accuracy import extract_final_answer, relaxed_match
+from mmr.rewards.accuracy import QA, extract_final_answer, relaxed_match
 from mmr.rewards.compose import RewardScorer, shutdown
 from mmr.rewards.config import RewardConfig
 
@@ -210,8 +210,8 @@ def bench_judge(n: int, sequential_n: int) -> tuple[float, float]:
             judge = Judge(
                 JudgeConfig(enabled=True, base_url=server.base_url, concurrency=concurrency)
             )
-            judge.judge_many([("warm", "up", f"{concurrency}")])
-            items = [(f"q{i}", "2", f"answer {concurrency}-{i}") for i in range(count)]
+            judge.judge_many([QA("warm", "up", f"{concurrency}")])
+            items = [QA(f"q{i}", "2", f"answer {concurrency}-{i}") for i in range(count)]
             start = time.perf_counter()
             verdicts = judge.judge_many(items)
             results.append(time.perf_counter() - start)

@@ -38,6 +38,7 @@ __all__ = [
     "OptimSection",
     "TrainerSection",
     "check_choice",
+    "config_from_dict",
     "config_to_dict",
     "load_config",
     "parse_overrides",
@@ -71,6 +72,16 @@ def load_config(
         for _, layer in layers:
             merged = OmegaConf.merge(merged, layer)
         return OmegaConf.to_object(merged)  # resolves ${...} and validates types
+    except OmegaConfBaseException as err:
+        raise _as_config_error(err, schema) from None
+
+
+def config_from_dict(schema: type[T], data: Mapping[str, Any], origin: str = "a dict") -> T:
+    """Build a `schema` instance from a nested mapping (the inverse of `config_to_dict`),
+    with the same checks as `load_config`; `origin` names the mapping in errors."""
+    _check_keys(schema, data, prefix="", origin=origin)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
     except OmegaConfBaseException as err:
         raise _as_config_error(err, schema) from None
 

@@ -26,7 +26,7 @@ __all__ = ["accuracy_table", "format_table", "score_generations", "write_report"
 REWARD_KEYS = ("score", "accuracy", "format", "length", "judge", "judge_fallback",
                "extracted_answer", "decided_by", "error")  # fmt: skip
 COLUMNS = ("questions", "responses", "accuracy", "pass@n", "format", "mean_response_tokens",
-           "truncated", "no_answer", "judge_fallbacks", "errors")  # fmt: skip
+           "truncated", "no_answer", "judge_fallback", "errors")  # fmt: skip
 
 
 def score_generations(
@@ -70,7 +70,7 @@ def _row(records: list[Mapping[str, Any]]) -> dict[str, Any]:
         "mean_response_tokens": sum(r["response_tokens"] or 0 for r in records) / max(n, 1),
         "truncated": sum(bool(r.get("truncated")) for r in records) / max(n, 1),
         "no_answer": s["no_answer"] / max(n, 1),
-        "judge_fallbacks": s["judge_fallbacks"],
+        "judge_fallback": s["judge_fallback"],
         "errors": s["errors"],
     }
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 __all__ = [
+    "QA",
     "Decision",
     "extract_final_answer",
     "normalize_answer",
@@ -59,6 +60,16 @@ _MAX_PHRASE = 300
 _MAX_NUMBER_CHARS = 100
 # Beyond this only exact equality is tried by the rules.
 _MAX_RULE_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class QA:
+    """One answer to decide, as the rules, math-verify and the judge read it (frozen, so
+    it is also the judge's cache key)."""
+
+    question: str  # "" when the data has none
+    gold: str
+    answer: str | None = None  # the response's final answer; None until it is extracted
 
 
 @dataclass(frozen=True)

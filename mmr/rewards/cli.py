@@ -143,7 +143,7 @@ def _score(args: argparse.Namespace, scorer: Any) -> int:
     )
     print(
         "  counts  errors {errors}  timeouts {timeouts}  no answer {no_answer}  judged {judged}"
-        "  judge fallbacks {judge_fallbacks}".format(**summary)
+        "  judge fallbacks {judge_fallback}".format(**summary)
         + (f"  plugin errors {summary['plugin_errors']}" if "plugin_errors" in summary else "")
     )
     if scorer.cfg.length.mode != "none":

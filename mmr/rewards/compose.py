@@ -18,7 +18,8 @@ it afterwards, once the group is complete, and gives the `score` and `length` th
 `score_batch` gives the same rows scored together.
 
 Every row gets the same keys: `score`, `accuracy`, `format`, `length`, `judge` (None when
-the judge gave no verdict), `judge_fallback`, `extracted_answer`, `decided_by`, `error`
+the judge gave no verdict), `judge_fallback` (the judge failed and the rule result
+stood), `extracted_answer`, `decided_by`, `error`
 (None or a message), `response_tokens`, `tokens_source`, and with a plug-in `plugin`,
 `plugin_error` and the plug-in's own parts. A row never raises: bad input becomes `error` and a 0 score.
 """
@@ -30,11 +31,13 @@ import logging
 import os
 import threading
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from mmr.config import config_to_dict
-from mmr.rewards.accuracy import Decision, extract_final_answer, relaxed_match
+from omegaconf import OmegaConf
+
+from mmr.config import config_from_dict, config_to_dict, load_config, parse_overrides
+from mmr.rewards.accuracy import QA, Decision, extract_final_answer, relaxed_match
 from mmr.rewards.config import RewardConfig
 from mmr.rewards.format import score_format
 from mmr.rewards.length import count_tokens, length_parts
@@ -63,13 +66,11 @@ class _Row:
     """Working state of one rollout while the stages run."""
 
     response: str
-    gold: str
-    question: str
+    qa: QA  # its answer is set once the rules have extracted it
     data_source: Any
     extra_info: Any
     group: Any
     given_tokens: Any
-    answer: str | None = None
     decision: Decision = _UNDECIDED
     correct: bool = False
     decided_by: str = ""
@@ -114,7 +115,7 @@ class RewardScorer:
         plugin = [None] * len(rows)
         if self._plugin is not None:
             plugin = self._plugin.score_many(
-                [(r.data_source, r.response, r.gold, r.extra_info) for r in rows]
+                [(r.data_source, r.response, r.qa.gold, r.extra_info) for r in rows]
             )
         return [
             self._finish(row, length, n, src, result)
@@ -128,11 +129,11 @@ class RewardScorer:
         question = item.get("question")
         if question is None and isinstance(extra, Mapping):
             question = extra.get("question")
+        question = question if isinstance(question, str) else ""
         group = item.get("group")
         row = _Row(
             response=item.get("response") if isinstance(item.get("response"), str) else "",
-            gold=_as_text(item.get("ground_truth")),
-            question=question if isinstance(question, str) else "",
+            qa=QA(question, _as_text(item.get("ground_truth"))),
             data_source=item.get("data_source"),
             extra_info=extra,
             group=group_key(group, index),
@@ -146,7 +147,7 @@ class RewardScorer:
 
     def _run_rules(self, rows: list[_Row]) -> None:
         todo = [r for r in rows if r.error is None]
-        tasks = [(r.response, r.gold, r.question) for r in todo]
+        tasks = [(r.response, r.qa) for r in todo]
         acc = self.cfg.accuracy
         if acc.workers == 0 or len(tasks) < acc.chunk_size:
             results: list[Any] = [rule_stage(*task) for task in tasks]
@@ -157,8 +158,9 @@ class RewardScorer:
                 row.error = f"rules: {result}"
                 row.decided_by = "timeout" if result == "timeout" else "error"
                 continue
-            row.format, row.answer, how, row.decision = result
-            if row.answer is None:
+            row.format, answer, how, row.decision = result
+            row.qa = replace(row.qa, answer=answer)
+            if answer is None:
                 row.decided_by = f"no answer ({how})"
             elif row.decision.correct is not None:
                 row.correct = row.decision.correct
@@ -166,22 +168,22 @@ class RewardScorer:
 
     def _run_math_verify(self, rows: list[_Row]) -> None:
         acc = self.cfg.accuracy
-        todo = [r for r in rows if r.answer is not None and r.decision.correct is None]
+        todo = [r for r in rows if r.qa.answer is not None and r.decision.correct is None]
         if not acc.math_verify:
             for r in todo:
                 r.decided_by = "rules: undecided"
             return
         send = []
         for r in todo:
-            if len(r.answer) > acc.max_answer_chars or len(r.gold) > acc.max_answer_chars:
+            if len(r.qa.answer) > acc.max_answer_chars or len(r.qa.gold) > acc.max_answer_chars:
                 r.decided_by = f"skipped: longer than {acc.max_answer_chars} chars"
             else:
                 send.append(r)
         # Rollouts of one prompt repeat their answers: each distinct pair is verified once.
-        unique = list(dict.fromkeys((r.answer, r.gold) for r in send))
+        unique = list(dict.fromkeys((r.qa.answer, r.qa.gold) for r in send))
         verdicts = dict(zip(unique, verify_pairs(unique, acc)))
         for r in send:
-            result = verdicts[(r.answer, r.gold)]
+            result = verdicts[(r.qa.answer, r.qa.gold)]
             r.correct = result.correct
             r.decided_by = "math_verify" if result.status == "ok" else result.status
             if result.status != "ok":
@@ -189,7 +191,9 @@ class RewardScorer:
 
     def _run_judge(self, rows: list[_Row]) -> None:
         todo = [
-            r for r in rows if r.answer is not None and not r.correct and r.decision.correct is None
+            r
+            for r in rows
+            if r.qa.answer is not None and not r.correct and r.decision.correct is None
         ]
         if not todo:
             return
@@ -197,7 +201,7 @@ class RewardScorer:
         if judge is None:
             verdicts: list[bool | None] = [None] * len(todo)
         else:
-            verdicts = judge.judge_many([(r.question, r.gold, r.answer) for r in todo])
+            verdicts = judge.judge_many([r.qa for r in todo])
         for r, verdict in zip(todo, verdicts):
             if verdict is None:
                 r.judge_fallback = True
@@ -225,7 +229,7 @@ class RewardScorer:
             "length": float(length),
             "judge": row.judge,
             "judge_fallback": row.judge_fallback,
-            "extracted_answer": row.answer,
+            "extracted_answer": row.qa.answer,
             "decided_by": row.decided_by,
             "error": row.error,
             "response_tokens": tokens,
@@ -312,12 +316,12 @@ _POOLS: dict[tuple, VerifyPool] = {}
 _SCORERS: dict[str, RewardScorer] = {}
 
 
-def rule_stage(response: str, gold: str, question: str) -> tuple[float, str | None, str, Decision]:
+def rule_stage(response: str, qa: QA) -> tuple[float, str | None, str, Decision]:
     """Stage 1 of one row (module level: it runs in the workers): format part, final answer,
     how it was found, and the relaxed rules' decision (undecided when there is no answer)."""
     fmt = score_format(solution_str=response)
     answer, how = extract_final_answer(response)
-    decision = _UNDECIDED if answer is None else relaxed_match(answer, gold, question)
+    decision = _UNDECIDED if answer is None else relaxed_match(answer, qa.gold, qa.question)
     return fmt, answer, how, decision
 
 
@@ -373,8 +377,11 @@ def score_batch(
 
 
 # verl stacks each key over the batch and takes the key list from the first rollout, so
-# every call returns exactly these keys (plug-in parts stay in score_batch's rows).
-VERL_KEYS = ("score", *PARTS, "judge", "judge_fallback", "pred")
+# every call returns exactly these keys, plus `judge` when the config turns the judge on
+# (plug-in parts stay in score_batch's rows). `acc` (the accuracy part, 0 or 1) and `pred`
+# (the extracted answer, "" when there is none) are the keys verl's validation metrics
+# read: `acc` is its core accuracy, `pred` the vote of its majority-vote (`maj@n`) metrics.
+VERL_KEYS = ("score", "acc", "pred", *PARTS, "judge_fallback")
 _CONFIGS: dict[tuple, RewardConfig] = {}
 
 
@@ -388,12 +395,13 @@ def compute_score(
     """verl's reward-function signature: one rollout, `score` plus every part.
 
     Safe to call from verl's worker threads (math-verify runs in worker processes). The
-    config comes from `config=` (a RewardConfig or a YAML path) and `overrides=` (a list
-    of `key=value`), both settable through verl's `reward.custom_reward_function.
-    reward_kwargs`, else from the `MMR_REWARD_CONFIG` environment variable, else defaults.
+    config comes from `config=` (a RewardConfig, the nested mapping of one, or a YAML
+    path) and `overrides=` (a list of `key=value`), both settable through verl's
+    `reward.custom_reward_function.reward_kwargs` (`mmr rl train` sets `config` there), else
+    from the `MMR_REWARD_CONFIG` environment variable, else defaults.
     A single rollout has no group, so the `group` length term is 0 here: `score_batch`
     or `add_group_length` (what mmr's verl bridge calls once a group is complete) adds it.
-    `pred` is the extracted answer, which verl uses for its majority-vote metrics.
+    Returns `VERL_KEYS`, and `judge` (1, 0, or None without a verdict) when the judge is on.
     """
     info = extra_info if isinstance(extra_info, Mapping) else {}
     item = {
@@ -404,10 +412,13 @@ def compute_score(
         "extra_info": extra_info,
         "response_tokens": kwargs.get("response_tokens", info.get("response_tokens")),
     }
-    row = score_batch([item], _resolve_config(kwargs.get("config"), kwargs.get("overrides")))[0]
-    out = {key: row[key] for key in VERL_KEYS if key in row}
-    out["judge_fallback"] = float(row["judge_fallback"])
-    out["pred"] = row["extracted_answer"] or ""
+    cfg = _resolve_config(kwargs.get("config"), kwargs.get("overrides"))
+    row = score_batch([item], cfg)[0]
+    given = {"acc": row["accuracy"], "pred": row["extracted_answer"] or "",
+             "judge_fallback": float(row["judge_fallback"])}  # fmt: skip
+    out = {key: given[key] if key in given else row[key] for key in VERL_KEYS}
+    if cfg.judge.is_enabled():
+        out["judge"] = row["judge"]
     return out
 
 
@@ -449,14 +460,20 @@ def add_group_length(
 def _resolve_config(config: Any, overrides: Any) -> RewardConfig:
     if isinstance(config, RewardConfig):
         return config
-    path = config or os.environ.get("MMR_REWARD_CONFIG") or None
     if isinstance(overrides, str):
         overrides = [overrides]
-    key = (path, tuple(overrides or ()))
+    overrides = tuple(overrides or ())
+    if isinstance(config, Mapping):  # verl hands a nested DictConfig over as it is
+        plain = OmegaConf.to_container(OmegaConf.create(dict(config)), resolve=True)
+        key: tuple = ("mapping", json.dumps(plain, sort_keys=True, default=str), overrides)
+        if key not in _CONFIGS:
+            merged = OmegaConf.merge(plain, parse_overrides(overrides))
+            _CONFIGS[key] = config_from_dict(RewardConfig, merged, "compute_score's config=")
+        return _CONFIGS[key]
+    path = config or os.environ.get("MMR_REWARD_CONFIG") or None
+    key = (path, overrides)
     if key not in _CONFIGS:
-        from mmr.config import load_config
-
-        _CONFIGS[key] = load_config(RewardConfig, path, list(key[1]))
+        _CONFIGS[key] = load_config(RewardConfig, path, list(overrides))
     return _CONFIGS[key]
 
 
@@ -482,7 +499,7 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         out[f"mean_{key}"] = sum(values) / len(values) if values else 0.0
     judged = [r["judge"] for r in rows if r.get("judge") is not None]
     out["judged"] = len(judged)
-    out["judge_fallbacks"] = sum(bool(r.get("judge_fallback")) for r in rows)
+    out["judge_fallback"] = sum(bool(r.get("judge_fallback")) for r in rows)
     out["errors"] = sum(r.get("error") is not None for r in rows)
     out["timeouts"] = sum(r.get("decided_by") == "timeout" for r in rows)
     out["no_answer"] = sum(r.get("extracted_answer") is None for r in rows)

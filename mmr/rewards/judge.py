@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+from mmr.rewards.accuracy import QA
 from mmr.rewards.config import JudgeConfig
 
 __all__ = ["Judge", "JudgeUnavailable", "load_prompt", "parse_verdict"]
@@ -75,12 +76,12 @@ def load_prompt(path: str | None = None) -> str:
     return resources.files("mmr.rewards").joinpath("prompts/judge.txt").read_text("utf-8")
 
 
-def render_prompt(template: str, question: str, gold: str, answer: str) -> str:
+def render_prompt(template: str, qa: QA) -> str:
     # str.replace, not str.format: LaTeX answers are full of braces.
     return (
-        template.replace("{question}", question or "(not given)")
-        .replace("{ground_truth}", gold)
-        .replace("{answer}", answer)
+        template.replace("{question}", qa.question or "(not given)")
+        .replace("{ground_truth}", qa.gold)
+        .replace("{answer}", qa.answer or "")
     )
 
 
@@ -134,7 +135,7 @@ class Judge:
         self.model = cfg.resolved_model()
         self.template = load_prompt(cfg.prompt_file)
         self._api_key = os.environ.get(cfg.api_key_env) or "EMPTY"
-        self._cache: OrderedDict[tuple[str, str, str], bool] = OrderedDict()
+        self._cache: OrderedDict[QA, bool] = OrderedDict()
         self._failures_in_row = 0
         self._down_until = 0.0
         self._logged: set[str] = set()
@@ -153,9 +154,9 @@ class Judge:
 
     # -- public -------------------------------------------------------------------------
 
-    def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[bool | None]:
-        """Verdicts for (question, gold, answer) triples; None where the judge failed."""
-        keys = [(q or "", str(g), a) for q, g, a in items]
+    def judge_many(self, items: Sequence[QA]) -> list[bool | None]:
+        """Verdicts for extracted answers; None where the judge failed."""
+        keys = [QA(qa.question or "", str(qa.gold), qa.answer) for qa in items]
         todo = []
         for key in dict.fromkeys(keys):
             if key in self._cache:
@@ -163,7 +164,7 @@ class Judge:
                 self.cache_hits += 1
             else:
                 todo.append(key)
-        fresh: dict[tuple[str, str, str], bool | None] = {}
+        fresh: dict[QA, bool | None] = {}
         if todo:
             future = asyncio.run_coroutine_threadsafe(self._judge_all(todo), self._ensure_loop())
             try:
@@ -253,12 +254,12 @@ class Judge:
         response.raise_for_status()
         return response.json()
 
-    async def _judge_all(self, keys: list[tuple[str, str, str]]) -> dict:
+    async def _judge_all(self, keys: list[QA]) -> dict:
         verdicts = await asyncio.gather(*(self._judge_one(k) for k in keys))
         return dict(zip(keys, verdicts))
 
-    async def _judge_one(self, key: tuple[str, str, str]) -> bool | None:
-        prompt = render_prompt(self.template, *key)
+    async def _judge_one(self, key: QA) -> bool | None:
+        prompt = render_prompt(self.template, key)
         for attempt in range(self.cfg.retries + 1):
             if time.monotonic() < self._down_until:
                 return None
@@ -305,7 +306,7 @@ class Judge:
                 f"row; skipping it for {self.cfg.cooldown_s} s at a time",
             )
 
-    def _remember(self, key: tuple[str, str, str], verdict: bool) -> None:
+    def _remember(self, key: QA, verdict: bool) -> None:
         self._cache[key] = verdict
         while len(self._cache) > self.cfg.cache_size:
             self._cache.popitem(last=False)

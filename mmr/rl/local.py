@@ -457,7 +457,7 @@ def step_metrics(
     groups = {
         g: {r["score"] for r, h in zip(rows, rollouts.groups) if h == g} for g in rollouts.groups
     }
-    counts = ("judged", "judge_fallbacks", "errors", "timeouts", "no_answer", "plugin_errors")
+    counts = ("judged", "judge_fallback", "errors", "timeouts", "no_answer", "plugin_errors")
     metrics = {
         "reward": s["mean_score"],
         **{f"reward/{k}": s[f"mean_{k}"] for k in ("accuracy", "format", "length")},

@@ -10,15 +10,18 @@ Whole groups first meet in the replay buffer the trainer samples each batch from
 (`ReplayBuffer.sample`, verl/trainer/ppo/v1/replay_buffer.py): it hands out whole uid
 groups only (a prompt's rollouts once all of them have ended), before rewards become
 advantages; verl lets a config replace it (`trainer.v1.sampler.custom_sampler`) and logs
-the metrics `sample` returns under their own names. `mmr rl train` sets both hooks
+the metrics `sample` returns under their own names. `mmr rl train` sets both hooks, as
+package paths that verl imports (`pkg://mmr.rl.reward`, through
+`verl.utils.import_utils.load_module`), so every Ray node finds the installed package
 (`--dry-run` shows them):
 
 1. Stage 1, `MMRRewardManager` (`reward.reward_manager`, importlib source): per trajectory, while
    generation goes on, everything that needs only that trajectory, through
-   `mmr.rewards.compute_score`: answer rules, math-verify in worker processes, the LLM
+   `mmr.rewards.compute_score` (`reward.custom_reward_function`: `pkg://mmr.rewards`, the
+   function itself): answer rules, math-verify in worker processes, the LLM
    judge (calls of concurrent trajectories overlap on the judge's async client), format
    and the budget length term, with the response's token count from the batch. The
-   parts go back as `reward_extra_info` (`EXTRA_KEYS`).
+   parts go back as `reward_extra_info` (`EXTRA_KEYS`, plus `judge` when the judge is on).
 2. Stage 2, `MMRGroupSampler` (`trainer.v1.sampler.custom_sampler`): verl's own replay buffer does
    the sampling; on each sampled batch (whole groups, grouped by verl's `uid`) it adds the
    group-relative length term (`length.mode: group|both`) with
@@ -28,15 +31,23 @@ the metrics `sample` returns under their own names. `mmr rl train` sets both hoo
 The result equals `mmr.rewards.score_batch` on the same rollouts with `group=uid`
 (tests/rl/test_reward.py checks it).
 
+The reward config travels in one verl key, `REWARD_CONFIG_KEY`
+(`reward.custom_reward_function.reward_kwargs.config`), as the nested mapping of
+`RewardConfig`: verl binds it into `compute_score` on every reward worker, the manager
+reads the same key, and the sampler (which verl hands only `trainer.v1.sampler.
+sampler_kwargs`) gets it as `sampler_kwargs.reward_config`, an interpolation of that key
+(`${...}`, resolved by verl), not a copy.
+
 Metric names. Training: `reward/accuracy`, `reward/format`, `reward/length` (means over
-the batch's responses; the length part includes the group term), `reward/judge_fallbacks`,
+the batch's responses; the length part includes the group term), `reward/judge_fallback`,
 `reward/errors` and `reward/group_length_changed` (responses whose reward the in-group
 length term changed) (counts per sampled batch; with `trainer.v1.trainer_mode:
 separate_async` and `parameter_sync_step` > 1 verl averages them over the step's
 mini-batches), next to verl's own `critic/score/mean` (the total). Validation: verl
 drops the sampler's metrics there and logs every `reward_extra_info` key as
-`val-aux/<data_source>/<key>/mean@<n>` (with std/best/worst variants) and the total as
-`val-core/<data_source>/reward/mean@<n>`.
+`val-aux/<data_source>/<key>/mean@<n>` (with std/best/worst variants); `acc` (the
+accuracy part) is its core metric, `val-core/<data_source>/acc/mean@<n>` (and `best@<n>`,
+`maj@<n>`: majority vote over `pred`, the extracted answer).
 
 A judge outage costs time, never the run: a failed or timed-out judge call falls back to
 the rule result and a judge that keeps failing is skipped for a cool-down
@@ -51,27 +62,30 @@ after sampling. `mmr rl train` refuses those settings rather than lose the group
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-from mmr.config import load_config
-from mmr.rewards import compute_score as _mmr_compute_score
+from mmr.config import config_from_dict
 from mmr.rewards.compose import add_group_length
 from mmr.rewards.config import RewardConfig
+from mmr.rl.train import REWARD_CONFIG_KEY
 
 logger = logging.getLogger(__name__)
 
-# The keys every trajectory reports, in a fixed order: verl builds its metric arrays
-# from the first trajectory's keys, so they must never vary.
+# The keys every trajectory reports, in a fixed order (`judge` follows when the judge is
+# on): verl builds its metric arrays from the first trajectory's keys, so they must never
+# vary within a run. `acc` and `pred` are what verl's validation metrics read.
 EXTRA_KEYS = (
+    "acc",
+    "pred",
     "accuracy",
     "format",
     "length",
-    "judge",
-    "judge_fallbacks",
+    "judge_fallback",
     "errors",
     "response_tokens",
 )
@@ -80,35 +94,41 @@ METRICS = {
     "reward/accuracy": ("accuracy", "mean"),
     "reward/format": ("format", "mean"),
     "reward/length": ("length", "mean"),
-    "reward/judge_fallbacks": ("judge_fallbacks", "count"),
+    "reward/judge_fallback": ("judge_fallback", "count"),
     "reward/errors": ("errors", "count"),
     # responses whose reward the in-group length term changed (length.mode group|both)
     "reward/group_length_changed": ("group_length_changed", "count"),
 }
 
 
-def compute_score(
-    data_source: Any, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any
-) -> dict[str, Any]:
-    """verl's reward-function signature; mmr's composite reward (see `mmr.rewards`)."""
-    return _mmr_compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs)
+def reward_config_of(node: Any, origin: str = REWARD_CONFIG_KEY) -> RewardConfig:
+    """The RewardConfig from the nested mapping verl carries (defaults when there is none)."""
+    if node is None:
+        return RewardConfig()
+    if not isinstance(node, Mapping):
+        raise TypeError(f"{origin} must be a mapping (RewardConfig's sections), got {node!r}")
+    return config_from_dict(RewardConfig, OmegaConf.create(dict(node)), origin)
 
 
 def extra_info_of(
-    result: dict[str, Any] | None, error: str | None, response_tokens: int
-) -> dict[str, float]:
-    """Fixed-key numbers for verl's metrics from one mmr reward result."""
+    result: dict[str, Any] | None, error: str | None, response_tokens: int, judge: bool
+) -> dict[str, Any]:
+    """Fixed-key values for verl's metrics from one mmr reward result (`judge`: the judge is on)."""
     result = result or {}
-    judge = result.get("judge")
-    return {
+    info = {
+        "acc": float(result.get("acc", 0.0)),
+        "pred": str(result.get("pred") or ""),
         "accuracy": float(result.get("accuracy", 0.0)),
         "format": float(result.get("format", 0.0)),
         "length": float(result.get("length", 0.0)),
-        "judge": float("nan") if judge is None else float(judge),
-        "judge_fallbacks": float(result.get("judge_fallback", 0.0)),
+        "judge_fallback": float(result.get("judge_fallback", 0.0)),
         "errors": 0.0 if error is None else 1.0,
         "response_tokens": float(response_tokens),
     }
+    if judge:  # None where the judge gave no verdict (verl's validation metrics skip None)
+        verdict = result.get("judge")
+        info["judge"] = None if verdict is None else float(verdict)
+    return info
 
 
 # ---- stage 1: one trajectory, on verl's reward-loop workers ----------------------------
@@ -126,8 +146,10 @@ class MMRRewardManager(RewardManagerBase):
         reward_model_tokenizer: Any = None,
     ) -> None:
         super().__init__(config, tokenizer, compute_score)
-        # verl hands over the configured function with its reward_kwargs bound.
-        self.compute_score = compute_score or _mmr_compute_score
+        # verl hands over `mmr.rewards.compute_score` with its reward_kwargs (the config) bound.
+        self.compute_score = compute_score
+        node = None if config is None else OmegaConf.select(config, REWARD_CONFIG_KEY)
+        self.judge_on = reward_config_of(node).judge.is_enabled()
 
     async def run_single(self, data: Any) -> dict[str, Any]:
         item = data[-1:][0]
@@ -157,7 +179,8 @@ class MMRRewardManager(RewardManagerBase):
             logger.exception("mmr reward failed on one trajectory; scoring it 0")
             result, error = None, f"{type(err).__name__}: {err}"
         score = float(result["score"]) if result else 0.0
-        return {"reward_score": score, "reward_extra_info": extra_info_of(result, error, n_tokens)}
+        info = extra_info_of(result, error, n_tokens, self.judge_on)
+        return {"reward_score": score, "reward_extra_info": info}
 
 
 # ---- stage 2: whole groups, where verl's trainer samples its batch ----------------------
@@ -225,8 +248,8 @@ class MMRGroupSampler:
 
     verl builds it with keyword arguments (trainer mode, off-policy settings,
     `sampler_kwargs`, refill function); it builds verl's own buffer for the trainer mode
-    with them and wraps it. `sampler_kwargs.reward_overrides` is the reward config as
-    `key=value` strings (`mmr rl train` fills it in).
+    with them and wraps it. `sampler_kwargs.reward_config` is the reward config
+    (`mmr rl train` points it at `REWARD_CONFIG_KEY`).
     """
 
     def __init__(self, trainer_mode: str, sampler_kwargs: Any = None, **kwargs: Any) -> None:
@@ -234,8 +257,10 @@ class MMRGroupSampler:
 
         buffer_cls = ReplayBuffer if trainer_mode == "sync" else ReplayBufferAsync
         self.buffer = buffer_cls(trainer_mode=trainer_mode, sampler_kwargs=sampler_kwargs, **kwargs)
-        overrides = (sampler_kwargs or {}).get("reward_overrides") or []
-        self.reward_config = load_config(RewardConfig, None, [str(o) for o in overrides])
+        node = (sampler_kwargs or {}).get("reward_config")
+        self.reward_config = reward_config_of(
+            node, "trainer.v1.sampler.sampler_kwargs.reward_config"
+        )
 
     def sample(self, global_steps: int, partition_id: str, batch_size: int) -> tuple[Any, dict]:
         batch, metrics = self.buffer.sample(

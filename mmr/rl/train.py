@@ -13,14 +13,19 @@ sections:
   written with a leading `+` (`+enable_sleep_mode: false`) is added instead, as Hydra's
   `+key=value` does on verl's own command line: for the settings verl reads but its
   schema does not list (its docs add them with `+`).
-* `reward:` mmr's reward config (`mmr.rewards.RewardConfig`), passed to every reward
-  worker through `reward.custom_reward_function.reward_kwargs`.
+* `reward:` mmr's reward config (`mmr.rewards.RewardConfig`), written whole, as a nested
+  mapping, into one verl key, `reward.custom_reward_function.reward_kwargs.config`
+  (`REWARD_CONFIG_KEY`): verl passes it to `mmr.rewards.compute_score` on every reward
+  worker; the sampler's `sampler_kwargs.reward_config` is an interpolation of that key.
 
 mmr then sets the two verl hooks of its reward bridge (`mmr.rl.reward`), and
 `--dry-run` shows them: verl 0.9.1's `reward.*` keys (the old top-level
 `custom_reward_function` / `reward_model.reward_manager` keys are legacy) name mmr's
-per-trajectory reward manager, and `trainer.v1.sampler.custom_sampler` names the sampler
-that adds the group-relative length term to whole rollout groups and logs `reward/*`.
+per-trajectory reward manager and `mmr.rewards.compute_score`, and
+`trainer.v1.sampler.custom_sampler` names the sampler that adds the group-relative length
+term to whole rollout groups and logs `reward/*`. All three are package paths
+(`pkg://mmr.rl.reward`, verl's `load_module`), imported from the installed package on
+whichever Ray node loads them.
 Settings that would bypass that sampler are refused: verl's legacy trainer
 (`trainer.use_v1=false`), DAPO group filtering, `sync_refill_failed_groups` and a reward
 model (mmr's reward uses none).
@@ -38,7 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -46,6 +50,8 @@ from mmr.config import ConfigError, config_to_dict, load_config
 from mmr.rewards.config import RewardConfig
 
 PINNED_VERL = "0.9.1"
+# The one verl key that carries mmr's reward config (RewardConfig as a nested mapping).
+REWARD_CONFIG_KEY = "reward.custom_reward_function.reward_kwargs.config"
 
 
 @dataclass
@@ -73,12 +79,14 @@ def compose_verl_config(cfg: RLConfig) -> DictConfig:
         merged = OmegaConf.merge(base, schema_keys, _reward_wiring())
         for key, value in additions:
             OmegaConf.update(merged, key, value, merge=True, force_add=True)
-        overrides = reward_overrides(cfg.reward)
         # verl reads reward_kwargs but its schema has no such key (its docs add it with `+`).
         with open_dict(merged.reward.custom_reward_function):
-            merged.reward.custom_reward_function.reward_kwargs = {"overrides": overrides}
+            merged.reward.custom_reward_function.reward_kwargs = {
+                "config": config_to_dict(cfg.reward)
+            }
+        # verl hands the sampler only its sampler_kwargs: a reference to the key, not a copy.
         with open_dict(merged.trainer.v1.sampler.sampler_kwargs):
-            merged.trainer.v1.sampler.sampler_kwargs.reward_overrides = overrides
+            merged.trainer.v1.sampler.sampler_kwargs.reward_config = f"${{{REWARD_CONFIG_KEY}}}"
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise ConfigError(
@@ -127,7 +135,7 @@ def _check_sampler_hook(config: DictConfig) -> None:
 
 def _reward_wiring() -> dict[str, Any]:
     """Point verl 0.9.1's reward loop and v1 sampler at mmr's reward bridge."""
-    bridge = str(Path(__file__).with_name("reward.py"))
+    bridge = "pkg://mmr.rl.reward"
     return {
         "trainer": {
             "v1": {"sampler": {"custom_sampler": {"path": bridge, "name": "MMRGroupSampler"}}}
@@ -138,27 +146,9 @@ def _reward_wiring() -> dict[str, Any]:
                 "name": "MMRRewardManager",
                 "module": {"path": bridge},
             },
-            "custom_reward_function": {
-                "path": bridge,
-                "name": "compute_score",
-            },
+            "custom_reward_function": {"path": "pkg://mmr.rewards", "name": "compute_score"},
         },
     }
-
-
-def reward_overrides(reward: RewardConfig) -> list[str]:
-    """The reward config as `key=value` strings (rebuilt by each reward worker)."""
-    out: list[str] = []
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix[:-1]}={yaml.safe_dump(node, default_flow_style=True).strip()}")
-
-    walk(config_to_dict(reward), "")
-    return [o.removesuffix("\n...") for o in out]
 
 
 def run(verl_config: DictConfig) -> None:

@@ -82,6 +82,49 @@ def test_compute_score_reads_config_from_kwargs(tmp_path) -> None:
     assert out["score"] == pytest.approx(2.0)
 
 
+def test_compute_score_reads_config_as_a_nested_mapping() -> None:
+    from omegaconf import OmegaConf
+
+    from mmr.config import config_to_dict
+
+    cfg = RewardConfig()
+    cfg.weights.accuracy = 2.0
+    for config in (config_to_dict(cfg), OmegaConf.create(config_to_dict(cfg))):
+        assert compute_score("s", OK, "4", {}, config=config)["score"] == pytest.approx(2.1)
+    assert compute_score("s", OK, "4", {}, config={"weights": {"format": 0}})["score"] == 0.9
+    with pytest.raises(ConfigError, match=r"weights\.acuracy"):
+        compute_score("s", OK, "4", {}, config={"weights": {"acuracy": 1}})
+
+
+def test_compute_score_gives_verls_acc_and_pred_and_judge_only_when_it_is_on() -> None:
+    right = compute_score("s", OK, "4", {})
+    wrong = compute_score("s", r"<think>t</think> \boxed{5}", "4", {})
+    assert (right["acc"], right["pred"]) == (1.0, "4") and right["acc"] == right["accuracy"]
+    assert (wrong["acc"], wrong["pred"]) == (0.0, "5") and wrong["acc"] == wrong["accuracy"]
+    off = RewardConfig()
+    off.judge.enabled = False
+    assert "judge" not in compute_score("s", OK, "4", {}, config=off)
+    on = RewardConfig()
+    on.judge.enabled, on.judge.base_url = True, "http://127.0.0.1:9/v1"  # never called here
+    out = compute_score("s", OK, "4", {}, config=on)  # the rules decide: no verdict
+    assert list(out) == [*VERL_KEYS, "judge"] and out["judge"] is None
+
+
+def test_verls_validation_metrics_get_accuracy_and_majority_vote() -> None:
+    """verl's own reduction (process_validation_metrics) on compute_score's results."""
+    pytest.importorskip("verl")
+    from verl.trainer.ppo.metric_utils import process_validation_metrics
+
+    answers = ["4", "4", "5", "4"]  # one prompt, four rollouts: 3 right, the vote is right
+    results = [compute_score("s", f"<think>t</think> \\boxed{{{a}}}", "4", {}) for a in answers]
+    infos = {key: [r[key] for r in results] for key in results[0]}
+    metrics = process_validation_metrics(["s"] * 4, ["u"] * 4, infos)["s"]
+    assert metrics["acc"]["mean@4"] == pytest.approx(0.75)
+    # bootstrap samples of 4 (with replacement): the vote over `pred` beats the mean
+    assert metrics["acc"]["maj@4/mean"] > metrics["acc"]["mean@4"]
+    assert "pred" not in metrics  # a string: the vote, not a metric
+
+
 def test_verl_loads_and_calls_it_like_its_reward_manager() -> None:
     """verl 0.9.1's own loader, then the call its NaiveRewardManager makes, from threads."""
     from omegaconf import OmegaConf

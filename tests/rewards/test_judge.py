@@ -8,6 +8,7 @@ import time
 import pytest
 
 from mmr.rewards import RewardConfig, RewardScorer
+from mmr.rewards.accuracy import QA
 from mmr.rewards.judge import Judge, load_prompt, parse_verdict, render_prompt
 from tests.fake_openai import FakeJudgeServer, student_answer
 
@@ -47,7 +48,7 @@ def test_parse_verdict(reply: object, expected: bool | None) -> None:
 
 
 def test_prompt_is_packaged_and_keeps_latex_braces() -> None:
-    prompt = render_prompt(load_prompt(), "Q {x}?", r"\frac{1}{2}", "{0.5}")
+    prompt = render_prompt(load_prompt(), QA("Q {x}?", r"\frac{1}{2}", "{0.5}"))
     assert r"\frac{1}{2}" in prompt and "{0.5}" in prompt and "Q {x}?" in prompt
 
 
@@ -155,9 +156,9 @@ def test_concurrency_is_bounded_and_used(judge: FakeJudgeServer) -> None:
     judge.latency_s = 0.1
     client = Judge(_cfg(concurrency=8).judge)
     try:
-        client.judge_many([("warm", "up", "call")])  # connect and start the loop first
+        client.judge_many([QA("warm", "up", "call")])  # connect and start the loop first
         start = time.monotonic()
-        verdicts = client.judge_many([("q", "2", f"z{i}") for i in range(40)])
+        verdicts = client.judge_many([QA("q", "2", f"z{i}") for i in range(40)])
         elapsed = time.monotonic() - start
     finally:
         client.close()
@@ -194,7 +195,7 @@ def test_httpx_client_when_aiohttp_is_missing(judge: FakeJudgeServer, monkeypatc
     judge.script = lambda p: "INCORRECT" if student_answer(p) == "three" else ("status", 500)
     client = Judge(_cfg(retries=0).judge)
     try:
-        assert client.judge_many([("q", "2", "three"), ("q", "2", "four")]) == [False, None]
+        assert client.judge_many([QA("q", "2", "three"), QA("q", "2", "four")]) == [False, None]
         assert type(client._client).__module__.startswith("httpx")
     finally:
         client.close()

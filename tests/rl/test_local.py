@@ -37,7 +37,7 @@ SMALL = [
 ]
 WITH_PLUGIN = ["reward.function=tests.rl.test_local:letter_reward"]
 REQUIRED = ("step", "reward", "reward/accuracy", "reward/format", "reward/length",
-            "reward/judge_fallbacks", "reward/errors", "response/length", "loss",
+            "reward/judge_fallback", "reward/errors", "response/length", "loss",
             "clip_fraction", "lr", "grad_norm")  # fmt: skip
 
 
@@ -257,9 +257,9 @@ def test_a_judge_that_goes_down_mid_run_does_not_stop_the_engine(
 
     metrics = _metrics(out)
     assert sorted(metrics) == [1, 2] and len(calls) == 2
-    assert metrics[1]["reward/judged"] >= 4 and metrics[1]["reward/judge_fallbacks"] == 0
+    assert metrics[1]["reward/judged"] >= 4 and metrics[1]["reward/judge_fallback"] == 0
     assert metrics[1]["reward/accuracy"] >= 0.5  # the judge said CORRECT
-    assert metrics[2]["reward/judged"] == 0 and metrics[2]["reward/judge_fallbacks"] >= 4
+    assert metrics[2]["reward/judged"] == 0 and metrics[2]["reward/judge_fallback"] >= 4
     assert metrics[2]["reward/accuracy"] < 0.5  # the scripted answers fell back to "wrong"
     assert (out / "checkpoints" / "step_2" / "state.pt").is_file()
 

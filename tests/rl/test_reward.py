@@ -19,14 +19,13 @@ from transformers import AutoTokenizer
 from verl import DataProto
 from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 
-from mmr.config import load_config
-from mmr.rewards import score_batch
+from mmr.config import config_to_dict, load_config
+from mmr.rewards import compute_score, score_batch
 from mmr.rl.reward import (
     EXTRA_KEYS,
     METRICS,
     MMRGroupSampler,
     MMRRewardManager,
-    compute_score,
     finish_groups,
 )
 from mmr.rl.train import RLConfig, compose_verl_config
@@ -171,6 +170,52 @@ def test_run_single_scores_each_trajectory_with_every_part(manager):
     assert outs[0]["reward_extra_info"]["response_tokens"] == n_tokens
 
 
+def test_each_trajectory_reports_verls_acc_and_pred_and_no_judge_when_it_is_off(manager):
+    rows = [("g0", text, gold) for text, gold in RESPONSES]
+    data = _batch(manager.tokenizer, rows)
+    infos = [manager.loop.run_until_complete(manager.run_single(data[i : i + 1]))["reward_extra_info"]
+             for i in range(len(data))]  # fmt: skip
+    assert [i["acc"] for i in infos] == [1.0, 0.0, 1.0]
+    assert [i["acc"] for i in infos] == [i["accuracy"] for i in infos]
+    assert [i["pred"] for i in infos] == ["4", "5", "\\frac{1}{2}"]
+    assert not manager.judge_on and all("judge" not in i for i in infos)
+
+
+def test_the_judge_key_is_there_for_every_trajectory_when_the_judge_is_on(
+    tiny_qwen2_5_vl, tokenizer
+):
+    with socket.socket() as s:  # a port nothing listens on: every call falls back
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = _verl_config(tiny_qwen2_5_vl, "reward.judge.enabled=true",
+                          f"reward.judge.base_url=http://127.0.0.1:{port}/v1")  # fmt: skip
+    data = _batch(tokenizer, [("g0", text, gold) for text, gold in RESPONSES])
+    outs, _ = _stage_one(config, data)
+    for out in outs:  # rules and math-verify decided these: no verdict, None (not NaN)
+        assert tuple(out["reward_extra_info"]) == (*EXTRA_KEYS, "judge")
+        assert out["reward_extra_info"]["judge"] is None
+
+
+def test_the_reward_config_reaches_the_worker_in_one_piece(tiny_qwen2_5_vl, tokenizer):
+    """verl's own worker class binds the one key, whole, into mmr's compute_score."""
+    cfg = load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml",
+                      [f"verl.actor_rollout_ref.model.path={tiny_qwen2_5_vl}",
+                       "reward.judge.enabled=false", "reward.weights.format=0.3",
+                       "reward.plugin.kwargs={scale: [1, 2]}"])  # fmt: skip
+    config = compose_verl_config(cfg)
+    worker = RewardLoopWorker(config)
+    bound = worker.reward_manager.compute_score  # verl's partial(_call_with_kwargs, fn, kwargs)
+    assert bound.args[0] is compute_score
+    from omegaconf import OmegaConf
+
+    assert set(bound.args[1]) == {"config"}
+    assert OmegaConf.to_container(bound.args[1]["config"]) == config_to_dict(cfg.reward)
+    data = _batch(tokenizer, [("g0", text, gold) for text, gold in RESPONSES])
+    outs = worker.loop.run_until_complete(worker.compute_score_batch(data))
+    # 0.9 x accuracy + 0.3 x format: the recipe's weights, not the defaults
+    assert [o["reward_score"] for o in outs] == pytest.approx([1.2, 0.0, 1.2])
+
+
 def test_rewards_land_on_each_responses_last_token(manager):
     data = _batch(manager.tokenizer, [("g0", text, gold) for text, gold in RESPONSES])
     scores = [1.0, 0.0, 0.5]
@@ -211,7 +256,7 @@ def test_batch_gets_score_batch_rewards_with_the_group_term_on_each_last_token(g
     assert group_terms[0] > 0 > group_terms[2]  # shortest right answer gains, long wrong loses
 
     assert set(metrics) == set(METRICS) == {
-        "reward/accuracy", "reward/format", "reward/length", "reward/judge_fallbacks",
+        "reward/accuracy", "reward/format", "reward/length", "reward/judge_fallback",
         "reward/errors", "reward/group_length_changed",
     }  # fmt: skip
     assert metrics["reward/group_length_changed"] == sum(abs(t) > 1e-6 for t in group_terms)
@@ -219,7 +264,7 @@ def test_batch_gets_score_batch_rewards_with_the_group_term_on_each_last_token(g
     assert metrics["reward/accuracy"] == pytest.approx(sum(r["accuracy"] for r in expected) / n)
     assert metrics["reward/format"] == pytest.approx(sum(r["format"] for r in expected) / n)
     assert metrics["reward/length"] == pytest.approx(sum(r["length"] for r in expected) / n)
-    assert metrics["reward/judge_fallbacks"] == 0 and metrics["reward/errors"] == 0
+    assert metrics["reward/judge_fallback"] == 0 and metrics["reward/errors"] == 0
 
 
 def test_budget_only_mode_leaves_rewards_alone_and_still_logs(tiny_qwen2_5_vl, grouped):
@@ -250,7 +295,7 @@ def test_a_judge_that_is_down_neither_raises_nor_stalls(tiny_qwen2_5_vl, tokeniz
         _keys(data), rm_rows, [o["reward_extra_info"] for o in outs], _sampler(config).reward_config
     )
     assert time.monotonic() - start < timeout_s  # less than one judge request's timeout
-    assert metrics["reward/judge_fallbacks"] == 6 and metrics["reward/errors"] == 0
+    assert metrics["reward/judge_fallback"] == 6 and metrics["reward/errors"] == 0
     assert metrics["reward/accuracy"] == 0.0  # fell back to the rules' "not shown correct"
     for score, info in zip(scores, infos):  # 0.9 x accuracy 0 + 0.1 x format + 0.5 x length
         assert score[-1].item() == pytest.approx(0.1 * info["format"] + 0.5 * info["length"])

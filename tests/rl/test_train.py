@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmr.config import ConfigError, load_config
-from mmr.rewards.config import RewardConfig
-from mmr.rl.train import RLConfig, compose_verl_config, main, reward_overrides
+from mmr.config import ConfigError, config_to_dict, load_config
+from mmr.rl.train import REWARD_CONFIG_KEY, RLConfig, compose_verl_config, main
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -54,21 +53,25 @@ def test_dry_run_has_the_gspo_recipe(dry_run):
 
 def test_dry_run_calls_mmrs_reward(dry_run):
     reward = dry_run["reward"]
-    bridge = Path(reward["custom_reward_function"]["path"])
-    assert bridge.name == "reward.py" and bridge.parent.name == "rl" and bridge.is_file()
+    # Package paths (verl's `pkg://`), not files: every Ray node imports the installed mmr.
+    bridge = "pkg://mmr.rl.reward"
+    assert reward["custom_reward_function"]["path"] == "pkg://mmr.rewards"
     assert reward["custom_reward_function"]["name"] == "compute_score"
     assert reward["reward_manager"]["source"] == "importlib"
     assert reward["reward_manager"]["name"] == "MMRRewardManager"
-    assert reward["reward_manager"]["module"]["path"] == str(bridge)
-    overrides = reward["custom_reward_function"]["reward_kwargs"]["overrides"]
-    assert "weights.accuracy=0.9" in overrides and "length.mode=budget" in overrides
+    assert reward["reward_manager"]["module"]["path"] == bridge
+    # The reward config, whole and nested, in one key.
+    config = reward["custom_reward_function"]["reward_kwargs"]["config"]
+    assert config["weights"]["accuracy"] == 0.9 and config["length"]["mode"] == "budget"
+    assert reward["custom_reward_function"]["reward_kwargs"] == {"config": config}
     # The legacy top-level keys stay unset: verl 0.9.1 reads `reward.*`.
     assert all(v is None for v in dry_run["custom_reward_function"].values())
     # The group stage: verl's v1 trainer samples every batch through mmr's sampler hook.
     sampler = dry_run["trainer"]["v1"]["sampler"]
     assert dry_run["trainer"]["use_v1"] is True
-    assert sampler["custom_sampler"] == {"path": str(bridge), "name": "MMRGroupSampler"}
-    assert sampler["sampler_kwargs"]["reward_overrides"] == overrides
+    assert sampler["custom_sampler"] == {"path": bridge, "name": "MMRGroupSampler"}
+    # The sampler refers to that key (an interpolation), it holds no copy of its own.
+    assert sampler["sampler_kwargs"] == {"reward_config": f"${{{REWARD_CONFIG_KEY}}}"}
 
 
 def test_verl_loads_the_reward_function_manager_and_sampler_we_point_at(dry_run):
@@ -91,9 +94,24 @@ def test_verl_loads_the_reward_function_manager_and_sampler_we_point_at(dry_run)
         sampler_kwargs=sampler_cfg.sampler_kwargs,
         refill_fn=lambda n: None,
     )
-    overrides = list(config.reward.custom_reward_function.reward_kwargs.overrides)
+    recipe = load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml").reward
     assert type(sampler).__name__ == "MMRGroupSampler"
-    assert sampler.reward_config == load_config(RewardConfig, None, overrides)
+    assert sampler.reward_config == recipe
+
+
+def test_the_bridge_paths_resolve_to_the_installed_modules():
+    """verl's loader imports `pkg://` paths: the module itself, not a second copy from a file."""
+    import sys
+
+    from verl.utils.import_utils import load_module
+
+    import mmr.rewards
+    import mmr.rl.reward
+
+    assert load_module("pkg://mmr.rl.reward") is sys.modules["mmr.rl.reward"] is mmr.rl.reward
+    assert load_module("pkg://mmr.rewards").compute_score is mmr.rewards.compute_score
+    assert mmr.rewards.compute_score.__module__ == "mmr.rewards.compose"  # no wrapper
+    assert not hasattr(mmr.rl.reward, "compute_score")
 
 
 @pytest.mark.parametrize(
@@ -111,9 +129,22 @@ def test_settings_that_bypass_the_sampler_hook_are_refused(setting):
         compose_verl_config(cfg)
 
 
-def test_reward_overrides_rebuild_the_same_config():
-    reward = load_config(RewardConfig, None, ["length.mode=both", "judge.timeout_s=7"])
-    assert load_config(RewardConfig, None, reward_overrides(reward)) == reward
+def test_the_config_key_rebuilds_the_same_config_before_and_after_verl_resolves_it():
+    from omegaconf import OmegaConf
+
+    from mmr.rl.reward import reward_config_of
+
+    overrides = ["reward.length.mode=both", "reward.judge.timeout_s=7",
+                 "reward.plugin.kwargs={a: [1, 2]}"]  # fmt: skip
+    cfg = load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml", overrides)
+    config = compose_verl_config(cfg)
+    node = OmegaConf.select(config, REWARD_CONFIG_KEY)
+    assert OmegaConf.to_container(node) == config_to_dict(cfg.reward)
+    assert reward_config_of(node) == cfg.reward
+    sampler_node = config.trainer.v1.sampler.sampler_kwargs.reward_config
+    assert reward_config_of(sampler_node) == cfg.reward
+    OmegaConf.resolve(config)  # as verl's TaskRunner does before building the trainer
+    assert reward_config_of(config.trainer.v1.sampler.sampler_kwargs.reward_config) == cfg.reward
 
 
 def test_unknown_verl_key_fails_by_name(tmp_path):

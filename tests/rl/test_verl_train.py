@@ -47,7 +47,7 @@ REWARD_METRICS = (
     "reward/accuracy",
     "reward/format",
     "reward/length",
-    "reward/judge_fallbacks",
+    "reward/judge_fallback",
     "reward/errors",
     "reward/group_length_changed",
 )

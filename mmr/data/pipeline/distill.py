@@ -17,7 +17,7 @@ For each sample (per shard, requests concurrent through mmr.data.pipeline.client
 Counts: `dropped/verify/<reason>` when no path of a question was right (`judge_fallback`
 when the judge, enabled, could not decide the first); `failed/...` when every request for
 it failed (the sample goes to DIR/failed/distill/); `info/paths_*`, `info/judged` and
-`info/judge_fallbacks` (paths).
+`info/judge_fallback` (paths).
 """
 
 from __future__ import annotations

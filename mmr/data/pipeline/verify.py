@@ -57,7 +57,7 @@ def check_answers(
 ) -> list[tuple[bool, str]]:
     """(correct, reason) for each (question, response, gold); reason is "" when correct,
     else one of no_answer, judge_fallback, verify_timeout, wrong_answer. With `log`, the
-    judge's work is counted: `info/judged` (verdicts) and `info/judge_fallbacks`."""
+    judge's work is counted: `info/judged` (verdicts) and `info/judge_fallback`."""
     if not items:
         return []
     from mmr.rewards import score_batch  # the reward stack loads only when answers are checked
@@ -71,7 +71,7 @@ def check_answers(
             if row["judge"] is not None:
                 log.info("judged")
             if row["judge_fallback"]:
-                log.info("judge_fallbacks")
+                log.info("judge_fallback")
         if row["accuracy"] >= 1.0:
             out.append((True, ""))
         elif row["extracted_answer"] is None:

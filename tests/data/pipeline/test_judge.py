@@ -94,7 +94,7 @@ def test_select_with_a_failing_judge_counts_fallbacks(tmp_path, server, how):
     report, ids, elapsed = _select(tmp_path, _judge_cfg(url, timeout_s=0.3))
     assert ids == ["s000"]  # not verified: the rule result stands
     assert report["filters"] == {"correctness": {"judge_fallback": 2, "wrong_answer": 1}}
-    assert report["info"] == {"judge_fallbacks": 2}
+    assert report["info"] == {"judge_fallback": 2}
     assert elapsed < 2.5  # two tries of 0.3 s each, in parallel: no stall
 
 
@@ -119,7 +119,7 @@ def test_distill_keeps_the_paths_the_judge_verifies(tmp_path, server):
     report = run_distill(cfg, tmp_path / "in.parquet", tmp_path / "out", quiet=True)
     table = ds.dataset(tmp_path / "out" / "distilled", format="parquet").to_table()
     assert table["id"].to_pylist() == ["q000-0", "q001-0", "q002-0"]
-    assert report["info"]["judged"] == 6 and "judge_fallbacks" not in report["info"]
+    assert report["info"]["judged"] == 6 and "judge_fallback" not in report["info"]
 
     # The judge goes down: no path can be verified, each question is counted, none failed.
     shutdown()
@@ -128,7 +128,7 @@ def test_distill_keeps_the_paths_the_judge_verifies(tmp_path, server):
     report = run_distill(cfg, tmp_path / "in.parquet", tmp_path / "down", quiet=True)
     assert report["rows_out"] == 0 and report["failed"] == 0
     assert report["filters"] == {"verify": {"judge_fallback": 3}}
-    assert report["info"]["judge_fallbacks"] == 6
+    assert report["info"]["judge_fallback"] == 6
 
 
 def test_a_judge_without_endpoint_is_an_error(tmp_path, capsys):
@@ -152,4 +152,4 @@ def test_difficulty_never_rates_from_answers_the_judge_could_not_check(tmp_path,
     report = run_difficulty(cfg, tmp_path / "in.parquet", tmp_path / "out", quiet=True)
     assert report["rows_out"] == 0
     assert report["failed_reasons"] == {"difficulty_judge_fallback": 2}
-    assert report["info"]["judge_fallbacks"] == 8
+    assert report["info"]["judge_fallback"] == 8
