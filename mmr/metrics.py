@@ -4,7 +4,8 @@ Only rank 0 logs. `metrics.jsonl` holds one JSON object per logged step with `st
 the namespaced metrics (`train/loss`, `perf/tokens_per_s`, ...) plus short aliases
 (`loss`, `lr`) for quick `jq` use. On resume the file is cut back to the resumed step,
 so a killed-and-resumed run has exactly one line per step, as an uninterrupted run does.
-wandb is used when enabled (`WANDB_MODE=offline` works without a network).
+wandb is used when enabled (`WANDB_MODE=offline` works without a network). The run's wandb id
+is kept in the output folder (`wandb_run_id`), so a resumed run continues the same wandb run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
+import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +63,7 @@ class MetricLogger:
                 name=wandb_cfg.run_name or Path(out_dir).name,
                 dir=str(out_dir),
                 config=config,
+                id=wandb_run_id(out_dir, resuming=resume_at > 0),
                 resume="allow",
             )
 
@@ -89,6 +93,22 @@ class MetricLogger:
         self.file.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def wandb_run_id(out_dir: str | Path, *, resuming: bool) -> str:
+    """The wandb run id of the run in `out_dir`: the saved one on resume, else a new one (saved).
+
+    A fresh start in an old folder gets a new id: its steps restart at 1, which the old wandb
+    run would refuse (wandb drops steps below its last). Steps logged after the resumed
+    checkpoint but before the kill stay in wandb as first logged; metrics.jsonl is exact.
+    """
+    path = Path(out_dir) / "wandb_run_id"
+    if resuming and path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
 
 
 def _jsonable(v: Any) -> Any:
