@@ -61,7 +61,7 @@ def test_teacher_paths_are_verified_and_failures_reported(tmp_path, server):
     assert report["info"]["kept_existing_response"] == 1
     # Every question the stage saw is accounted for: kept, dropped or failed.
     assert report["rows_out"] + report["dropped"] + report["failed"] == report["rows_in"]
-    assert Counter(parse_question(b)[0] for b in server.requests)[3] == 2  # one retry
+    assert Counter(parse_question(b)[0] for b in server.bodies)[3] == 2  # one retry
 
 
 def test_k_paths_keep_only_the_verified_ones(tmp_path, server):
