@@ -129,21 +129,26 @@ def classify(err: BaseException, timeout_s: float, secrets: Iterable[str] = ()) 
     elif isinstance(err, (ValueError, openai.APIResponseValidationError)):  # not JSON
         reason, message = "malformed_reply", f"{type(err).__name__}: {err}"
     else:  # refused, reset or dropped connections (openai.APIConnectionError and others)
-        cause = err.__cause__
+        root = _first_cause(err)  # openai says only "Connection error." or "timed out"
         message = f"{type(err).__name__}: {err}"
-        if cause is not None:
-            message += f" ({type(cause).__name__}: {cause})"
+        if root is not err:
+            message += f" ({type(root).__name__}: {root})"
         reason = "connection"
     # Redact before cutting: a cut through the key would leave its first part behind.
     return reason, redact(message, secrets)[:200]
 
 
-def _timed_out(err: BaseException) -> bool:
-    """Whether the first cause of an openai timeout is a timeout: its aiohttp transport
-    maps a connection the server closed to httpx's ConnectTimeout too."""
+def _first_cause(err: BaseException) -> BaseException:
     while err.__cause__ is not None:
         err = err.__cause__
-    return isinstance(err, TimeoutError) or "Timeout" in type(err).__name__
+    return err
+
+
+def _timed_out(err: BaseException) -> bool:
+    """Whether the first cause of an openai timeout is a timeout: its aiohttp transport
+    maps a refused or closed connection to httpx's ConnectTimeout too."""
+    root = _first_cause(err)
+    return isinstance(root, TimeoutError) or "Timeout" in type(root).__name__
 
 
 def _body(response: Any) -> str:
