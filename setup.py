@@ -20,8 +20,9 @@ CORE = [
     "tqdm",
     "rich",
     "wandb",
-    "openai>=1.50",
-    # The LLM judge's async client: httpx (under openai) pools slowly at concurrency 64.
+    "openai>=1.50",  # mmr.llm: the one client for teacher, cleaner, difficulty model, judge
+    # The transport under that client (openai.DefaultAioHttpClient): httpx pools slowly
+    # at concurrency 64.
     "aiohttp>=3.9",
 ]
 

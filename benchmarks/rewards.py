@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fake_openai
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mmr first
 
 from mmr.rewards.accuracy import QA, extract_final_answer, relaxed_match
 from mmr.rewards.compose import RewardScorer, shutdown
@@ -197,12 +197,12 @@ def cpu_control(n: int = 10_000_000) -> float:
 def bench_judge(n: int, sequential_n: int) -> tuple[float, float]:
     import logging
 
+    from mmr.llm.server import OpenAIServer
     from mmr.rewards.config import JudgeConfig
     from mmr.rewards.judge import Judge
-    from tests.fake_openai import FakeJudgeServer
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    server = FakeJudgeServer().start()
+    server = OpenAIServer(reply="CORRECT").start()
     server.latency_s = 0.1
     try:
         results = []

@@ -284,9 +284,11 @@ def write_tasks(cfg: DemoConfig, out: Path) -> tuple[Path, Path]:
 def curate(cfg: DemoConfig, train_file: Path, data_dir: Path) -> Path:
     """`mmr data run --step all` with the rule teacher served over HTTP; returns selected/."""
     from mmr.data.pipeline.cli import main as data_main
-    from mmr.data.teacher_server import TeacherServer
+    from mmr.data.teacher_server import RuleTeacher
+    from mmr.llm.server import OpenAIServer
 
-    server = TeacherServer([train_file]).start()
+    teacher = RuleTeacher([train_file])
+    server = OpenAIServer(teacher).start()
     try:
         argv = ["run", "--config", recipe(cfg.data.config), "--step", "all", "--input", str(train_file),
                 "--output", str(data_dir), f"distill.cot.client.api_base={server.base_url}",
@@ -296,7 +298,7 @@ def curate(cfg: DemoConfig, train_file: Path, data_dir: Path) -> Path:
             raise subprocess.CalledProcessError(2, ["mmr", "data", *argv])
     finally:
         server.stop()
-    print(f"teacher server answered {server.served} requests ({server.unknown} unknown)")
+    print(f"teacher server answered {teacher.served} requests ({teacher.unknown} unknown)")
     return data_dir / "selected"
 
 

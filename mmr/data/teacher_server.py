@@ -11,8 +11,8 @@ recognises a request by its image's pixels and its question text; it answers wit
 `mmr.data.synthetic.teacher_response`, a correct `<think>` trace ending in `\\boxed{}`.
 A task it does not know gets HTTP 404 (the client counts it as failed), never a guess.
 
-Endpoints: POST /v1/chat/completions, GET /v1/models. Standard library only; one thread
-per request (ThreadingHTTPServer), so the client's concurrency is real.
+The HTTP side is mmr's one local server, the one the tests use; this module is the script
+that answers its requests: `OpenAIServer(RuleTeacher(task_files)).start()`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ import argparse
 import base64
 import hashlib
 import io
-import json
 import threading
-import time
 from collections.abc import Iterable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +31,9 @@ from PIL import Image
 from mmr.data.io import read_samples
 from mmr.data.schema import IMAGE_PLACEHOLDER
 from mmr.data.synthetic import teacher_response
+from mmr.llm.server import OpenAIServer
 
-__all__ = ["TeacherServer", "pixel_key"]
-
-MODEL_NAME = "rule-teacher"
+__all__ = ["RuleTeacher", "pixel_key"]
 
 
 def pixel_key(data: bytes) -> str:
@@ -62,14 +58,10 @@ def _request_parts(body: dict[str, Any]) -> tuple[str, list[bytes]]:
     return text, images
 
 
-class TeacherServer(ThreadingHTTPServer):
-    """`TeacherServer(task_files).start()`; `base_url` for clients; `stop()` at the end."""
+class RuleTeacher:
+    """The server's script: a request's JSON body -> the rule teacher's trace, or an error."""
 
-    daemon_threads = True
-    request_queue_size = 256
-
-    def __init__(self, task_files: Iterable[str | Path], host: str = "127.0.0.1", port: int = 0):
-        super().__init__((host, port), _Handler)
+    def __init__(self, task_files: Iterable[str | Path]) -> None:
         self.tasks: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for file in task_files:
             for sample in read_samples(file):
@@ -81,20 +73,16 @@ class TeacherServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.served = 0
         self.unknown = 0
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
-    @property
-    def base_url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def start(self) -> TeacherServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+    def __call__(self, body: dict[str, Any]) -> Any:
+        try:
+            reply = self.answer(body)
+        except (ValueError, KeyError, TypeError, IndexError, OSError) as err:
+            return ("status", 400, f"bad request: {err}")
+        with self.lock:
+            self.served += reply is not None
+            self.unknown += reply is None
+        return reply if reply is not None else ("status", 404, "not a task this teacher was given")
 
     def answer(self, body: dict[str, Any]) -> str | None:
         """The rule teacher's trace for the task in the request, or None if unknown."""
@@ -107,55 +95,15 @@ class TeacherServer(ThreadingHTTPServer):
         return None
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: Any) -> None:
-        pass  # the client reports; one line per request would drown the demo's output
-
-    def do_GET(self) -> None:
-        if self.path.rstrip("/") != "/v1/models":
-            return self._send(404, {"error": {"message": f"no route {self.path}"}})
-        self._send(200, {"object": "list", "data": [{"id": MODEL_NAME, "object": "model"}]})
-
-    def do_POST(self) -> None:
-        server: TeacherServer = self.server  # type: ignore[assignment]
-        if self.path.rstrip("/") != "/v1/chat/completions":
-            return self._send(404, {"error": {"message": f"no route {self.path}"}})
-        try:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            reply = server.answer(body)
-        except (ValueError, KeyError, TypeError, IndexError, OSError) as err:
-            return self._send(400, {"error": {"message": f"bad request: {err}"}})
-        with server.lock:
-            server.served += reply is not None
-            server.unknown += reply is None
-        if reply is None:
-            return self._send(404, {"error": {"message": "not a task this teacher was given"}})
-        message = {"role": "assistant", "content": reply}
-        self._send(200, {
-            "id": f"chatcmpl-{server.served}", "object": "chat.completion",
-            "created": int(time.time()), "model": body.get("model", MODEL_NAME),
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        })  # fmt: skip
-
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve the rule teacher over the OpenAI API.")
     parser.add_argument("--tasks", nargs="+", required=True, help="synthetic task files")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
-    server = TeacherServer(args.tasks, args.host, args.port)
-    print(f"rule teacher for {sum(map(len, server.tasks.values()))} tasks at {server.base_url}")
+    teacher = RuleTeacher(args.tasks)
+    server = OpenAIServer(teacher, host=args.host, port=args.port)
+    print(f"rule teacher for {sum(map(len, teacher.tasks.values()))} tasks at {server.base_url}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

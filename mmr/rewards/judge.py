@@ -4,18 +4,21 @@ Used only for what the rules and math-verify could not confirm. Endpoint, model 
 come from `OPENAI_BASE_URL`, `OPENAI_MODEL_NAME`, `OPENAI_API_KEY` (OpenMMReasoner's
 names) unless the config names them; `USE_LLM_JUDGE=True` turns it on.
 
-Calls are async (aiohttp, else httpx) on one event loop in a background thread, so any caller (a verl
-worker thread, an asyncio program, the CLI) can use it, and the HTTP connections are
-reused across batches. At most `concurrency` requests are in flight; each has a wall-clock
-timeout and `retries` retries with exponential backoff. A verdict is cached by
-(question, gold, extracted answer): within a group of 16 rollouts many answers repeat.
+Requests go through mmr's one client (`mmr.llm.client`, on openai's AsyncOpenAI) on one
+event loop in a background thread, so any caller (a verl worker thread, an asyncio
+program, the CLI) can use it, and the HTTP connections are reused across batches. At most
+`concurrency` requests are in flight; each has a wall-clock timeout and `retries` retries
+with exponential backoff; a reply without a clear verdict is retried like an HTTP error.
+A verdict is cached by (question, gold, extracted answer): within a group of 16 rollouts
+many answers repeat.
 
 The judge never decides what training does when it fails: a request that errors, times
 out, answers 5xx or a reply without a clear verdict returns None and the caller keeps the
 rule result (a "judge fallback"). After `failure_threshold` failures in a row the judge is
 considered down for `cooldown_s` and items fall back at once, so a dead or hung server
 costs about one timeout per batch, not one per item. The API key is sent only in the
-Authorization header; it is never logged, printed or written.
+Authorization header; it is never logged, printed or written, and an error body that
+echoes it is logged redacted.
 """
 
 from __future__ import annotations
@@ -26,15 +29,14 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import os
 import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
+from mmr.llm import client as llm
 from mmr.rewards.accuracy import QA
 from mmr.rewards.config import JudgeConfig
 
@@ -70,10 +72,7 @@ class JudgeUnavailable(RuntimeError):
 
 def load_prompt(path: str | None = None) -> str:
     """The judge prompt: the config's file, else the packaged one."""
-    if path:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    return resources.files("mmr.rewards").joinpath("prompts/judge.txt").read_text("utf-8")
+    return llm.load_prompt("mmr.rewards", "judge", path)
 
 
 def render_prompt(template: str, qa: QA) -> str:
@@ -134,23 +133,32 @@ class Judge:
             )
         self.model = cfg.resolved_model()
         self.template = load_prompt(cfg.prompt_file)
-        self._api_key = os.environ.get(cfg.api_key_env) or "EMPTY"
+        self.endpoint = llm.Endpoint(
+            base_url=self.base_url,
+            model=self.model,
+            api_key_env=cfg.api_key_env,
+            concurrency=cfg.concurrency,
+            timeout_s=cfg.timeout_s,
+            retries=cfg.retries,
+            backoff_s=cfg.backoff_s,
+        )
         self._cache: OrderedDict[QA, bool] = OrderedDict()
         self._failures_in_row = 0
         self._down_until = 0.0
         self._logged: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._client: Any = None
-        self._url = ""
-        self._post: Any = None
-        self._sem: asyncio.Semaphore | None = None
+        self._llm: llm.Client | None = None
         self._start_lock = threading.Lock()
-        self.requests = 0  # HTTP requests sent, retries included
         self.cache_hits = 0
 
     def __repr__(self) -> str:  # never show the key
         return f"Judge(base_url={self.base_url!r}, model={self.model!r})"
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests sent, retries included."""
+        return self._llm.requests if self._llm is not None else 0
 
     # -- public -------------------------------------------------------------------------
 
@@ -183,11 +191,10 @@ class Judge:
         if self._loop is None:
             return
         loop, self._loop = self._loop, None
-        if self._client is not None:
+        if self._llm is not None:
             # Closing is best effort: the process may be exiting.
-            close = getattr(self._client, "aclose", None) or self._client.close
             with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=5)
+                asyncio.run_coroutine_threadsafe(self._llm.aclose(), loop).result(timeout=5)
         loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -215,88 +222,38 @@ class Judge:
             return self._loop
 
     async def _setup(self) -> None:
-        # Imported here, when the judge is used, to keep `import mmr.rewards` light.
-        # aiohttp when present (it comes with ray): httpx's connection pool slows down
-        # badly with many concurrent requests (10 s instead of 1.7 s for 1,024 requests at
-        # concurrency 64 in benchmarks/rewards.py); httpx (from openai) otherwise.
-        self._sem = asyncio.Semaphore(self.cfg.concurrency)
-        headers = {"Authorization": f"Bearer {self._api_key}"}
-        self._url = self.base_url.rstrip("/") + "/chat/completions"
-        try:
-            import aiohttp
-        except ImportError:
-            import httpx
-
-            self._client = httpx.AsyncClient(
-                timeout=self.cfg.timeout_s,
-                limits=httpx.Limits(
-                    max_connections=self.cfg.concurrency,
-                    max_keepalive_connections=self.cfg.concurrency,
-                ),
-                headers=headers,
-            )
-            self._post = self._post_httpx
-            return
-        self._client = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.cfg.concurrency),
-            timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
-            headers=headers,
-        )
-        self._post = self._post_aiohttp
-
-    async def _post_aiohttp(self, body: dict) -> Any:
-        async with self._client.post(self._url, json=body) as response:
-            response.raise_for_status()
-            return await response.json(content_type=None)
-
-    async def _post_httpx(self, body: dict) -> Any:
-        response = await self._client.post(self._url, json=body)
-        response.raise_for_status()
-        return response.json()
+        # Made on the judge's loop: the client's connections belong to it.
+        self._llm = llm.Client(self.endpoint)
 
     async def _judge_all(self, keys: list[QA]) -> dict:
         verdicts = await asyncio.gather(*(self._judge_one(k) for k in keys))
         return dict(zip(keys, verdicts))
 
     async def _judge_one(self, key: QA) -> bool | None:
-        prompt = render_prompt(self.template, key)
-        for attempt in range(self.cfg.retries + 1):
-            if time.monotonic() < self._down_until:
-                return None
-            async with self._sem:
-                if time.monotonic() < self._down_until:  # it went down while this one waited
-                    return None
-                try:
-                    reply = await asyncio.wait_for(self._ask(prompt), self.cfg.timeout_s)
-                    verdict = parse_verdict(reply)
-                    problem = None if verdict is not None else "reply without a clear verdict"
-                except asyncio.TimeoutError:
-                    problem = f"no reply within {self.cfg.timeout_s} s"
-                except Exception as err:  # HTTP errors, refused or dropped connections, bad JSON
-                    problem = _describe(err)
-            if problem is None:
-                self._failures_in_row = 0
-                self._remember(key, verdict)
-                return verdict
-            self._note_failure(problem)
-            if attempt < self.cfg.retries:
-                await asyncio.sleep(self.cfg.backoff_s * 2**attempt)
-        return None
+        assert self._llm is not None
+        messages = [{"role": "user", "content": render_prompt(self.template, key)}]
+        result = await self._llm.chat(
+            messages,
+            _verdict,
+            proceed=self._is_up,
+            on_failure=self._note_failure,
+            temperature=0.0,
+            max_tokens=self.cfg.max_tokens,
+        )
+        if result.error is not None:
+            return None
+        self._failures_in_row = 0
+        self._remember(key, result.value)
+        return result.value
 
-    async def _ask(self, prompt: str) -> Any:
-        self.requests += 1
-        body = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "temperature": 0.0,
-            "max_tokens": self.cfg.max_tokens,
-        }
-        reply = await self._post(body)
-        return reply["choices"][0]["message"]["content"]
+    def _is_up(self) -> bool:
+        return time.monotonic() >= self._down_until
 
-    def _note_failure(self, problem: str) -> None:
+    def _note_failure(self, reason: str, detail: str) -> None:
         self._failures_in_row += 1
-        self._log_once(problem, f"LLM judge request failed ({problem}); using the rule result")
+        self._log_once(
+            reason, f"LLM judge request failed ({reason}: {detail}); using the rule result"
+        )
         if self._failures_in_row >= self.cfg.failure_threshold:
             self._down_until = time.monotonic() + self.cfg.cooldown_s
             self._failures_in_row = 0
@@ -317,10 +274,9 @@ class Judge:
             log.warning(message)
 
 
-def _describe(err: Exception) -> str:
-    status = getattr(err, "status", None)  # aiohttp
-    if status is None:
-        status = getattr(getattr(err, "response", None), "status_code", None)  # httpx
-    if status is not None:
-        return f"HTTP {status}"
-    return type(err).__name__
+def _verdict(reply: str) -> bool:
+    """The verdict of a reply; a reply without one is retried like a failed request."""
+    verdict = parse_verdict(reply)
+    if verdict is None:
+        raise llm.MalformedReply(f"reply without a clear verdict: {reply[:80]!r}")
+    return verdict

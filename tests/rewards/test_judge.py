@@ -190,13 +190,34 @@ def test_api_key_is_sent_but_never_logged_or_written(
     assert secret not in repr(Judge(_cfg().judge))
 
 
+def test_an_error_body_echoing_the_key_is_logged_redacted(
+    judge: FakeJudgeServer, monkeypatch, caplog
+) -> None:
+    secret = "sk-test-SECRET-0123456789"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+
+    def auth() -> str:
+        return judge.requests[-1]["headers"]["Authorization"]
+
+    judge.script = lambda p: ("status", 500, f"proxy error for Authorization: {auth()}")
+    caplog.set_level(logging.DEBUG)
+    client = Judge(_cfg(retries=0).judge)
+    try:
+        assert client.judge_many([QA("q", "2", "two")]) == [None]
+    finally:
+        client.close()
+    assert auth() == f"Bearer {secret}"
+    assert "proxy error for Authorization: Bearer [redacted]" in caplog.text
+    assert secret not in caplog.text
+
+
 def test_httpx_client_when_aiohttp_is_missing(judge: FakeJudgeServer, monkeypatch) -> None:
     monkeypatch.setitem(__import__("sys").modules, "aiohttp", None)  # import fails
     judge.script = lambda p: "INCORRECT" if student_answer(p) == "three" else ("status", 500)
     client = Judge(_cfg(retries=0).judge)
     try:
         assert client.judge_many([QA("q", "2", "three"), QA("q", "2", "four")]) == [False, None]
-        assert type(client._client).__module__.startswith("httpx")
+        assert client._llm is not None and client._llm.transport == "httpx"
     finally:
         client.close()
 

@@ -26,7 +26,7 @@ def test_replies_in_order_with_bounded_concurrency(server):
     results = _client(server, concurrency=4).chat_many([_ask(f"q{i}") for i in range(16)])
     assert [r.text for r in results] == [f"echo q{i}" for i in range(16)]
     assert server.max_in_flight <= 4
-    body = server.requests[0]
+    body = server.bodies[0]
     assert body["model"] == "teacher" and body["max_tokens"] == 16384
 
 

@@ -61,7 +61,7 @@ def test_teacher_paths_are_verified_and_failures_reported(tmp_path, server):
     assert report["info"]["kept_existing_response"] == 1
     # Every question the stage saw is accounted for: kept, dropped or failed.
     assert report["rows_out"] + report["dropped"] + report["failed"] == report["rows_in"]
-    assert Counter(parse_question(b)[0] for b in server.requests)[3] == 2  # one retry
+    assert Counter(parse_question(b)[0] for b in server.bodies)[3] == 2  # one retry
 
 
 def test_k_paths_keep_only_the_verified_ones(tmp_path, server):
@@ -99,3 +99,25 @@ def test_captions_need_images_and_the_teacher_never_sees_them(tmp_path, server, 
     out = {s.id: s for s in read_samples(tmp_path / "out" / "distilled")}
     assert out["q000"].caption == "A red rectangle." and out["q001"].caption is None
     assert report["info"]["captioned"] == 1 and report["rows_out"] == 3
+
+
+def test_an_error_body_echoing_the_key_is_kept_redacted(tmp_path, server, monkeypatch):
+    # A gateway that answers 500 with the request it got, Authorization header included:
+    # the failure's detail travels into failed/ shards, reports and manifests.
+    secret = "sk-test-SECRET-0123456789abcdef"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+
+    def echo(body):
+        return ("status", 500, f"bad upstream; request headers: {server.requests[-1]['headers']}")
+
+    server.script = echo
+    write_samples(tmp_path / "in.parquet", arithmetic(3))
+    report = run_distill(_cfg(server), tmp_path / "in.parquet", tmp_path / "out", quiet=True)
+    assert server.requests[-1]["headers"]["Authorization"] == f"Bearer {secret}"
+    assert report["failed_reasons"] == {"teacher_http_500": 3}
+    failed = [s.meta["failed"] for s in read_samples(tmp_path / "out" / "failed" / "distill")]
+    assert len(failed) == 3 and all("[redacted]" in f and secret not in f for f in failed)
+    assert secret not in str(report)
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path

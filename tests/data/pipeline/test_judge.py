@@ -82,9 +82,9 @@ def test_select_judges_what_the_rules_cannot_verify(tmp_path, server):
     assert ids == ["s000", "s001"]
     assert report["filters"] == {"correctness": {"wrong_answer": 2}}
     assert report["info"] == {"judged": 2}
-    judged = sorted(_JUDGED.search(prompt_text(b)).group(2) for b in server.requests)
+    judged = sorted(_JUDGED.search(prompt_text(b)).group(2) for b in server.bodies)
     assert judged == ["eight", "seven"]  # "8" was settled by the rules
-    assert server.requests[0]["model"] == "judge"
+    assert server.bodies[0]["model"] == "judge"
 
 
 @pytest.mark.parametrize("how", ["refused", "hung", "nonsense"])
