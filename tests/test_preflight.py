@@ -35,6 +35,8 @@ CASES = [
     (["data.train_files=[/no/such/data.parquet]"], "data.train_files", "does not exist"),
     (["optim.lr=-1e-5"], "optim.lr", "> 0"),
     (["optim.lr_typo=1"], "optim.lr_typo", "unknown config key"),
+    (["optim.betas=[0.9,1.5]"], "optim.betas", "in [0, 1)"),
+    (["trainer.log_steps=0"], "trainer.log_steps", "> 0"),
     (["trainer.resume=/no/such/checkpoint"], "trainer.resume", "no such folder"),
 ]
 
@@ -69,3 +71,13 @@ def test_the_console_script_exits_2_without_a_traceback(stage, data, tmp_path):
         f"mmr {'sft' if stage == 'sft' else 'rl local'}: config key 'model.path': "
         f"{tmp_path / 'no_model'} does not exist"
     ]
+
+
+def test_a_negative_reward_weight_is_refused_before_the_model_loads(
+    data, tiny_qwen2_5_vl, tmp_path, capsys
+):
+    from mmr.cli import main
+
+    rc = main(_cmd("rl", tiny_qwen2_5_vl, data, tmp_path / "out", ["reward.weights.accuracy=-0.9"]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "weights.accuracy" in err[0] and ">= 0" in err[0]

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmr.config import ConfigError, check_choice
+from mmr.config import ConfigError, check_choice, positive
 
 __all__ = [
     "AccuracyConfig",
@@ -35,6 +35,13 @@ _TRUE = {"1", "true", "yes", "on"}
 class WeightsConfig:
     accuracy: float = 0.9  # OpenMMReasoner's weight of the accuracy part
     format: float = 0.1  # OpenMMReasoner's weight of the format part
+
+    def __post_init__(self) -> None:
+        # A negative weight would reward wrong answers or missing tags: a sign error.
+        positive("weights.accuracy", self.accuracy, zero_ok=True)
+        positive("weights.format", self.format, zero_ok=True)
+        if self.accuracy + self.format == 0:
+            raise ConfigError("config keys 'weights.accuracy' and 'weights.format' are both 0")
 
 
 @dataclass

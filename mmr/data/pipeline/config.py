@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmr.config import ConfigError, check_choice
+from mmr.config import ConfigError, check_choice, positive
 from mmr.data.io import READ_FORMATS
 from mmr.rewards.config import JudgeConfig
 
@@ -39,11 +39,6 @@ __all__ = [
 ANSWER_FORMATS = ("answer_tag", "boxed", "either")
 
 
-def _positive(value: float, key: str, *, zero_ok: bool = False) -> None:
-    if value < 0 or (value == 0 and not zero_ok):
-        raise ConfigError(f"config key '{key}' must be {'>= 0' if zero_ok else '> 0'}")
-
-
 @dataclass
 class ClientConfig:
     api_base: str | None = None  # OpenAI-compatible endpoint, e.g. http://localhost:8000/v1
@@ -59,10 +54,10 @@ class ClientConfig:
     extra_body: dict[str, Any] = field(default_factory=dict)  # merged into each request body
 
     def __post_init__(self) -> None:
-        _positive(self.concurrency, "client.concurrency")
-        _positive(self.timeout_s, "client.timeout_s")
-        _positive(self.retries, "client.retries", zero_ok=True)
-        _positive(self.max_tokens, "client.max_tokens")
+        positive("client.concurrency", self.concurrency)
+        positive("client.timeout_s", self.timeout_s)
+        positive("client.retries", self.retries, zero_ok=True)
+        positive("client.max_tokens", self.max_tokens)
 
 
 @dataclass
@@ -89,7 +84,7 @@ class CollectConfig:
     def __post_init__(self) -> None:
         check_choice("collect.format", self.format, READ_FORMATS)
         if self.max_samples is not None:
-            _positive(self.max_samples, "collect.max_samples")
+            positive("collect.max_samples", self.max_samples)
 
 
 @dataclass
@@ -108,7 +103,7 @@ class CleanConfig:
     llm: LLMCleanConfig = field(default_factory=LLMCleanConfig)
 
     def __post_init__(self) -> None:
-        _positive(self.max_image_size, "clean.max_image_size")
+        positive("clean.max_image_size", self.max_image_size)
 
 
 @dataclass
@@ -121,9 +116,9 @@ class CotConfig:
     prompt_file: str | None = None  # None: the packaged prompts/distill.txt
 
     def __post_init__(self) -> None:
-        _positive(self.k, "distill.cot.k")
+        positive("distill.cot.k", self.k)
         if self.keep_per_question is not None:
-            _positive(self.keep_per_question, "distill.cot.keep_per_question")
+            positive("distill.cot.keep_per_question", self.keep_per_question)
 
 
 @dataclass
@@ -165,7 +160,7 @@ class TemplateFilterConfig:
     ngram_freq: int = 3  # occurrences that make it templated (MMFineReason: 3)
 
     def __post_init__(self) -> None:
-        _positive(self.ngram_n, "select.templated.ngram_n")
+        positive("select.templated.ngram_n", self.ngram_n)
         if self.ngram_freq < 2:
             raise ConfigError("config key 'select.templated.ngram_freq' must be >= 2")
 
@@ -186,7 +181,7 @@ class DifficultyConfig:
     prompt_file: str | None = None  # None: the packaged prompts/difficulty.txt
 
     def __post_init__(self) -> None:
-        _positive(self.num_samples, "select.difficulty.num_samples")
+        positive("select.difficulty.num_samples", self.num_samples)
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ConfigError("config key 'select.difficulty.threshold' must be in [0, 1] or null")
 
@@ -212,8 +207,8 @@ class DedupConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError("config key 'dedup.threshold' must be in (0, 1]")
-        _positive(self.max_hamming, "dedup.max_hamming", zero_ok=True)
-        _positive(self.batch_size, "dedup.batch_size")
+        positive("dedup.max_hamming", self.max_hamming, zero_ok=True)
+        positive("dedup.batch_size", self.batch_size)
 
 
 @dataclass
@@ -227,5 +222,5 @@ class PipelineConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
 
     def __post_init__(self) -> None:
-        _positive(self.num_proc, "num_proc")
-        _positive(self.shard_rows, "shard_rows")
+        positive("num_proc", self.num_proc)
+        positive("shard_rows", self.shard_rows)
