@@ -11,7 +11,8 @@ no servers, for the tests, the demo's fallback and reward debugging. A step:
    `generate` (`mmr.models.generate`: sampling, seeded per step);
 2. rewards through `mmr.rewards.score_batch`, the scorer verl's bridge and `mmr eval` use
    (group = the prompt, so the group-relative length term sees all n siblings);
-3. group advantages from verl's `compute_grpo_outcome_advantage`;
+3. group advantages from verl's `compute_grpo_outcome_advantage`, exactly 0 for a group
+   whose rewards are all equal (`mmr.rl.advantage`, verl's float32 mean leaves ~-0.007);
 4. old log-probs of the rollout policy (no grad, before the update), then the policy loss
    from verl's `get_policy_loss_fn(algorithm.loss_mode)` (GSPO by default) with the
    recipe's clip ratios and `loss_agg_mode`, and an AdamW step on the trainable parameters
@@ -68,6 +69,7 @@ from mmr.models import generate
 from mmr.models.build import build_model, check_model_path
 from mmr.models.export import save_hf_checkpoint
 from mmr.rewards import RewardConfig, score_batch, summarize
+from mmr.rl.advantage import grpo_advantages
 from mmr.rl.local_config import LocalRLConfig
 
 logger = logging.getLogger("mmr.rl.local")
@@ -341,15 +343,15 @@ def score_rollouts(rollouts: Rollouts, reward_cfg: RewardConfig) -> list[dict[st
 def compute_advantages(
     scores: torch.Tensor, response_mask: torch.Tensor, groups: Sequence[str], norm_by_std: bool
 ) -> torch.Tensor:
-    """verl's GRPO advantages, each response's score relative to its group on every token
-    (verl takes token-level rewards: the outcome score on each response's last token)."""
-    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+    """verl's GRPO advantages (exactly 0 on all-equal groups: `mmr.rl.advantage`), each
+    response's score relative to its group on every token (verl takes token-level rewards:
+    the outcome score on each response's last token)."""
 
     mask = response_mask.detach().cpu()
     token_rewards = torch.zeros(mask.shape, dtype=torch.float32)
     last = (mask.sum(-1).long() - 1).clamp(min=0)  # the mask is a prefix of each row
     token_rewards[torch.arange(len(scores)), last] = scores.float()
-    advantages, _ = compute_grpo_outcome_advantage(
+    advantages, _ = grpo_advantages(
         token_level_rewards=token_rewards,
         response_mask=mask,
         index=np.array(list(groups), dtype=object),
@@ -462,8 +464,8 @@ def step_metrics(
         "reward": s["mean_score"],
         **{f"reward/{k}": s[f"mean_{k}"] for k in ("accuracy", "format", "length")},
         **{f"reward/{k}": s[k] for k in counts if k in s},
-        # Groups whose responses all scored the same teach nothing: a reward-debugging signal.
-        # (verl's float32 GRPO can leave ~1e-2 advantages on them; exactly 0 in exact math.)
+        # Groups whose responses all scored the same teach nothing (advantage exactly 0):
+        # a reward-debugging signal.
         "reward/flat_groups": sum(len(v) == 1 for v in groups.values()) / len(groups),
         "response/length": float(lengths.mean()),
         "response/truncated": float(rollouts.truncated.float().mean()),

@@ -72,9 +72,13 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from mmr.config import config_from_dict
 from mmr.rewards.compose import add_group_length
 from mmr.rewards.config import RewardConfig
+from mmr.rl import advantage
 from mmr.rl.train import REWARD_CONFIG_KEY
 
 logger = logging.getLogger(__name__)
+# verl's trainer imports this module for mmr's sampler: the recipes' `mmr_grpo` estimator
+# is registered here too, for a run with verl's external plugins off.
+advantage.register()
 
 # The keys every trajectory reports, in a fixed order (`judge` follows when the judge is
 # on): verl builds its metric arrays from the first trajectory's keys, so they must never

@@ -9,6 +9,8 @@ installs, in this order:
    (text-only micro-batches; equal-length batches of 3-D position ids), on every platform.
 2. `mmr.rl.verl_cpu`: a CPU platform for verl and its CPU workarounds, active only where
    there is no accelerator (never on a GPU machine).
+3. `mmr.rl.advantage`: the `mmr_grpo` advantage estimator (verl's GRPO, exactly 0 on a
+   group whose rewards are all equal), registered with verl's `register_adv_est`.
 
 `VERL_USE_EXTERNAL_PLUGINS=none` turns the plugin off (verl's own switch).
 """
@@ -33,3 +35,10 @@ try:
     INSTALLED["cpu_platform"] = verl_cpu.install()
 except Exception:
     logger.warning("mmr: verl's CPU platform not installed", exc_info=True)
+try:
+    from mmr.rl import advantage
+
+    advantage.register()
+    INSTALLED["adv_estimator"] = advantage.NAME
+except Exception:
+    logger.warning("mmr: the mmr_grpo advantage estimator not registered", exc_info=True)

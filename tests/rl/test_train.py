@@ -30,7 +30,7 @@ def test_dry_run_has_the_gspo_recipe(dry_run):
     actor = dry_run["actor_rollout_ref"]["actor"]
     rollout = dry_run["actor_rollout_ref"]["rollout"]
     assert actor["policy_loss"]["loss_mode"] == "gspo"
-    assert dry_run["algorithm"]["adv_estimator"] == "grpo"
+    assert dry_run["algorithm"]["adv_estimator"] == "mmr_grpo"  # verl's grpo, exact on equal groups
     assert actor["loss_agg_mode"] == "seq-mean-token-mean"
     assert (actor["clip_ratio_low"], actor["clip_ratio_high"]) == (3e-4, 4e-4)
     assert actor["use_kl_loss"] is False and dry_run["algorithm"]["use_kl_in_reward"] is False
@@ -172,7 +172,7 @@ def test_tiny_verl_recipe_composes_with_verls_schema():
     verl = OmegaConf.to_container(compose_verl_config(cfg), resolve=False)
     actor, rollout = verl["actor_rollout_ref"]["actor"], verl["actor_rollout_ref"]["rollout"]
     assert (
-        actor["policy_loss"]["loss_mode"] == "gspo" and verl["algorithm"]["adv_estimator"] == "grpo"
+        actor["policy_loss"]["loss_mode"] == "gspo" and verl["algorithm"]["adv_estimator"] == "mmr_grpo"
     )
     assert actor["loss_agg_mode"] == "seq-mean-token-mean"
     assert (actor["clip_ratio_low"], actor["clip_ratio_high"]) == (3e-4, 4e-4)
