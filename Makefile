@@ -71,7 +71,7 @@ format: setup
 # venv; the fixes for verl's bugs are tested under both venvs' transformers releases.
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 test: lint setup-rl
-	$(TEST_ENV) $(BIN)/pytest -q tests; \
+	$(TEST_ENV) $(BIN)/pytest -q --durations=15 tests; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; rc=0; fi; exit $$rc
 	$(TEST_ENV) $(RL_BIN)/pytest -q -p no:cacheprovider tests/rl/test_verl_fixes.py tests/rl/test_verl_cpu.py
 
