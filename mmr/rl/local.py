@@ -18,7 +18,9 @@ no servers, for the tests, the demo's fallback and reward debugging. A step:
    recipe's clip ratios and `loss_agg_mode`, and an AdamW step on the trainable parameters
    (the vision tower and projector are frozen by default, as in SFT).
 
-Left out: vLLM, KL and entropy terms (the recipe has neither), dynamic batches
+Available as in verl's actor, off by default (OpenMMReasoner uses neither): an entropy
+bonus (`algorithm.entropy_coeff`) and a KL loss to the model at model.path
+(`algorithm.use_kl_loss`). Left out: vLLM, dynamic batches
 (micro-batches are fixed-size), Ray, multi-device. Losses and advantages are verl's
 functions, imported, never rewritten; checkpoints are `mmr.checkpoint`'s, as SFT's.
 
@@ -108,6 +110,7 @@ def train(cfg: LocalRLConfig) -> dict[str, Any]:
 
     # The model is both the rollout policy and the one trained: no separate inference engine.
     model, processor, device = build_policy(cfg)
+    reference = build_reference(cfg, device) if cfg.algorithm.use_kl_loss else None
     prompts = load_prompts(cfg, processor, out)
     per_epoch = len(prompts) // cfg.data.batch_size
     total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * per_epoch
@@ -145,7 +148,9 @@ def train(cfg: LocalRLConfig) -> dict[str, Any]:
 
         # 4. Update: old log-probs, verl's policy loss, AdamW. The lr logged is the one used.
         lr = scheduler.get_last_lr()[0]
-        stats = update_policy(model, optimizer, rollouts, advantages, cfg, loss_fn, actor_cfg)
+        stats = update_policy(
+            model, optimizer, rollouts, advantages, cfg, loss_fn, actor_cfg, reference
+        )
         scheduler.step()
         state.step = step
         t3 = time.perf_counter()
@@ -180,6 +185,14 @@ def build_policy(cfg: LocalRLConfig) -> tuple[Any, Any, torch.device]:
     device = torch.device("cuda" if use_cuda else "cpu")
     model, processor = build_model(cfg.model, device)
     return model, processor, device
+
+
+def build_reference(cfg: LocalRLConfig, device: torch.device) -> Any:
+    """The KL loss's reference: the model at model.path (the SFT model, also on resume),
+    frozen, in eval mode."""
+    reference, _ = build_model(cfg.model, device)
+    reference.requires_grad_(False)
+    return reference.eval()
 
 
 @dataclass
@@ -240,8 +253,9 @@ def build_optimizer(cfg: LocalRLConfig, model: Any, total_steps: int) -> tuple[A
 
 
 def build_actor_config(cfg: LocalRLConfig) -> Any:
-    """verl's ActorConfig, where its policy losses read the clip ratios, `loss_agg_mode` and
-    `policy_loss`; `strategy` and the micro-batch size are required fields with no use here."""
+    """verl's ActorConfig, where its losses read the clip ratios, `loss_agg_mode`,
+    `policy_loss` and the entropy and KL terms; `strategy` and the micro-batch size are
+    required fields with no use here."""
     from verl.workers.config import ActorConfig
     from verl.workers.config.actor import PolicyLossConfig
 
@@ -254,7 +268,11 @@ def build_actor_config(cfg: LocalRLConfig) -> Any:
         clip_ratio_high=a.clip_ratio_high,
         loss_agg_mode=a.loss_agg_mode,
         policy_loss=PolicyLossConfig(loss_mode=a.loss_mode),
-    )  # entropy_coeff 0 and use_kl_loss False are verl's defaults (and the recipe's)
+        entropy_coeff=a.entropy_coeff,
+        use_kl_loss=a.use_kl_loss,
+        kl_loss_coef=a.kl_loss_coef,
+        kl_loss_type=a.kl_loss_type,
+    )
 
 
 def next_batch(prompts: list[Prompt], state: TrainerState, cfg: LocalRLConfig) -> list[Prompt]:
@@ -363,9 +381,12 @@ def compute_advantages(
 # ---- the policy update --------------------------------------------------------------
 
 
-def response_log_probs(model: Any, rollouts: Rollouts, rows: slice, temp: float) -> torch.Tensor:
-    """(rows, R) log-probs of the sampled tokens under `model`, logits / temperature as verl."""
-    from verl.utils.torch_functional import logprobs_from_logits
+def response_log_probs(
+    model: Any, rollouts: Rollouts, rows: slice, temp: float, entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(rows, R) log-probs of the sampled tokens under `model`, logits / temperature as verl,
+    and (with `entropy`) each position's token entropy (verl's `entropy_from_logits`)."""
+    from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
 
     inputs = rollouts.model_inputs(rows)
     responses, mask = rollouts.responses[rows], rollouts.response_mask[rows]
@@ -376,26 +397,44 @@ def response_log_probs(model: Any, rollouts: Rollouts, rows: slice, temp: float)
         inputs["mm_token_type_ids"] = torch.cat([mm, torch.zeros_like(responses)], dim=1)
     # Only the positions that predict response tokens need logits (the last R + 1, minus one).
     logits = model(**inputs, use_cache=False, logits_to_keep=responses.shape[1] + 1).logits
-    return logprobs_from_logits(logits[:, :-1].float() / temp, responses)
+    scaled = logits[:, :-1].float() / temp
+    return logprobs_from_logits(scaled, responses), entropy_from_logits(scaled) if entropy else None
 
 
 def policy_loss(
     loss_fn: Any, actor_cfg: Any, log_prob: torch.Tensor, old_log_prob: torch.Tensor,
-    advantages: torch.Tensor, response_mask: torch.Tensor,
+    advantages: torch.Tensor, response_mask: torch.Tensor, entropy: torch.Tensor | None = None,
+    ref_log_prob: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
     """verl's policy loss (GSPO: `compute_policy_loss_gspo`) and its metrics, called as
-    verl's actor calls it (per micro-batch, normalised by `config.global_batch_info`)."""
-    return loss_fn(old_log_prob=old_log_prob, log_prob=log_prob, advantages=advantages,
-                   response_mask=response_mask, loss_agg_mode=actor_cfg.loss_agg_mode,
-                   config=actor_cfg)  # fmt: skip
+    verl's actor calls it (per micro-batch, normalised by `config.global_batch_info`), with
+    the entropy bonus and KL loss added as verl's `workers/utils/losses.py` adds them."""
+    from verl.trainer.ppo.core_algos import agg_loss, kl_penalty
+
+    loss, metrics = loss_fn(old_log_prob=old_log_prob, log_prob=log_prob, advantages=advantages,
+                            response_mask=response_mask, loss_agg_mode=actor_cfg.loss_agg_mode,
+                            config=actor_cfg)  # fmt: skip
+    mask, mode, info = response_mask.bool(), actor_cfg.loss_agg_mode, actor_cfg.global_batch_info
+    if entropy is not None:
+        entropy_loss = agg_loss(loss_mat=entropy, loss_mask=mask, loss_agg_mode=mode, **info)
+        loss = loss - actor_cfg.entropy_coeff * entropy_loss
+        metrics["actor/entropy"] = float(entropy[mask].mean()) if mask.any() else 0.0
+    if ref_log_prob is not None:
+        kld = kl_penalty(logprob=log_prob, ref_logprob=ref_log_prob,
+                         kl_penalty=actor_cfg.kl_loss_type)  # fmt: skip
+        kl_loss = agg_loss(loss_mat=kld, loss_mask=mask, loss_agg_mode=mode, **info)
+        loss = loss + actor_cfg.kl_loss_coef * kl_loss
+        metrics["actor/kl_loss"] = float(kl_loss.detach())
+    return loss, metrics
 
 
 def update_policy(
     model: Any, optimizer: Any, rollouts: Rollouts, advantages: torch.Tensor,
-    cfg: LocalRLConfig, loss_fn: Any, actor_cfg: Any,
+    cfg: LocalRLConfig, loss_fn: Any, actor_cfg: Any, reference: Any = None,
 ) -> dict[str, float]:  # fmt: skip
     """ppo_epochs x mini-batches of verl's policy loss, one AdamW step per mini-batch, each
-    mini-batch in micro-batches of `algorithm.ppo_micro_batch_size` rollouts (0: one)."""
+    mini-batch in micro-batches of `algorithm.ppo_micro_batch_size` rollouts (0: one).
+    `reference`: the frozen model of the KL loss (`algorithm.use_kl_loss`)."""
     alg, temperature, mask = cfg.algorithm, cfg.rollout.temperature, rollouts.response_mask
     rows = len(rollouts.samples)
     size = alg.ppo_mini_batch_size * cfg.rollout.n or rows
@@ -404,10 +443,16 @@ def update_policy(
     # mini-batches as the update's, so the first pass starts at an importance ratio of 1.
     model.eval()
     with torch.no_grad():
-        old = torch.cat([response_log_probs(model, rollouts, s, temperature) for s in minis])
+        old = torch.cat([response_log_probs(model, rollouts, s, temperature)[0] for s in minis])
+        ref = None
+        if reference is not None:
+            ref = torch.cat(
+                [response_log_probs(reference, rollouts, s, temperature)[0] for s in minis]
+            )
     trainable = [p for p in model.parameters() if p.requires_grad]
     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
     seen: dict[str, list[float]] = {"loss": [], "clip_fraction": [], "ppo_kl": [], "grad_norm": []}
+    extra: dict[str, list[float]] = {}  # the entropy and KL terms' metrics, when on
     skipped = 0
     model.train()
     for _ in range(alg.ppo_epochs):
@@ -426,9 +471,14 @@ def update_policy(
             loss_sum, clips, kls = 0.0, [], []
             for b in range(s.start, s.stop, micro):
                 m_slice = slice(b, min(b + micro, s.stop))
-                log_prob = response_log_probs(model, rollouts, m_slice, temperature)
+                log_prob, entropy = response_log_probs(model, rollouts, m_slice, temperature,
+                                                       entropy=alg.entropy_coeff > 0)  # fmt: skip
                 loss, m = policy_loss(loss_fn, actor_cfg, log_prob, old[m_slice],
-                                      advantages[m_slice], mask[m_slice])  # fmt: skip
+                                      advantages[m_slice], mask[m_slice], entropy,
+                                      None if ref is None else ref[m_slice])  # fmt: skip
+                for key in ("actor/entropy", "actor/kl_loss"):
+                    if key in m:
+                        extra.setdefault(key.removeprefix("actor/"), []).append(m[key])
                 loss.backward()
                 loss_sum += float(loss.detach())
                 clips.append(m.get("actor/pg_clipfrac", math.nan))
@@ -443,7 +493,8 @@ def update_policy(
             for key, value in zip(seen, (loss_sum, clip, kl, grad_norm)):
                 seen[key].append(value)
     optimizer.zero_grad(set_to_none=True)
-    return {**{k: float(np.mean(v)) for k, v in seen.items()}, "skipped_steps": skipped}
+    means = {k: float(np.mean(v)) for k, v in {**seen, **extra}.items()}
+    return {**means, "skipped_steps": skipped}
 
 
 # ---- metrics and the rollout log ----------------------------------------------------

@@ -59,6 +59,13 @@ class AlgorithmSection:
     clip_ratio_high: float = 4e-4  # upper clip of the (sequence) importance ratio
     ppo_epochs: int = 1  # passes over each rollout batch
     ppo_mini_batch_size: int = 0  # prompts per optimizer step; 0: the whole batch (on-policy)
+    # Regularisers, as verl's actor adds them (its keys: actor.entropy_coeff, use_kl_loss,
+    # kl_loss_coef, kl_loss_type; OpenMMReasoner uses neither). The KL reference is the
+    # model at model.path (the SFT model), loaded once more, frozen.
+    entropy_coeff: float = 0.0  # loss -= coeff x aggregated token entropy (keeps sampling spread)
+    use_kl_loss: bool = False  # loss += kl_loss_coef x aggregated KL(policy || reference)
+    kl_loss_coef: float = 0.001  # verl's default
+    kl_loss_type: str = "low_var_kl"  # verl's kl_penalty names: kl/k1, abs, mse/k2, low_var_kl/k3
     # Rollouts per forward/backward inside a mini-batch (0: the whole mini-batch at once);
     # gradients accumulate to the same update, so this only trades speed for memory.
     ppo_micro_batch_size: int = 0
@@ -100,6 +107,10 @@ class LocalRLConfig:
              "seq-mean-token-sum-norm"),
         )  # fmt: skip
         check_choice("optim.scheduler", self.optim.scheduler, ("constant", "cosine"))
+        check_choice("algorithm.kl_loss_type", self.algorithm.kl_loss_type,
+                     ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3"))  # fmt: skip
+        positive("algorithm.entropy_coeff", self.algorithm.entropy_coeff, zero_ok=True)
+        positive("algorithm.kl_loss_coef", self.algorithm.kl_loss_coef, zero_ok=True)
         positive("rollout.n", self.rollout.n)
         positive("data.batch_size", self.data.batch_size)
         positive("rollout.max_new_tokens", self.rollout.max_new_tokens)

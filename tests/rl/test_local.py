@@ -300,3 +300,60 @@ def test_micro_batches_give_the_same_update_as_one_batch(tmp_path, inputs, agg):
     assert whole["grad_norm"] > 0
     for a, b in zip(w_params, s_params):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _one_batch(cfg):
+    torch.manual_seed(0)
+    model, processor, device = local.build_policy(cfg)
+    prompts = local.load_prompts(cfg, processor, Path(cfg.trainer.output_dir))
+    batch = local.next_batch(prompts, local.TrainerState(seed=0), cfg)
+    return model, local.generate_rollouts(model, processor, batch, cfg, device)
+
+
+def _entropy_and_kl(model, reference, rollouts, temperature):
+    from verl.trainer.ppo.core_algos import kl_penalty
+
+    rows, mask = slice(0, len(rollouts.samples)), rollouts.response_mask.bool()
+    with torch.no_grad():
+        log_prob, entropy = local.response_log_probs(model, rollouts, rows, temperature, True)
+        ref, _ = local.response_log_probs(reference, rollouts, rows, temperature)
+    kl = kl_penalty(log_prob, ref, "low_var_kl")
+    return float(entropy[mask].mean()), float(kl[mask].mean())
+
+
+def test_entropy_bonus_and_kl_loss_act_as_in_verl(tmp_path, inputs):
+    """With zero advantages only the entropy bonus moves the policy: entropy rises. With a
+    KL loss to the starting model, several updates end closer to it than without."""
+    import copy
+
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    base = [*inputs, *SMALL, f"trainer.output_dir={tmp_path}", "optim.lr=1e-3",
+            "optim.warmup_steps=0"]  # fmt: skip
+    results = {}
+    for name, extra in {
+        "plain": [],
+        "entropy": ["algorithm.entropy_coeff=1.0"],
+        "kl": ["algorithm.use_kl_loss=true", "algorithm.kl_loss_coef=10.0"],
+    }.items():
+        cfg = load_config(LocalRLConfig, RECIPE, [*base, "algorithm.ppo_epochs=4", *extra])
+        model, rollouts = _one_batch(cfg)
+        start = copy.deepcopy(model).requires_grad_(False)
+        zero = name == "entropy"
+        g = torch.Generator().manual_seed(1)
+        adv = torch.zeros(len(rollouts.samples), 1) if zero else torch.randn(
+            len(rollouts.samples), 1, generator=g)  # fmt: skip
+        adv = adv * rollouts.response_mask
+        optimizer, _ = local.build_optimizer(cfg, model, total_steps=1)
+        before = _entropy_and_kl(model, start, rollouts, cfg.rollout.temperature)
+        stats = local.update_policy(model, optimizer, rollouts, adv, cfg,
+                                    get_policy_loss_fn("gspo"), local.build_actor_config(cfg),
+                                    start if cfg.algorithm.use_kl_loss else None)  # fmt: skip
+        results[name] = (before, _entropy_and_kl(model, start, rollouts, cfg.rollout.temperature))
+        if name == "entropy":
+            assert "entropy" in stats and "kl_loss" not in stats
+        if name == "kl":
+            assert stats["kl_loss"] >= 0.0
+    (ent_before, _), (ent_after, _) = results["entropy"]
+    assert ent_after > ent_before + 1e-3
+    assert results["kl"][1][1] < results["plain"][1][1]
