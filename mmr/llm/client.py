@@ -79,6 +79,12 @@ class Endpoint:
     retries: int = 2  # extra attempts after a failed one
     backoff_s: float = 1.0  # first retry delay; doubles each retry
 
+    @classmethod
+    def of(cls, cfg: Any, *, base_url: str, model: str) -> Endpoint:
+        """From a config section with these same fields (the judge's, a pipeline model's)."""
+        names = ("api_key_env", "concurrency", "timeout_s", "retries", "backoff_s")
+        return cls(base_url=base_url, model=model, **{k: getattr(cfg, k) for k in names})
+
 
 def load_prompt(package: str, name: str, path: str | None = None) -> str:
     """A prompt template: the file at `path`, else `package`'s prompts/<name>.txt."""

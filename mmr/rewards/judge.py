@@ -133,15 +133,7 @@ class Judge:
             )
         self.model = cfg.resolved_model()
         self.template = load_prompt(cfg.prompt_file)
-        self.endpoint = llm.Endpoint(
-            base_url=self.base_url,
-            model=self.model,
-            api_key_env=cfg.api_key_env,
-            concurrency=cfg.concurrency,
-            timeout_s=cfg.timeout_s,
-            retries=cfg.retries,
-            backoff_s=cfg.backoff_s,
-        )
+        self.endpoint = llm.Endpoint.of(cfg, base_url=self.base_url, model=self.model)
         self._cache: OrderedDict[QA, bool] = OrderedDict()
         self._failures_in_row = 0
         self._down_until = 0.0

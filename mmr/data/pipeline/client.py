@@ -95,15 +95,7 @@ class ChatClient:
                 "or OPENAI_BASE_URL"
             )
         self.url = base.rstrip("/") + "/chat/completions"
-        self.endpoint = llm.Endpoint(
-            base_url=base,
-            model=cfg.model,
-            api_key_env=cfg.api_key_env,
-            concurrency=cfg.concurrency,
-            timeout_s=cfg.timeout_s,
-            retries=cfg.retries,
-            backoff_s=cfg.backoff_s,
-        )
+        self.endpoint = llm.Endpoint.of(cfg, base_url=base, model=cfg.model)
 
     def __repr__(self) -> str:  # never show the key
         return f"ChatClient(url={self.url!r}, model={self.cfg.model!r})"
