@@ -32,7 +32,6 @@ checkpoints/step_N (resume: `trainer.resume=auto`) and final/ (an HF folder).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -48,8 +47,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmr import launch
 from mmr.checkpoint import (
-    CheckpointError,
     TrainerState,
     begin_save,
     checkpoint_root,
@@ -62,13 +61,13 @@ from mmr.checkpoint import (
     save_rng,
     write_state,
 )
-from mmr.config import ConfigError, config_to_dict, load_config, require_paths, save_config
+from mmr.config import config_to_dict, save_config
 from mmr.data.chat import build_messages, decode_images
 from mmr.data.io import read_samples
 from mmr.data.schema import Sample
 from mmr.metrics import MetricLogger, truncate_jsonl
 from mmr.models import generate
-from mmr.models.build import build_model, check_model_path
+from mmr.models.build import build_model
 from mmr.models.export import save_hf_checkpoint
 from mmr.rewards import RewardConfig, score_batch, summarize
 from mmr.rl.advantage import grpo_advantages
@@ -78,25 +77,9 @@ logger = logging.getLogger("mmr.rl.local")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmr rl local", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="recipe YAML (recipes/demo/tiny_gspo.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(LocalRLConfig, args.config, args.overrides)
-        preflight(cfg)
-    except (ConfigError, CheckpointError) as err:
-        print(f"mmr rl local: {err}", file=sys.stderr)
-        return 2
-    train(cfg)
-    return 0
-
-
-def preflight(cfg: LocalRLConfig) -> None:
-    """What can be checked before the model loads: the model, the data, the resume folder."""
-    check_model_path("model.path", cfg.model.path)
-    require_paths("data.train_files", cfg.data.train_files)
-    find_resume_dir(cfg.trainer.resume, cfg.trainer.output_dir)
+    return launch.main(
+        "mmr rl local", LocalRLConfig, train, argv, __doc__, "recipes/demo/tiny_gspo.yaml"
+    )
 
 
 def train(cfg: LocalRLConfig) -> dict[str, Any]:
@@ -104,7 +87,7 @@ def train(cfg: LocalRLConfig) -> dict[str, Any]:
     from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
     logging.basicConfig(level=logging.INFO)
-    preflight(cfg)
+    launch.preflight(cfg)
     out = Path(cfg.trainer.output_dir)
     save_config(cfg, out / "config.yaml")
 

@@ -21,7 +21,6 @@ checkpoints/step_N (resume with `trainer.resume=auto`), final/ (HF folder).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import logging
@@ -38,13 +37,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mmr.checkpoint import CheckpointError, TrainerState, find_resume_dir
-from mmr.config import ConfigError, config_to_dict, load_config, require_paths, save_config
+from mmr import launch
+from mmr.checkpoint import TrainerState, find_resume_dir
+from mmr.config import config_to_dict, save_config
 from mmr.data.io import count_rows
 from mmr.data.packing import model_inputs
 from mmr.metrics import MetricLogger
 from mmr.models import attention
-from mmr.models.build import build_model, check_model_path, resolve_dtype
+from mmr.models.build import build_model, resolve_dtype
 from mmr.models.export import save_hf_checkpoint
 from mmr.sft.checkpoint import load_checkpoint, save_checkpoint
 from mmr.sft.config import SFTConfig
@@ -56,30 +56,12 @@ logger = logging.getLogger("mmr.sft")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmr sft", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="recipe YAML (recipes/*_sft.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(SFTConfig, args.config, args.overrides)
-        preflight(cfg)
-    except (ConfigError, CheckpointError) as err:
-        print(f"mmr sft: {err}", file=sys.stderr)
-        return 2
-    train(cfg)
-    return 0
-
-
-def preflight(cfg: SFTConfig) -> None:
-    """What can be checked before DeepSpeed starts: the model, the data, the resume folder."""
-    check_model_path("model.path", cfg.model.path)
-    require_paths("data.train_files", cfg.data.train_files)
-    find_resume_dir(cfg.trainer.resume, cfg.trainer.output_dir)
+    return launch.main("mmr sft", SFTConfig, train, argv, __doc__, "recipes/*_sft.yaml")
 
 
 def train(cfg: SFTConfig) -> dict[str, Any]:
     """Run the recipe; returns the last step's metrics."""
-    preflight(cfg)
+    launch.preflight(cfg)
     rank, world_size, device = setup_distributed(cfg.trainer.device)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING)
     seed_everything(cfg.trainer.seed)
