@@ -18,8 +18,9 @@ client with its `concurrency`.
 
 On a cluster: DIR must be a folder every node sees (a shared file system: tasks write the
 part files, the driver the manifest), and mmr must be installed on every node (or shipped
-with `ray job submit --runtime-env-json '{"working_dir": "."}'`). `ray.address` unset starts
-a Ray instance on this machine for the run.
+with `ray job submit --runtime-env-json '{"working_dir": "."}'`). `ray.address=auto` joins
+the cluster that RAY_ADDRESS names or that runs on this machine; unset, a new Ray instance
+is started on this machine for the run (it never joins one that happens to run here).
 
 Dedup compares each shard with every row kept before it, so its shards run one after
 another in the driver whichever executor is set.
@@ -44,8 +45,8 @@ def _connect(cfg: Any) -> None:
 
     if ray.is_initialized():
         return
-    if cfg.address is None:  # a Ray instance on this machine, for this run only
-        ray.init(include_dashboard=False, log_to_driver=False)
+    if cfg.address is None:  # "local": a new instance, never another user's cluster found here
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
     else:
         ray.init(address=cfg.address, log_to_driver=False)
 
