@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,10 +44,14 @@ def _node_args(temp_dir: str) -> list[str]:
 
 
 def node_env() -> dict[str, str]:
-    """What a node's (and so its workers') processes see: this checkout importable, and no
-    token auth, which `ray start` turns on by default (the cluster listens on 127.0.0.1 only)."""
+    """What a node's (and so its workers') processes see: this checkout importable, no token
+    auth (which `ray start` turns on by default; the cluster is this machine's alone), and
+    quick health checks."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "RAY_AUTH_MODE": "disabled"}
+    # A killed node is declared dead after about 1.5 s, not Ray's default 15 s or more.
+    health = {"period_ms": "500", "timeout_ms": "500", "failure_threshold": "3"}
+    health = {f"RAY_health_check_{k}": v for k, v in health.items()}
+    return {**os.environ, "PYTHONPATH": path, "RAY_AUTH_MODE": "disabled", **health}
 
 
 def _sessions_processes(sessions: set[int]) -> list[int]:
@@ -59,7 +64,19 @@ def _sessions_processes(sessions: set[int]) -> list[int]:
     return pids
 
 
-def _stop(nodes: list[subprocess.Popen], temp_dir: str) -> None:
+@dataclass
+class RayCluster:
+    """A running test cluster: `address` for `ray.init`, and its nodes (0 is the head)."""
+
+    address: str
+    nodes: list[subprocess.Popen]
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL node `index` and every process it started (its raylet and workers)."""
+        _kill_sessions([self.nodes[index]])
+
+
+def _kill_sessions(nodes: list[subprocess.Popen]) -> None:
     sessions = {node.pid for node in nodes}  # start_new_session: session id == its pid
     for _ in range(3):  # a dying raylet may still start a worker: sweep again
         pids = _sessions_processes(sessions)
@@ -72,12 +89,11 @@ def _stop(nodes: list[subprocess.Popen], temp_dir: str) -> None:
         if not pids:
             break
         time.sleep(0.2)
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def ray_cluster(nodes: int = 2, timeout_s: float = 90.0) -> Iterator[str]:
-    """A head plus `nodes - 1` workers, one CPU each; yields the address to give `ray.init`."""
+def ray_cluster(nodes: int = 2, timeout_s: float = 90.0) -> Iterator[RayCluster]:
+    """A head plus `nodes - 1` worker nodes, one CPU each, until the block ends."""
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="mmr-ray-", dir="/tmp")  # short: socket paths
@@ -113,8 +129,9 @@ def ray_cluster(nodes: int = 2, timeout_s: float = 90.0) -> Iterator[str]:
                 tail = (Path(temp_dir) / "nodes.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"the Ray cluster did not start; `ray start` said:\n{tail}")
             time.sleep(0.5)
-        yield address
+        yield RayCluster(address, started)
     finally:
         ray.shutdown()
-        _stop(started, temp_dir)
+        _kill_sessions(started)
+        shutil.rmtree(temp_dir, ignore_errors=True)
         log.close()

@@ -1,6 +1,7 @@
 """`executor=ray` on a real two-node Ray cluster on 127.0.0.1 (tests/ray_cluster.py): the
 same outputs as the local executor for collect -> clean -> distill -> select with the
-demo's teacher server, and a driver killed mid-stage then run again accounts for every row."""
+demo's teacher server; a driver killed mid-stage then run again, and a worker node killed
+mid-stage, both end with every input row written once."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -20,7 +23,7 @@ from mmr.data.io import write_samples
 from mmr.data.pipeline.cli import main
 from mmr.data.synthetic import generate_tasks, solve, teacher_response
 from tests.data.pipeline.helpers import arithmetic, parse_question, solution
-from tests.ray_cluster import ROOT, node_env, ray_cluster
+from tests.ray_cluster import ROOT, RayCluster, node_env, ray_cluster
 
 pytest.importorskip("ray")
 
@@ -30,9 +33,17 @@ RUN_DEPENDENT = ("elapsed_s", "rows_per_s", "output")  # what may differ between
 
 
 @pytest.fixture(scope="module")
-def cluster() -> str:
-    with ray_cluster(nodes=2) as address:
-        yield address
+def ray_nodes() -> RayCluster:
+    with ray_cluster(nodes=2) as running:
+        yield running
+
+
+@pytest.fixture
+def cluster(ray_nodes: RayCluster) -> str:
+    """The address of the module's cluster, with both nodes alive."""
+    if any(node.poll() is not None for node in ray_nodes.nodes):
+        pytest.skip("a node of the module's cluster was killed by an earlier test")
+    return ray_nodes.address
 
 
 def _table(folder: Path):
@@ -93,35 +104,60 @@ def _finished(manifest: Path) -> int:
         return 0
 
 
-def test_ray_driver_killed_mid_stage_resumes_with_every_row(tmp_path, server, cluster):
+def _distill_60(tmp_path: Path, server, address: str) -> tuple[list[str], Path]:
+    """`mmr data` arguments of a slow distill of 60 questions in 12 shards on Ray."""
     server.latency_s = 0.05
     server.script = lambda body: solution(parse_question(body)[1])
     write_samples(tmp_path / "in.parquet", arithmetic(60))
-    out = tmp_path / "out"
-    cmd = [
-        sys.executable, "-m", "mmr.data.pipeline.cli", "run", "--step", "distill", "--quiet",
-        "--input", str(tmp_path / "in.parquet"), "--output", str(out), "shard_rows=5",
+    argv = [
+        "run", "--step", "distill", "--quiet", "--input", str(tmp_path / "in.parquet"),
+        "--output", str(tmp_path / "out"), "shard_rows=5",
         f"distill.cot.client.api_base={server.base_url}", "distill.cot.client.concurrency=1",
-        "executor=ray", f"ray.address={cluster}",
+        "executor=ray", f"ray.address={address}",
     ]  # fmt: skip
-    env = node_env()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    manifest = out / "distilled" / "_manifest.json"
-    deadline = time.monotonic() + 60
-    while _finished(manifest) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = _finished(manifest)
-    assert 3 <= done_before < 12, "the kill should land mid-run"
+    return argv, tmp_path / "out"
 
-    rerun = subprocess.run(cmd, cwd=ROOT, env=env, timeout=120)
-    assert rerun.returncode == 0
+
+def _wait_for_shards(manifest: Path, running: Callable[[], bool], n: int) -> None:
+    deadline = time.monotonic() + 60
+    while _finished(manifest) < n and running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _assert_every_row_once(out: Path) -> None:
     ids = _table(out / "distilled")["id"].to_pylist()
     assert ids == [f"q{i:03d}" for i in range(60)]  # every row, none twice, in input order
     report = json.loads((out / "reports" / "distill.json").read_text())
     assert report["rows_in"] == 60 and report["rows_out"] == 60 and report["shards"] == 12
     assert not (out / "_work").exists()
+
+
+def test_ray_driver_killed_mid_stage_resumes_with_every_row(tmp_path, server, cluster):
+    argv, out = _distill_60(tmp_path, server, cluster)
+    cmd = [sys.executable, "-m", "mmr.data.pipeline.cli", *argv]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=node_env())
+    manifest = out / "distilled" / "_manifest.json"
+    _wait_for_shards(manifest, lambda: proc.poll() is None, 3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = _finished(manifest)
+    assert 3 <= done_before < 12, "the kill should land mid-run"
+
+    assert main(argv) == 0  # the rerun, from this process
+    _assert_every_row_once(out)
     # Only unfinished shards were asked again: those in flight when the driver died
     # (two running, one queued) and what its orphaned tasks sent before Ray stopped them.
     assert len(server.requests) - 60 <= 5 * 4
+
+
+def test_worker_node_killed_mid_stage_still_writes_every_row(tmp_path, server, ray_nodes):
+    # Last in the module: the cluster has one node left after it.
+    argv, out = _distill_60(tmp_path, server, ray_nodes.address)
+    codes: list[int] = []
+    driver = threading.Thread(target=lambda: codes.append(main(argv)))
+    driver.start()
+    _wait_for_shards(out / "distilled" / "_manifest.json", driver.is_alive, 2)
+    ray_nodes.kill_node(1)  # its shard task is run again on the head (ray.max_retries)
+    driver.join(timeout=120)
+    assert codes == [0]
+    _assert_every_row_once(out)
