@@ -75,7 +75,8 @@ class StageError(RuntimeError):
 
 
 def in_worker() -> bool:
-    """True inside a pool worker: there, math-verify runs in-process (no nested pools)."""
+    """True inside a pool worker or a Ray shard task: there, math-verify runs in-process
+    (no nested pools)."""
     return _IN_WORKER
 
 

@@ -46,6 +46,14 @@ def cluster(ray_nodes: RayCluster) -> str:
     return ray_nodes.address
 
 
+def test_executor_is_local_or_ray(tmp_path, capsys):
+    argv = ["run", "--step", "select", "--output", str(tmp_path), "executor=spark"]
+    assert main(argv) == 2
+    assert "config key 'executor' is 'spark'; choose one of local, ray" in capsys.readouterr().err
+    assert main([*argv[:-1], "executor=ray", "ray.max_in_flight=0"]) == 2
+    assert "'ray.max_in_flight' must be > 0" in capsys.readouterr().err
+
+
 def _table(folder: Path):
     return ds.dataset(folder, format="parquet").to_table()
 
