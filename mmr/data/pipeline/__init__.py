@@ -8,6 +8,8 @@ One YAML (`config.PipelineConfig`, a section per stage) drives every stage. Each
 streams Samples shard by shard (`runner.run_stage`), writes mmr parquet shards under
 DIR/<collected|cleaned|distilled|selected|deduped|difficulty>/ with a `_manifest.json`
 that makes it resumable, and a report of counts and drop reasons to DIR/reports/<stage>.json.
+The shards run here (`executor: local`, `num_proc` processes) or as Ray tasks on a cluster
+(`executor: ray`, `ray_executor`), with the same outputs either way.
 Models are reached through OpenAI-compatible servers (`client.ChatClient`); answers are
 checked with mmr.rewards (`verify`). Importing this package starts nothing.
 """

@@ -4,6 +4,7 @@
     mmr data run --config recipes/data/mfr.yaml --step select --output DIR select.difficulty.threshold=0.0
     mmr data dedup --config recipes/data/omr.yaml --input rl.parquet --output DIR
     mmr data difficulty --config recipes/data/mfr.yaml --input DIR/selected --output DIR
+    mmr data run --config recipes/data/mfr.yaml --step all --output DIR executor=ray ray.address=auto
 
 `--step` is collect, clean, distill, select or all (the four in order, each reading the
 one before). `--input` is what the step reads: for collect it replaces `collect.paths`;
@@ -107,9 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mmr data {args.action}: {err}", file=sys.stderr)
         return 2
     finally:
+        from mmr.data.pipeline import ray_executor
         from mmr.rewards import shutdown
 
         shutdown()  # math-verify workers, judge clients
+        ray_executor.shutdown()
     return 0
 
 

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from mmr.config import config_to_dict
 from mmr.data.io import ReadStats, detect_format, parquet_files, read_samples
 from mmr.data.pipeline.config import CollectConfig, PipelineConfig
-from mmr.data.pipeline.runner import ShardLog, StageError, fingerprint, run_stage
+from mmr.data.pipeline.runner import ShardLog, StageError, fingerprint, ray_section, run_stage
 from mmr.data.schema import (
     MalformedRow,
     Sample,
@@ -371,4 +371,5 @@ def run_collect(
         overwrite=overwrite,
         read_stats=stats,
         quiet=quiet,
+        ray=ray_section(cfg),  # on a cluster: the nodes write the shards
     )

@@ -3,7 +3,9 @@
     cfg = load_config(PipelineConfig, "recipes/data/mfr.yaml", ["select.difficulty.threshold=0.0"])
 
 Sections: `collect`, `clean`, `distill`, `select` (with its `difficulty` filter, whose
-client and `num_samples` the `mmr data difficulty` stage uses too) and `dedup`. Every model
+client and `num_samples` the `mmr data difficulty` stage uses too) and `dedup`; `executor`
+says where shards run (`local`: this machine's process pool, `num_proc`; `ray`: tasks on
+a Ray cluster, section `ray`), which changes nothing in what a stage writes. Every model
 is reached through an OpenAI-compatible `ClientConfig` (vLLM or SGLang servers). API keys
 never live here: a client reads the environment variable named by `api_key_env`.
 """
@@ -30,6 +32,7 @@ __all__ = [
     "DistillConfig",
     "LLMCleanConfig",
     "PipelineConfig",
+    "RayConfig",
     "SelectConfig",
     "StructureFilterConfig",
     "TemplateFilterConfig",
@@ -37,6 +40,7 @@ __all__ = [
 ]
 
 ANSWER_FORMATS = ("answer_tag", "boxed", "either")
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -212,9 +216,25 @@ class DedupConfig:
 
 
 @dataclass
+class RayConfig:
+    address: str | None = None  # auto | HOST:PORT | ray://HOST:10001 (None: a new local Ray)
+    num_cpus: float = 1.0  # CPUs each shard task reserves
+    max_in_flight: int | None = None  # shards submitted at once (None: CPUs / num_cpus + 1)
+    max_retries: int = 3  # times a shard task is run again when its node dies
+
+    def __post_init__(self) -> None:
+        positive("ray.num_cpus", self.num_cpus)
+        positive("ray.max_retries", self.max_retries, zero_ok=True)
+        if self.max_in_flight is not None:
+            positive("ray.max_in_flight", self.max_in_flight)
+
+
+@dataclass
 class PipelineConfig:
+    executor: str = "local"  # where shards run: local (process pool, num_proc) | ray (section ray)
     num_proc: int = 1  # worker processes; each runs whole shards (filters, images, its own client)
     shard_rows: int = 1000  # input rows per shard: the unit of output files and of resume
+    ray: RayConfig = field(default_factory=RayConfig)  # the cluster, for executor=ray
     collect: CollectConfig = field(default_factory=CollectConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -222,5 +242,6 @@ class PipelineConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
 
     def __post_init__(self) -> None:
+        check_choice("executor", self.executor, EXECUTORS)
         positive("num_proc", self.num_proc)
         positive("shard_rows", self.shard_rows)

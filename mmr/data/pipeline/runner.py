@@ -19,7 +19,9 @@ different input or config is refused (pass `overwrite=True` to start over).
 
 Parallelism. With `num_proc > 1` whole shards go to a pool of spawned worker processes
 (`process` must then be picklable: a module-level function or a `functools.partial` of
-one); each worker writes its shard's files itself, so only counts come back.
+one); each worker writes its shard's files itself, so only counts come back. With
+`executor: ray` the same shards go to Ray tasks instead (`ray_executor`): same function,
+same files, same manifest, so a run may even be resumed with the other executor.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ __all__ = [
     "format_report",
     "in_worker",
     "load_manifest",
+    "ray_section",
     "read_input",
     "run_stage",
     "stage_key",
@@ -72,7 +75,8 @@ class StageError(RuntimeError):
 
 
 def in_worker() -> bool:
-    """True inside a pool worker: there, math-verify runs in-process (no nested pools)."""
+    """True inside a pool worker or a Ray shard task: there, math-verify runs in-process
+    (no nested pools)."""
     return _IN_WORKER
 
 
@@ -285,11 +289,13 @@ def run_stage(
     total: int | None = None,
     read_stats: ReadStats | None = None,
     quiet: bool = False,
+    ray: Any = None,
 ) -> dict[str, Any]:
     """Run `process` over `samples` shard by shard into DIR/<folder>; return the report.
 
     `key` is the fingerprint of the input and config (see `fingerprint`); a finished
-    stage with the same key is not run again (its report is returned).
+    stage with the same key is not run again (its report is returned). `ray` (the recipe's
+    `ray` section) runs the shards as Ray tasks instead of in this process or its pool.
     """
     out = Path(out_dir)
     paths = _Paths(out / folder, out / "failed" / stage, out / "_work" / stage)
@@ -299,7 +305,7 @@ def run_stage(
         bar = tqdm(total=total, unit="rows", desc=stage, disable=quiet, dynamic_ncols=True)
         try:
             shards = _pending_shards(_chunks(samples, shard_rows), manifest, bar)
-            for entry in _execute(process, paths, shards, num_proc):
+            for entry in _execute(process, paths, shards, num_proc, ray):
                 _record(manifest, entry, paths)
                 bar.update(entry["rows_in"])
         finally:
@@ -339,8 +345,14 @@ def _execute(
     paths: _Paths,
     shards: Iterator[tuple[int, list[Sample]]],
     num_proc: int,
+    ray: Any = None,
 ) -> Iterator[dict[str, Any]]:
     """Manifest entries of the shards, in the order they finish."""
+    if ray is not None:
+        from mmr.data.pipeline.ray_executor import run_shards
+
+        yield from run_shards(_run_shard, process, paths, shards, ray)
+        return
     if num_proc <= 1:
         for index, chunk in shards:
             yield _run_shard(process, paths, index, chunk)
@@ -473,4 +485,10 @@ def run_sample_stage(
         total=total,
         read_stats=stats,
         quiet=quiet,
+        ray=ray_section(cfg),
     )
+
+
+def ray_section(cfg: Any) -> Any:
+    """The recipe's `ray` section when `executor: ray`, else None (run here)."""
+    return cfg.ray if cfg.executor == "ray" else None

@@ -1,0 +1,99 @@
+"""`executor: ray`: the runner's shards as Ray tasks, one task per shard, on any Ray cluster.
+
+    mmr data run --config recipes/data/mfr.yaml --step all --output DIR executor=ray ray.address=auto
+
+Only where a shard runs changes: each task calls the runner's own shard function (the stage's
+`process`, then the shard's part files moved into place), the driver reads the input in the
+same order into the same shards and records each finished shard in the manifest as the local
+executor does. So the kept ids, reports, counts and parquet schema are the same whichever
+executor ran, and so is resume: a shard is done when its files and manifest entry are
+written; a driver killed mid-run takes its job's tasks with it, and a rerun (with either
+executor) redoes only the shards its manifest lacks. A task whose node dies is run again
+on another (`ray.max_retries`); writing a shard twice replaces the same files.
+
+At most `ray.max_in_flight` shards are submitted at once (default: the cluster's CPUs over
+`ray.num_cpus`, plus one queued), which bounds memory and, for the stages that call a model
+(distill, difficulty, LLM clean), the requests in flight: each task runs the stage's own
+client with its `concurrency`.
+
+On a cluster: DIR must be a folder every node sees (a shared file system: tasks write the
+part files, the driver the manifest), and mmr must be installed on every node (or shipped
+with `ray job submit --runtime-env-json '{"working_dir": "."}'`). `ray.address=auto` joins
+the cluster that RAY_ADDRESS names or that runs on this machine; unset, a new Ray instance
+is started on this machine for the run (it never joins one that happens to run here).
+
+Dedup compares each shard with every row kept before it, so its shards run one after
+another in the driver whichever executor is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run_shards", "shutdown"]
+
+log = logging.getLogger(__name__)
+
+
+def _connect(cfg: Any) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.address is None:  # "local": a new instance, never another user's cluster found here
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=cfg.address, log_to_driver=False)
+
+
+def _shard_task(run_shard: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    from mmr.data.pipeline import runner
+
+    runner._init_worker()  # as a pool worker: math-verify in-process, no nested pools
+    return run_shard(*args)
+
+
+def run_shards(
+    run_shard: Callable[..., dict[str, Any]],
+    process: Callable[..., Any],
+    paths: Any,
+    shards: Iterator[tuple[int, list[Any]]],
+    cfg: Any,
+) -> Iterator[dict[str, Any]]:
+    """`run_shard(process, paths, index, samples)` for every shard, as Ray tasks; yields the
+    manifest entries in the order the shards finish. `cfg` is the recipe's `ray` section."""
+    import ray
+
+    _connect(cfg)
+    # Tasks may run in another folder or on another machine: they get absolute paths.
+    paths = replace(paths, **{k: Path(v).resolve() for k, v in vars(paths).items()})
+    limit = cfg.max_in_flight
+    if limit is None:
+        limit = max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.num_cpus)) + 1
+    task = ray.remote(_shard_task).options(num_cpus=cfg.num_cpus, max_retries=cfg.max_retries)
+    process_ref = ray.put(process)  # sent once, not with every shard
+    pending: list[Any] = []
+    try:
+        for index, chunk in shards:
+            pending.append(task.remote(run_shard, process_ref, paths, index, chunk))
+            while len(pending) >= limit:
+                done, pending = ray.wait(pending, num_returns=1)
+                yield ray.get(done[0])
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        for ref in pending:  # an error or an interrupt: nothing keeps running unrecorded
+            ray.cancel(ref, force=True)
+
+
+def shutdown() -> None:
+    """Disconnect from Ray if this process connected (a no-op when Ray was never imported)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,171 @@
+"""`executor=ray` on a real two-node Ray cluster on 127.0.0.1 (tests/ray_cluster.py): the
+same outputs as the local executor for collect -> clean -> distill -> select with the
+demo's teacher server; a driver killed mid-stage then run again, and a worker node killed
+mid-stage, both end with every input row written once."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+from mmr.data.io import write_samples
+from mmr.data.pipeline.cli import main
+from mmr.data.synthetic import generate_tasks, solve, teacher_response
+from tests.data.pipeline.helpers import arithmetic, parse_question, solution
+from tests.ray_cluster import ROOT, RayCluster, node_env, ray_cluster
+
+pytest.importorskip("ray")
+
+DEMO = ROOT / "recipes" / "data" / "demo.yaml"
+FOLDERS = ("collected", "cleaned", "distilled", "selected")
+RUN_DEPENDENT = ("elapsed_s", "rows_per_s", "output")  # what may differ between two runs
+
+
+@pytest.fixture(scope="module")
+def ray_nodes() -> RayCluster:
+    with ray_cluster(nodes=2) as running:
+        yield running
+
+
+@pytest.fixture
+def cluster(ray_nodes: RayCluster) -> str:
+    """The address of the module's cluster, with both nodes alive."""
+    if any(node.poll() is not None for node in ray_nodes.nodes):
+        pytest.skip("a node of the module's cluster was killed by an earlier test")
+    return ray_nodes.address
+
+
+def test_executor_is_local_or_ray(tmp_path, capsys):
+    argv = ["run", "--step", "select", "--output", str(tmp_path), "executor=spark"]
+    assert main(argv) == 2
+    assert "config key 'executor' is 'spark'; choose one of local, ray" in capsys.readouterr().err
+    assert main([*argv[:-1], "executor=ray", "ray.max_in_flight=0"]) == 2
+    assert "'ray.max_in_flight' must be > 0" in capsys.readouterr().err
+
+
+def _table(folder: Path):
+    return ds.dataset(folder, format="parquet").to_table()
+
+
+def _reports(out: Path) -> dict[str, dict]:
+    reports = {p.stem: json.loads(p.read_text()) for p in (out / "reports").glob("*.json")}
+    return {
+        stage: {k: v for k, v in r.items() if k not in RUN_DEPENDENT}
+        for stage, r in reports.items()
+    }
+
+
+def test_local_and_ray_executors_write_the_same_outputs(tmp_path, server, cluster):
+    tasks = generate_tasks(12, with_response=False)
+    by_image = {base64.b64encode(t.images[0]).decode(): t for t in tasks}
+    tasks[5].images = [b"corrupt"]  # dropped by clean
+
+    def teacher(body):
+        parts = body["messages"][-1]["content"]
+        url = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
+        task = by_image[url.split(",", 1)[1]]
+        answer = teacher_response(task.meta)
+        # Always wrong for one task: dropped by distill's verification.
+        return answer.replace(f"{{{solve(task.meta)}}}", "{999}") if task is tasks[3] else answer
+
+    server.script = teacher
+    write_samples(tmp_path / "tasks.parquet", tasks)
+
+    def run(out: str, *overrides: str) -> Path:
+        argv = ["run", "--config", str(DEMO), "--step", "all", "--quiet", "--input",
+                str(tmp_path / "tasks.parquet"), "--output", str(tmp_path / out), "shard_rows=4",
+                f"distill.cot.client.api_base={server.base_url}", *overrides]  # fmt: skip
+        assert main(argv) == 0
+        return tmp_path / out
+
+    local = run("local")
+    on_ray = run("ray", "executor=ray", f"ray.address={cluster}")
+    for folder in FOLDERS:
+        a, b = _table(local / folder), _table(on_ray / folder)
+        assert a.schema == b.schema, folder
+        assert a.to_pylist() == b.to_pylist(), folder  # same rows, same order
+        parts = sorted(p.name for p in (on_ray / folder).glob("*.parquet"))
+        assert parts == sorted(p.name for p in (local / folder).glob("*.parquet")), folder
+    assert len(_table(on_ray / "selected")) == 20  # 10 questions x 2 paths survive
+    reports = _reports(on_ray)
+    assert reports == _reports(local)
+    assert reports["clean"]["filters"] == {"image": {"corrupt_image": 1}}
+    assert reports["distill"]["shards"] == 3 and reports["select"]["rows_in"] == 20
+    assert not (on_ray / "_work").exists()
+
+
+def _finished(manifest: Path) -> int:
+    try:
+        return len(json.loads(manifest.read_text())["shards"])
+    except (OSError, ValueError):
+        return 0
+
+
+def _distill_60(tmp_path: Path, server, address: str) -> tuple[list[str], Path]:
+    """`mmr data` arguments of a slow distill of 60 questions in 12 shards on Ray."""
+    server.latency_s = 0.05
+    server.script = lambda body: solution(parse_question(body)[1])
+    write_samples(tmp_path / "in.parquet", arithmetic(60))
+    argv = [
+        "run", "--step", "distill", "--quiet", "--input", str(tmp_path / "in.parquet"),
+        "--output", str(tmp_path / "out"), "shard_rows=5",
+        f"distill.cot.client.api_base={server.base_url}", "distill.cot.client.concurrency=1",
+        "executor=ray", f"ray.address={address}",
+    ]  # fmt: skip
+    return argv, tmp_path / "out"
+
+
+def _wait_for_shards(manifest: Path, running: Callable[[], bool], n: int) -> None:
+    deadline = time.monotonic() + 60
+    while _finished(manifest) < n and running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _assert_every_row_once(out: Path) -> None:
+    ids = _table(out / "distilled")["id"].to_pylist()
+    assert ids == [f"q{i:03d}" for i in range(60)]  # every row, none twice, in input order
+    report = json.loads((out / "reports" / "distill.json").read_text())
+    assert report["rows_in"] == 60 and report["rows_out"] == 60 and report["shards"] == 12
+    assert not (out / "_work").exists()
+
+
+def test_ray_driver_killed_mid_stage_resumes_with_every_row(tmp_path, server, cluster):
+    argv, out = _distill_60(tmp_path, server, cluster)
+    cmd = [sys.executable, "-m", "mmr.data.pipeline.cli", *argv]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=node_env())
+    manifest = out / "distilled" / "_manifest.json"
+    _wait_for_shards(manifest, lambda: proc.poll() is None, 3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = _finished(manifest)
+    assert 3 <= done_before < 12, "the kill should land mid-run"
+
+    assert main(argv) == 0  # the rerun, from this process
+    _assert_every_row_once(out)
+    # Only unfinished shards were asked again: those in flight when the driver died
+    # (two running, one queued) and what its orphaned tasks sent before Ray stopped them.
+    assert len(server.requests) - 60 <= 5 * 4
+
+
+def test_worker_node_killed_mid_stage_still_writes_every_row(tmp_path, server, ray_nodes):
+    # Last in the module: the cluster has one node left after it.
+    argv, out = _distill_60(tmp_path, server, ray_nodes.address)
+    codes: list[int] = []
+    driver = threading.Thread(target=lambda: codes.append(main(argv)))
+    driver.start()
+    _wait_for_shards(out / "distilled" / "_manifest.json", driver.is_alive, 2)
+    ray_nodes.kill_node(1)  # its shard task is run again on the head (ray.max_retries)
+    driver.join(timeout=120)
+    assert codes == [0]
+    _assert_every_row_once(out)
