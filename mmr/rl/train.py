@@ -207,6 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the verl config and exit")
     parser.add_argument("overrides", nargs="*", help="verl.key=value or reward.key=value")
     args = parser.parse_args(argv)
+    try:  # before verl is imported: its plugin reads the file too, silently
+        names = load_secrets()
+    except SecretsFileError as err:
+        print(f"mmr rl train: {err}", file=sys.stderr)
+        return 2
+    if names:
+        print(f"mmr rl train: {', '.join(names)} read from ${SECRETS_FILE_ENV}", file=sys.stderr)
     try:
         cfg = load_config(RLConfig, args.config, args.overrides)
         verl_config = compose_verl_config(cfg)
@@ -216,13 +223,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(OmegaConf.to_yaml(verl_config, resolve=False))
         return 0
-    try:
-        names = load_secrets()
-    except SecretsFileError as err:
-        print(f"mmr rl train: {err}", file=sys.stderr)
-        return 2
-    if names:
-        print(f"mmr rl train: {', '.join(names)} read from ${SECRETS_FILE_ENV}")  # names only
     keep_wandb_run(verl_config)
     run(verl_config)
     return 0
