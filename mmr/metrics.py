@@ -58,6 +58,10 @@ class MetricLogger:
         if wandb_cfg.enabled:
             import wandb
 
+            from mmr.env_secrets import load_secrets
+
+            load_secrets()  # WANDB_API_KEY from $MMR_SECRETS_FILE, where the node lacks it
+
             self.wandb = wandb.init(
                 project=wandb_cfg.project,
                 name=wandb_cfg.run_name or Path(out_dir).name,

@@ -21,7 +21,8 @@ failures from the caller.
 A request that keeps failing returns a ChatResult with `error`, one short reason
 (`http_500`, `timeout`, `connection`, `malformed_reply`) that reports count, and `detail`,
 the last failure's message kept as an example. The API key is read from the environment
-variable `api_key_env` names and sent only in the Authorization header; `detail` is
+variable `api_key_env` names (or from the secrets file `MMR_SECRETS_FILE` names, see
+`mmr.env_secrets`) and sent only in the Authorization header; `detail` is
 redacted (the key's value and any `Bearer ...` token), because an endpoint's error page
 may echo the request, and details travel into reports, manifests and logs.
 """
@@ -35,6 +36,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+
+from mmr.env_secrets import load_secrets
 
 __all__ = [
     "ChatResult",
@@ -191,6 +194,7 @@ class Client:
         import openai  # imported on use: most of mmr never talks to a model
 
         self.endpoint = endpoint
+        load_secrets()  # the key from $MMR_SECRETS_FILE where the environment lacks it
         key = os.environ.get(endpoint.api_key_env) or ""
         self._secrets = (key,) if key else ()
         self.http_client, self.transport = _http_client(endpoint.concurrency, endpoint.timeout_s)

@@ -29,6 +29,10 @@ whichever Ray node loads them.
 Settings that would bypass that sampler are refused: verl's legacy trainer
 (`trainer.use_v1=false`), DAPO group filtering, `sync_refill_failed_groups` and a reward
 model (mmr's reward uses none).
+A resumed run continues its wandb run: verl's tracker starts wandb without a run id, so mmr
+keeps one in the checkpoint folder (`trainer.default_local_dir/wandb_run_id`) and hands it to
+verl's workers as `WANDB_RUN_ID` (`keep_wandb_run`). API keys may come from a file on shared
+storage named by `MMR_SECRETS_FILE` (`mmr.env_secrets`), never from the job's runtime env.
 Differences from OpenMMReasoner's public scripts, which target an older verl fork: reward
 keys under `reward.*`, no `rollout.mode=sync` (removed), everything else as their recipe
 (see the YAML comments).
@@ -37,6 +41,7 @@ keys under `reward.*`, no `rollout.mode=sync` (removed), everything else as thei
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +52,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from mmr.config import ConfigError, config_to_dict, load_config
+from mmr.env_secrets import SECRETS_FILE_ENV, SecretsFileError, load_secrets
+from mmr.metrics import wandb_run_id
 from mmr.rewards.config import RewardConfig
 
 PINNED_VERL = "0.9.1"
@@ -151,6 +158,41 @@ def _reward_wiring() -> dict[str, Any]:
     }
 
 
+def keep_wandb_run(verl_config: DictConfig) -> str | None:
+    """Give verl's wandb the run id kept in the checkpoint folder; return it (None: no wandb).
+
+    verl's tracker calls `wandb.init` without an id (verl/utils/tracking.py:85), so every
+    start would be a new wandb run; wandb then reads `WANDB_RUN_ID` and `WANDB_RESUME` from
+    the environment. The id is the saved one when verl will resume (`resume_mode: auto` with
+    a checkpoint in `default_local_dir`, or `resume_path`), else a new one, saved for the next
+    resume (as `mmr.metrics.wandb_run_id` does for mmr's trainers). wandb runs in verl's
+    TaskRunner, a Ray worker that on a running cluster does not inherit this process's
+    environment, so the variables go into `ray_kwargs.ray_init.runtime_env.env_vars` (verl
+    merges that into its workers' runtime env). A WANDB_RUN_ID already set is left alone.
+    """
+    trainer = verl_config.trainer
+    loggers = trainer.logger if OmegaConf.is_list(trainer.logger) else [trainer.logger]
+    if not {"wandb", "tracking"} & {str(x) for x in loggers} or os.environ.get("WANDB_RUN_ID"):
+        return None
+    from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
+
+    ckpt_dir = os.path.abspath(trainer.default_local_dir)  # relative: to the cwd, as verl does
+    resuming = trainer.resume_mode == "resume_path" or (
+        trainer.resume_mode == "auto" and find_latest_ckpt_path(ckpt_dir) is not None
+    )
+    run_id = wandb_run_id(ckpt_dir, resuming=resuming)
+    wandb_env = {"WANDB_RUN_ID": run_id, "WANDB_RESUME": "allow"}
+    ray_init = verl_config.ray_kwargs.ray_init
+    with open_dict(ray_init):
+        if ray_init.get("runtime_env") is None:
+            ray_init.runtime_env = {}
+    with open_dict(ray_init.runtime_env):
+        env_vars = ray_init.runtime_env.get("env_vars") or {}
+        ray_init.runtime_env.env_vars = {**env_vars, **wandb_env}
+    os.environ.update(wandb_env)  # and a local Ray started by this process inherits them
+    return run_id
+
+
 def run(verl_config: DictConfig) -> None:
     """Hand the composed config to verl's own entry (GPUs and vLLM required)."""
     from verl.trainer.main_ppo import main as verl_main
@@ -165,6 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the verl config and exit")
     parser.add_argument("overrides", nargs="*", help="verl.key=value or reward.key=value")
     args = parser.parse_args(argv)
+    try:  # before verl is imported: its plugin reads the file too, silently
+        names = load_secrets()
+    except SecretsFileError as err:
+        print(f"mmr rl train: {err}", file=sys.stderr)
+        return 2
+    if names:
+        print(f"mmr rl train: {', '.join(names)} read from ${SECRETS_FILE_ENV}", file=sys.stderr)
     try:
         cfg = load_config(RLConfig, args.config, args.overrides)
         verl_config = compose_verl_config(cfg)
@@ -174,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(OmegaConf.to_yaml(verl_config, resolve=False))
         return 0
+    keep_wandb_run(verl_config)
     run(verl_config)
     return 0
 

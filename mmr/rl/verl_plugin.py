@@ -5,6 +5,9 @@ verl 0.9.1 loads each entry point of that group at the end of its `__init__`
 exception at debug level; so this module reports its own failures as warnings. It
 installs, in this order:
 
+0. `mmr.env_secrets`: the API keys of the file named by `MMR_SECRETS_FILE` (shared storage),
+   so that wandb in verl's TaskRunner and the judge in the reward workers find them without
+   the keys travelling in the Ray job's runtime env (which `ray job list` shows).
 1. `mmr.rl.verl_fixes`: fixes for two bugs of verl 0.9.1's Qwen2.5-VL actor update
    (text-only micro-batches; equal-length batches of 3-D position ids), on every platform.
 2. `mmr.rl.verl_cpu`: a CPU platform for verl and its CPU workarounds, active only where
@@ -22,6 +25,13 @@ import logging
 logger = logging.getLogger("mmr.rl.verl_plugin")
 
 INSTALLED: dict[str, object] = {}
+
+try:
+    from mmr import env_secrets
+
+    INSTALLED["secrets"] = env_secrets.load_secrets()  # names only
+except Exception:
+    logger.warning("mmr: the secrets file was not read", exc_info=True)
 
 try:
     from mmr.rl import verl_fixes

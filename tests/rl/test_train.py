@@ -207,3 +207,65 @@ def test_plus_keys_are_added_and_plain_unknown_keys_still_fail():
     bad = load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml", ["verl.trainer.my_knob=3"])
     with pytest.raises(ConfigError, match="my_knob"):
         compose_verl_config(bad)
+
+
+def _wandb_config(ckpts: Path, *overrides: str):
+    cfg = load_config(RLConfig, RECIPES / "demo" / "tiny_gspo_verl.yaml",
+                      [f"verl.trainer.default_local_dir={ckpts}",
+                       "verl.trainer.logger=[console,wandb]", *overrides])  # fmt: skip
+    return compose_verl_config(cfg)
+
+
+def test_a_resumed_verl_run_keeps_its_wandb_run(tmp_path, monkeypatch):
+    """keep_wandb_run: the id saved in the checkpoint folder, reused when verl resumes."""
+    import os
+
+    from mmr.rl.train import keep_wandb_run
+
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items()
+                                        if not k.startswith("WANDB_")})  # fmt: skip
+    ckpts = tmp_path / "checkpoints"
+    config = _wandb_config(ckpts)
+    first = keep_wandb_run(config)  # a fresh start: a new id, saved
+    assert (ckpts / "wandb_run_id").read_text().strip() == first
+    env_vars = config.ray_kwargs.ray_init.runtime_env.env_vars  # verl's workers get them
+    assert env_vars["WANDB_RUN_ID"] == first and env_vars["WANDB_RESUME"] == "allow"
+    assert os.environ["WANDB_RUN_ID"] == first and os.environ["WANDB_RESUME"] == "allow"
+    assert config.ray_kwargs.ray_init.runtime_env.py_executable is None  # verl's key kept
+
+    os.environ.pop("WANDB_RUN_ID")
+    (ckpts / "global_step_2").mkdir()  # as verl saves it
+    (ckpts / "latest_checkpointed_iteration.txt").write_text("2")
+    assert keep_wandb_run(_wandb_config(ckpts)) == first  # resume_mode auto resumes
+    os.environ.pop("WANDB_RUN_ID")
+    path = f"verl.trainer.resume_from_path={ckpts / 'global_step_2'}"
+    assert (
+        keep_wandb_run(_wandb_config(ckpts, "verl.trainer.resume_mode=resume_path", path)) == first
+    )
+    os.environ.pop("WANDB_RUN_ID")
+    fresh = keep_wandb_run(_wandb_config(ckpts, "verl.trainer.resume_mode=disable"))
+    assert fresh != first and (ckpts / "wandb_run_id").read_text().strip() == fresh
+
+    # wandb, called as verl's tracker calls it (no id), continues the run those variables name.
+    import wandb
+
+    os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(tmp_path))
+    run = wandb.init(project="mmr", name="tiny", config={"a": 1})
+    try:
+        assert run.id == fresh
+    finally:
+        run.finish()
+
+
+def test_keep_wandb_run_leaves_runs_without_wandb_and_a_given_id_alone(tmp_path, monkeypatch):
+    import os
+
+    from mmr.rl.train import keep_wandb_run
+
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    ckpts = tmp_path / "checkpoints"
+    config = _wandb_config(ckpts, "verl.trainer.logger=[console]")
+    assert keep_wandb_run(config) is None and not ckpts.exists()
+    monkeypatch.setenv("WANDB_RUN_ID", "given")
+    assert keep_wandb_run(_wandb_config(ckpts)) is None and not ckpts.exists()
+    assert os.environ["WANDB_RUN_ID"] == "given"

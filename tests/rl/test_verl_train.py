@@ -16,30 +16,25 @@ length term only acts on correct responses. Select these tests with `pytest -k v
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import threading
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-RL_BIN = REPO / ".venv-rl" / "bin"
-MAIN_BIN = Path(sys.executable).parent
-RECIPE = REPO / "recipes" / "demo" / "tiny_gspo_verl.yaml"
+from tests.rl.verl_run import (
+    ENV,
+    MAIN_BIN,
+    RECIPE,
+    REPO,
+    RL_BIN,
+    prepare_rl_data,
+    require_rl_venv,
+    run,
+    synthetic_tasks,
+    tiny_vl_model,
+)
+
 SFT_RECIPE = REPO / "recipes" / "demo" / "tiny_sft.yaml"
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "WANDB_MODE": "offline",
-    "OMP_NUM_THREADS": "2",
-    "PYTHONUNBUFFERED": "1",
-}
-STEP_TIMEOUT_S = 1200  # one command; a loaded 2-core machine took 3.5 min per step
 # The module fixture (SFT, two verl runs, merge) takes ~6 min on an idle 2-core machine;
 # pytest's 600 s default per test would count all of it against the first test.
 pytestmark = pytest.mark.timeout(3600)
@@ -53,49 +48,6 @@ REWARD_METRICS = (
 )
 # verl's GSPO loss (compute_policy_loss_gspo, verl/trainer/ppo/core_algos.py) reports these.
 GSPO_METRICS = ("actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower")
-
-
-def _require_rl_venv() -> None:
-    if (RL_BIN / "mmr").is_file():
-        return
-    message = "the RL venv (.venv-rl) is not installed: run `make setup-rl`"
-    if os.environ.get("CI"):
-        pytest.fail(message)  # CI installs it (make test -> setup-rl): never skip there
-    pytest.skip(message)
-
-
-def _run(cmd: list[str], log: Path, env: dict | None = None) -> dict:
-    """Run `cmd`, its output into `log`; return wall time and the peak RSS of its process tree."""
-    import psutil
-
-    start = time.monotonic()
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env or ENV, stdout=out, stderr=subprocess.STDOUT)
-        peak, done = 0, threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            root = psutil.Process(proc.pid)
-            while not done.is_set():
-                try:
-                    tree = [root, *root.children(recursive=True)]
-                    peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-                except psutil.Error:
-                    pass
-                done.wait(0.5)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            rc = proc.wait(timeout=STEP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = "timeout"
-        done.set()
-        sampler.join()
-    tail = log.read_text(errors="replace")[-6000:]
-    assert rc == 0, f"{' '.join(cmd[:3])} ... exited {rc}; log {log}:\n{tail}"
-    return {"wall_s": time.monotonic() - start, "peak_rss_gb": peak / 2**30}
 
 
 def _metrics(path: Path) -> dict[int, dict]:
@@ -117,46 +69,31 @@ def _train(root: Path, model: Path, data: Path, name: str, *overrides: str) -> d
         f"verl.trainer.rollout_data_dir={root / 'rollouts'}",
         *overrides,
     ]
-    figures = _run(cmd, root / f"{name}.log", env)
+    figures = run(cmd, root / f"{name}.log", env)
     figures["metrics"] = _metrics(root / f"{name}.metrics.jsonl")
     return figures
 
 
 @pytest.fixture(scope="module")
 def verl_runs(tmp_path_factory) -> dict:
-    _require_rl_venv()
+    require_rl_venv()
     root = tmp_path_factory.mktemp("verl_run")
-    base, tasks = root / "base", root / "tasks"
-    subprocess.run(
-        [str(MAIN_BIN / "mmr"), "models", "tiny", "--family", "qwen2_5_vl", "--out", str(base),
-         "--hidden-size", "128", "--intermediate-size", "256", "--head-dim", "64"],
-        env=ENV, check=True, capture_output=True,
-    )  # fmt: skip
-    py = str(MAIN_BIN / "python")
-    gen = [py, "-m", "mmr.data.synthetic", "--seed", "1"]
-    subprocess.run([*gen, "--n", "192", "--out", str(tasks / "sft.parquet")], env=ENV, check=True)
-    subprocess.run(
-        [*gen, "--n", "40", "--no-response", "--out", str(tasks / "rl.parquet")],
-        env=ENV,
-        check=True,
-    )
-    _run(
+    base = tiny_vl_model(root / "base")
+    sft_tasks = synthetic_tasks(root / "tasks" / "sft.parquet", 192)
+    rl_tasks = synthetic_tasks(root / "tasks" / "rl.parquet", 40, responses=False)
+    run(
         [str(MAIN_BIN / "mmr"), "sft", "--config", str(SFT_RECIPE), f"model.path={base}",
-         f"data.train_files=[{tasks / 'sft.parquet'}]", f"trainer.output_dir={root / 'sft'}",
+         f"data.train_files=[{sft_tasks}]", f"trainer.output_dir={root / 'sft'}",
          "trainer.epochs=2", "model.freeze=[]", "trainer.save_steps=1000"],
         root / "sft.log",
     )  # fmt: skip
-    model, data = root / "sft" / "final", root / "data"
-    _run(
-        [str(RL_BIN / "mmr"), "rl", "prepare", "--input", str(tasks / "rl.parquet"),
-         "--output", str(data), "--val-fraction", "0.1"],
-        root / "prepare.log",
-    )  # fmt: skip
+    model = root / "sft" / "final"
+    data = prepare_rl_data(rl_tasks, root / "data", root / "prepare.log")
     first = _train(root, model, data, "run1", "verl.trainer.total_training_steps=3")
     resumed = _train(root, model, data, "run2", "verl.trainer.total_training_steps=4")
     merged = root / "merged"
     actor = root / "checkpoints" / "global_step_4" / "actor"
-    _run(
+    run(
         [str(RL_BIN / "mmr"), "rl", "merge", "--checkpoint", str(actor), "--out", str(merged)],
         root / "merge.log",
     )

@@ -26,7 +26,8 @@ from mmr.data.schema import Sample
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo" / "tiny_sft.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "demo" / "tiny_sft.yaml"
 
 
 def _png(value: int) -> bytes:
@@ -196,15 +197,17 @@ def test_text_only_and_image_samples_train_the_vision_tower(tmp_path, data, tiny
 
 
 def test_torchrun_two_ranks_agree(tmp_path, data, tiny_qwen2_5_vl):
+    """examples/sft_torchrun.sh, as users launch it: torchrun with 2 processes (gloo on CPU)."""
     out = tmp_path / "ddp"
     cmd = [
-        str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()),
-        "-m", "mmr.sft.train", "--config", str(RECIPE), f"model.path={tiny_qwen2_5_vl}",
-        f"data.train_files=[{data}]", f"trainer.output_dir={out}",
-        "data.packing_length=256", "data.max_length=256",
+        "bash", str(ROOT / "examples" / "sft_torchrun.sh"), str(RECIPE),
+        f"model.path={tiny_qwen2_5_vl}", f"data.train_files=[{data}]",
+        f"trainer.output_dir={out}", "data.packing_length=256", "data.max_length=256",
         "trainer.max_steps=3", "trainer.save_steps=0", "trainer.export=false",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    env = {**ENV, "NPROC_PER_NODE": "2", "MASTER_PORT": str(_free_port()),
+           "PATH": f"{BIN}{os.pathsep}{ENV['PATH']}"}  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     checksums = json.loads((out / "rank_checksums.json").read_text())
     assert len(checksums) == 2 and checksums[0] == checksums[1]
