@@ -16,7 +16,7 @@ RL_STAMP := $(RL_VENV)/.mmr-setup-done
 # The RL venv's pins (why it is a second venv: requirements/rl-constraints.txt).
 RL_PIP := PIP_CONSTRAINT=$(CURDIR)/requirements/rl-constraints.txt $(RL_BIN)/pip
 
-.PHONY: setup setup-gpu setup-rl test test-verl lint format demo bench clean
+.PHONY: setup setup-gpu setup-rl test test-verl test-cluster lint format demo bench clean
 
 setup: $(STAMP)
 
@@ -78,6 +78,10 @@ test: lint setup-rl
 # Only verl's real path on CPU: what a user debugging the RL stage runs.
 test-verl: setup setup-rl
 	$(TEST_ENV) $(BIN)/pytest -q -s -k verl tests
+
+# examples/gspo_ray.sh through `ray job submit` on a local Ray head, one real verl step (~5 min).
+test-cluster: setup setup-rl
+	$(TEST_ENV) MMR_CLUSTER_TESTS=1 $(BIN)/pytest -q -s tests/examples/test_gspo_ray.py
 
 demo: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline $(BIN)/mmr demo
