@@ -246,15 +246,20 @@ def test_a_resumed_verl_run_keeps_its_wandb_run(tmp_path, monkeypatch):
     fresh = keep_wandb_run(_wandb_config(ckpts, "verl.trainer.resume_mode=disable"))
     assert fresh != first and (ckpts / "wandb_run_id").read_text().strip() == fresh
 
-    # wandb, called as verl's tracker calls it (no id), continues the run those variables name.
-    import wandb
+    # wandb, called as verl's tracker calls it (no id), continues the run those variables
+    # name. In a new process, as verl's TaskRunner is: wandb reads its environment once per
+    # process, so an earlier wandb.init in this one (tests/test_metrics.py) would shadow it.
+    import subprocess
+    import sys
 
-    os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(tmp_path))
-    run = wandb.init(project="mmr", name="tiny", config={"a": 1})
-    try:
-        assert run.id == fresh
-    finally:
-        run.finish()
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "WANDB_DIR": str(tmp_path)}  # fmt: skip
+    code = ("import wandb; run = wandb.init(project='mmr', name='tiny', config={'a': 1}); "
+            "print(run.id); run.finish()")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-1] == fresh
 
 
 def test_keep_wandb_run_leaves_runs_without_wandb_and_a_given_id_alone(tmp_path, monkeypatch):
