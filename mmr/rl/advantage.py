@@ -57,12 +57,11 @@ def grpo_advantages(
 
 def equal_groups(scores: torch.Tensor, index: np.ndarray) -> np.ndarray:
     """Rows in a group of two or more whose scores are all exactly equal."""
-    values = scores.detach().cpu().tolist()
+    keys = list(index)
     by_group: dict[Any, list[float]] = {}
-    for key, value in zip(index.tolist() if hasattr(index, "tolist") else index, values):
+    for key, value in zip(keys, scores.detach().cpu().tolist()):
         by_group.setdefault(key, []).append(value)
     flat = {k for k, v in by_group.items() if len(v) > 1 and min(v) == max(v)}
-    keys = index.tolist() if hasattr(index, "tolist") else list(index)
     return np.array([k in flat for k in keys], dtype=bool)
 
 
