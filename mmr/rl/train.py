@@ -17,6 +17,7 @@ sections:
   mapping, into one verl key, `reward.custom_reward_function.reward_kwargs.config`
   (`REWARD_CONFIG_KEY`): verl passes it to `mmr.rewards.compute_score` on every reward
   worker; the sampler's `sampler_kwargs.reward_config` is an interpolation of that key.
+  `judge.enabled` left unset is decided on the driver (USE_LLM_JUDGE) and written in.
 
 mmr then sets the two verl hooks of its reward bridge (`mmr.rl.reward`), and
 `--dry-run` shows them: verl 0.9.1's `reward.*` keys (the old top-level
@@ -44,7 +45,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ def compose_verl_config(cfg: RLConfig) -> DictConfig:
         # verl reads reward_kwargs but its schema has no such key (its docs add it with `+`).
         with open_dict(merged.reward.custom_reward_function):
             merged.reward.custom_reward_function.reward_kwargs = {
-                "config": config_to_dict(cfg.reward)
+                "config": config_to_dict(driver_resolved(cfg.reward))
             }
         # verl hands the sampler only its sampler_kwargs: a reference to the key, not a copy.
         with open_dict(merged.trainer.v1.sampler.sampler_kwargs):
@@ -102,6 +103,16 @@ def compose_verl_config(cfg: RLConfig) -> DictConfig:
         ) from None
     _check_sampler_hook(merged)
     return merged
+
+
+def driver_resolved(reward: RewardConfig) -> RewardConfig:
+    """The reward config with `judge.enabled` decided here, once, from USE_LLM_JUDGE when the
+    recipe leaves it unset: reward workers on other nodes do not share the driver's
+    environment, and one of them deciding differently would score (and log) a different
+    reward in the same run. The endpoint and key stay per node (OPENAI_BASE_URL, the key's
+    variable), where the judge is reached from."""
+    judge = replace(reward.judge, enabled=reward.judge.is_enabled())
+    return replace(reward, judge=judge)
 
 
 def split_additions(

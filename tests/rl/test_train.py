@@ -13,7 +13,13 @@ import pytest
 import yaml
 
 from mmr.config import ConfigError, config_to_dict, load_config
-from mmr.rl.train import REWARD_CONFIG_KEY, RLConfig, compose_verl_config, main
+from mmr.rl.train import (
+    REWARD_CONFIG_KEY,
+    RLConfig,
+    compose_verl_config,
+    driver_resolved,
+    main,
+)
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -108,7 +114,7 @@ def test_verl_loads_the_reward_function_manager_and_sampler_we_point_at(dry_run)
     )
     recipe = load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml").reward
     assert type(sampler).__name__ == "MMRGroupSampler"
-    assert sampler.reward_config == recipe
+    assert sampler.reward_config == driver_resolved(recipe)
 
 
 def test_the_bridge_paths_resolve_to_the_installed_modules():
@@ -151,12 +157,40 @@ def test_the_config_key_rebuilds_the_same_config_before_and_after_verl_resolves_
     cfg = load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml", overrides)
     config = compose_verl_config(cfg)
     node = OmegaConf.select(config, REWARD_CONFIG_KEY)
-    assert OmegaConf.to_container(node) == config_to_dict(cfg.reward)
-    assert reward_config_of(node) == cfg.reward
+    expected = driver_resolved(cfg.reward)  # the same config, judge.enabled decided
+    assert OmegaConf.to_container(node) == config_to_dict(expected)
+    assert reward_config_of(node) == expected
     sampler_node = config.trainer.v1.sampler.sampler_kwargs.reward_config
-    assert reward_config_of(sampler_node) == cfg.reward
+    assert reward_config_of(sampler_node) == expected
     OmegaConf.resolve(config)  # as verl's TaskRunner does before building the trainer
-    assert reward_config_of(config.trainer.v1.sampler.sampler_kwargs.reward_config) == cfg.reward
+    assert reward_config_of(config.trainer.v1.sampler.sampler_kwargs.reward_config) == expected
+
+
+@pytest.mark.parametrize(
+    ("recipe_value", "env", "written"),
+    [(None, "1", True), (None, None, False), (False, "1", False), (True, None, True)],
+)
+def test_the_driver_decides_whether_the_judge_is_on(
+    monkeypatch: pytest.MonkeyPatch, recipe_value: bool | None, env: str | None, written: bool
+) -> None:
+    # Reward workers on other Ray nodes do not see the driver's USE_LLM_JUDGE: the decision
+    # travels in the config, so every worker scores the same reward.
+    from omegaconf import OmegaConf
+
+    from mmr.rl.reward import reward_config_of
+
+    if env is None:
+        monkeypatch.delenv("USE_LLM_JUDGE", raising=False)
+    else:
+        monkeypatch.setenv("USE_LLM_JUDGE", env)
+    overrides = (
+        [] if recipe_value is None else [f"reward.judge.enabled={str(recipe_value).lower()}"]
+    )
+    cfg = load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml", overrides)
+    node = OmegaConf.select(compose_verl_config(cfg), REWARD_CONFIG_KEY)
+    assert node.judge.enabled is written
+    monkeypatch.setenv("USE_LLM_JUDGE", "0" if written else "1")  # a worker's other environment
+    assert reward_config_of(node).judge.is_enabled() is written
 
 
 def test_unknown_verl_key_fails_by_name(tmp_path):
