@@ -39,7 +39,16 @@ EXTRAS = {
     # vllm: the release verl 0.9.1's `vllm` extra pins (it pins torch 2.11.0 and with it the
     # whole CUDA set); the exact tested set is requirements/gpu-constraints.txt.
     "rl": ["verl==0.9.1", "vllm==0.24.0", "ray[default]>=2.41", "qwen-vl-utils"],
-    "dev": ["pytest>=8", "pytest-timeout", "ruff==0.17.6", "pandas", "psutil", "matplotlib"],
+    # uv: its resolver checks the GPU set in tests/test_install.py (pip would download it whole).
+    "dev": [
+        "pytest>=8",
+        "pytest-timeout",
+        "ruff==0.17.6",
+        "uv==0.13.9",
+        "pandas",
+        "psutil",
+        "matplotlib",
+    ],
 }
 
 setup(
