@@ -100,9 +100,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tasks", nargs="+", required=True, help="synthetic task files")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--latency-s", type=float, default=0.0,
+                        help="delay every reply (a model's latency, for throughput benchmarks)")  # fmt: skip
     args = parser.parse_args(argv)
     teacher = RuleTeacher(args.tasks)
     server = OpenAIServer(teacher, host=args.host, port=args.port)
+    server.latency_s = args.latency_s
     print(f"rule teacher for {sum(map(len, teacher.tasks.values()))} tasks at {server.base_url}")
     try:
         server.serve_forever()
