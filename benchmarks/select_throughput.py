@@ -37,8 +37,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -156,15 +154,12 @@ def measure_tree(args: list[str], out: Path, code: str | None = None) -> dict:
     cmd = [sys.executable, *args]
     env = {**os.environ, "MMR_BENCH_CODE": code} if code else None
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=code or ROOT, env=env)
-    parent, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            tree = [parent, *parent.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
+    from mmr.metrics import PeakTreeRSS
+
+    rss = PeakTreeRSS(proc.pid, interval_s=0.05)
     stdout = proc.stdout.read() if proc.stdout else ""
+    proc.wait()
+    peak = rss.stop()
     if proc.returncode:
         raise SystemExit(f"{' '.join(map(str, args[1:]))} failed ({proc.returncode})")
     result = json.loads(stdout.strip().splitlines()[-1])

@@ -133,3 +133,40 @@ def truncate_jsonl(path: Path, step: int) -> None:
         except json.JSONDecodeError:
             logger.warning("dropping an unreadable line of %s", path)
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+class PeakTreeRSS:
+    """The peak resident memory of a process and all its children (Ray workers, vLLM
+    engines, pool workers), sampled every `interval_s` on a thread until `stop()`.
+
+    The sum over the tree counts pages shared between processes once per process, so it
+    overstates; it is the figure `ps` gives, and what grows when a stage leaks. Needs psutil.
+    """
+
+    def __init__(self, pid: int, interval_s: float = 0.5) -> None:
+        import threading
+
+        import psutil
+
+        self.peak = 0  # bytes
+        self._root, self._psutil = psutil.Process(pid), psutil
+        self._done = threading.Event()
+        self._interval = interval_s
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            try:
+                tree = [self._root, *self._root.children(recursive=True)]
+                rss = sum(p.memory_info().rss for p in tree if p.is_running())
+                self.peak = max(self.peak, rss)
+            except self._psutil.Error:
+                pass  # a process of the tree ended between listing and reading it
+            self._done.wait(self._interval)
+
+    def stop(self) -> int:
+        """Stop sampling; the peak in bytes."""
+        self._done.set()
+        self._thread.join()
+        return self.peak

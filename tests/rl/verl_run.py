@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -39,33 +38,18 @@ def require_rl_venv() -> None:
 
 def run(cmd: list[str], log: Path, env: dict | None = None, *, check: bool = True) -> dict:
     """Run `cmd`, its output into `log`; return rc, wall time and the peak RSS of its tree."""
-    import psutil
+    from mmr.metrics import PeakTreeRSS
 
     start = time.monotonic()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env or ENV, stdout=out, stderr=subprocess.STDOUT)
-        peak, done = 0, threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            root = psutil.Process(proc.pid)
-            while not done.is_set():
-                try:
-                    tree = [root, *root.children(recursive=True)]
-                    peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-                except psutil.Error:
-                    pass
-                done.wait(0.5)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        rss = PeakTreeRSS(proc.pid)
         try:
             rc = proc.wait(timeout=STEP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
             rc = "timeout"
-        done.set()
-        sampler.join()
+        peak = rss.stop()
     tail = log.read_text(errors="replace")[-6000:]
     if check:
         assert rc == 0, f"{' '.join(cmd[:3])} ... exited {rc}; log {log}:\n{tail}"
