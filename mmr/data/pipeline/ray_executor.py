@@ -35,20 +35,25 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_shards", "shutdown"]
+__all__ = ["connect", "run_shards", "shutdown"]
 
 log = logging.getLogger(__name__)
+_CONNECTED = False  # whether this module connected (and so `shutdown` disconnects)
 
 
-def _connect(cfg: Any) -> None:
+def connect(address: str | None) -> None:
+    """Join the Ray cluster at `address` (None: start a new local instance) unless this
+    process is connected already (a Ray task is; so is a caller that ran `ray.init`)."""
+    global _CONNECTED
     import ray
 
     if ray.is_initialized():
         return
-    if cfg.address is None:  # "local": a new instance, never another user's cluster found here
+    if address is None:  # "local": a new instance, never another user's cluster found here
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
     else:
-        ray.init(address=cfg.address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False)
+    _CONNECTED = True
 
 
 def _shard_task(run_shard: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -69,7 +74,7 @@ def run_shards(
     manifest entries in the order the shards finish. `cfg` is the recipe's `ray` section."""
     import ray
 
-    _connect(cfg)
+    connect(cfg.address)
     # Tasks may run in another folder or on another machine: they get absolute paths.
     paths = replace(paths, **{k: Path(v).resolve() for k, v in vars(paths).items()})
     limit = cfg.max_in_flight
@@ -93,7 +98,9 @@ def run_shards(
 
 
 def shutdown() -> None:
-    """Disconnect from Ray if this process connected (a no-op when Ray was never imported)."""
+    """Disconnect from Ray if `connect` connected (a no-op when Ray was never imported)."""
+    global _CONNECTED
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
+    if _CONNECTED and ray is not None and ray.is_initialized():
         ray.shutdown()
+    _CONNECTED = False
