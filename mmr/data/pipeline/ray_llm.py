@@ -14,8 +14,9 @@ requests, large for a handful of fast ones.
 
 What mmr changes, and why:
 - Ray's HTTP stage gives up on a whole batch (the job fails) when one request keeps failing,
-  and retries only 408/429/502-504 and connection errors. Its request UDF is subclassed so
-  that each row goes through `mmr.llm.client.Client.chat` with Ray's code as the transport
+  and retries only 408/429/502-504 and connection errors. Its request UDF (`HttpRequestUDF`,
+  internal to ray.llm: ray is pinned) is subclassed and put in the built processor's stage,
+  so that each row goes through `mmr.llm.client.Client.chat` with Ray's code as the transport
   (one attempt each, Ray's own retries off): the same retry policy, `concurrency` bound
   (requests in flight per endpoint), timeout, reply parsing (`parse` runs in the actor, so
   a malformed reply is retried), error classification and redaction as the local client.

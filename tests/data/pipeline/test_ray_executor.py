@@ -1,7 +1,9 @@
 """`executor=ray` on a real two-node Ray cluster on 127.0.0.1 (tests/ray_cluster.py): the
 same outputs as the local executor for collect -> clean -> distill -> select with the
-demo's teacher server; a driver killed mid-stage then run again, and a worker node killed
-mid-stage, both end with every input row written once."""
+demo's teacher server, the Ray run sending distill's requests through ray.data.llm
+(`engine: ray_llm`) to two endpoints, one failing request answered with HTTP 500 and one
+hanging; a driver killed mid-stage then run again, and a worker node killed mid-stage,
+both end with every input row written once."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import pyarrow.dataset as ds
 import pytest
@@ -22,6 +25,7 @@ import pytest
 from mmr.data.io import write_samples
 from mmr.data.pipeline.cli import main
 from mmr.data.synthetic import generate_tasks, solve, teacher_response
+from mmr.llm.server import OpenAIServer
 from tests.data.pipeline.helpers import arithmetic, parse_question, solution
 from tests.ray_cluster import ROOT, RayCluster, node_env, ray_cluster
 
@@ -30,11 +34,12 @@ pytest.importorskip("ray")
 DEMO = ROOT / "recipes" / "data" / "demo.yaml"
 FOLDERS = ("collected", "cleaned", "distilled", "selected")
 RUN_DEPENDENT = ("elapsed_s", "rows_per_s", "output")  # what may differ between two runs
+KEY_ENV, KEY = "MMR_RAY_TEST_KEY", "sk-ray-test-0123456789"  # the teacher's, on every node
 
 
 @pytest.fixture(scope="module")
 def ray_nodes() -> RayCluster:
-    with ray_cluster(nodes=2) as running:
+    with mock.patch.dict(os.environ, {KEY_ENV: KEY}), ray_cluster(nodes=2) as running:
         yield running
 
 
@@ -52,6 +57,10 @@ def test_executor_is_local_or_ray(tmp_path, capsys):
     assert "config key 'executor' is 'spark'; choose one of local, ray" in capsys.readouterr().err
     assert main([*argv[:-1], "executor=ray", "ray.max_in_flight=0"]) == 2
     assert "'ray.max_in_flight' must be > 0" in capsys.readouterr().err
+    assert main([*argv[:-1], "distill.cot.client.engine=vllm"]) == 2
+    assert "'client.engine' is 'vllm'; choose one of openai, ray_llm" in capsys.readouterr().err
+    assert main([*argv[:-1], "distill.cot.client.api_bases=[http://127.0.0.1:1/v1]"]) == 2
+    assert "'client.api_bases' needs client.engine: ray_llm" in capsys.readouterr().err
 
 
 def _table(folder: Path):
@@ -75,34 +84,61 @@ def test_local_and_ray_executors_write_the_same_outputs(tmp_path, server, cluste
         parts = body["messages"][-1]["content"]
         url = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
         task = by_image[url.split(",", 1)[1]]
+        if task is tasks[7]:  # an endpoint error that echoes the request's key
+            return ("status", 500, f"upstream refused Authorization: Bearer {KEY}")
+        if task is tasks[9]:
+            # Hung: far past timeout_s, since on a loaded machine a late timer lets a reply
+            # that arrived by then through (asyncio.wait_for returns a finished result).
+            return ("sleep", 60)
         answer = teacher_response(task.meta)
         # Always wrong for one task: dropped by distill's verification.
         return answer.replace(f"{{{solve(task.meta)}}}", "{999}") if task is tasks[3] else answer
 
     server.script = teacher
+    replica = OpenAIServer(teacher).start()  # a second endpoint of the same model
     write_samples(tmp_path / "tasks.parquet", tasks)
 
     def run(out: str, *overrides: str) -> Path:
         argv = ["run", "--config", str(DEMO), "--step", "all", "--quiet", "--input",
-                str(tmp_path / "tasks.parquet"), "--output", str(tmp_path / out), "shard_rows=4",
-                f"distill.cot.client.api_base={server.base_url}", *overrides]  # fmt: skip
+                str(tmp_path / "tasks.parquet"), "--output", str(tmp_path / out), "shard_rows=6",
+                f"distill.cot.client.api_base={server.base_url}",
+                f"distill.cot.client.api_key_env={KEY_ENV}", "distill.cot.client.timeout_s=1",
+                "distill.cot.client.retries=1", *overrides]  # fmt: skip
         assert main(argv) == 0
         return tmp_path / out
 
-    local = run("local")
-    on_ray = run("ray", "executor=ray", f"ray.address={cluster}")
-    for folder in FOLDERS:
+    try:
+        local = run("local")
+        asked = len(server.requests)
+        server.reset()
+        server.script = teacher
+        on_ray = run("ray", "executor=ray", f"ray.address={cluster}",
+                     "distill.cot.client.engine=ray_llm",
+                     f"distill.cot.client.api_bases=[{replica.base_url}]")  # fmt: skip
+    finally:
+        replica.stop()
+    for folder in (*FOLDERS, "failed/distill"):
         a, b = _table(local / folder), _table(on_ray / folder)
         assert a.schema == b.schema, folder
         assert a.to_pylist() == b.to_pylist(), folder  # same rows, same order
         parts = sorted(p.name for p in (on_ray / folder).glob("*.parquet"))
         assert parts == sorted(p.name for p in (local / folder).glob("*.parquet")), folder
-    assert len(_table(on_ray / "selected")) == 20  # 10 questions x 2 paths survive
+    assert len(_table(on_ray / "selected")) == 16  # 8 questions x 2 paths survive
     reports = _reports(on_ray)
     assert reports == _reports(local)
     assert reports["clean"]["filters"] == {"image": {"corrupt_image": 1}}
-    assert reports["distill"]["shards"] == 3 and reports["select"]["rows_in"] == 20
+    assert reports["distill"]["failed_reasons"] == {"teacher_http_500": 1, "teacher_timeout": 1}
+    assert reports["distill"]["shards"] == 2 and reports["select"]["rows_in"] == 16
     assert not (on_ray / "_work").exists()
+    # engine ray_llm: the same retry policy (as many requests), dealt to both endpoints,
+    # with the key read on the nodes and redacted from what is written.
+    assert asked == 11 * 2 + 2 * 2  # 11 questions x 2 paths; 2 failing paths asked twice more
+    assert len(server.requests) + len(replica.requests) == asked
+    assert len(server.requests) > 0 and len(replica.requests) > 0
+    assert replica.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
+    for path in [*(on_ray / "reports").iterdir(), *(on_ray / "failed" / "distill").iterdir()]:
+        assert KEY.encode() not in path.read_bytes(), path
+    assert "Bearer [redacted]" in json.dumps(reports["distill"]["examples"])
 
 
 def _finished(manifest: Path) -> int:
