@@ -227,7 +227,7 @@ class DedupConfig:
 class RayConfig:
     address: str | None = None  # auto | HOST:PORT | ray://HOST:10001 (None: a new local Ray)
     num_cpus: float = 1.0  # CPUs each shard task reserves
-    max_in_flight: int | None = None  # shards submitted at once (None: CPUs / num_cpus + 1)
+    max_in_flight: int | None = None  # shard tasks at once, dedup's too (None: CPUs / num_cpus + 1)
     max_retries: int = 3  # times a shard task is run again when its node dies
 
     def __post_init__(self) -> None:

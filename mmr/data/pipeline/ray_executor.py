@@ -22,8 +22,10 @@ with `ray job submit --runtime-env-json '{"working_dir": "."}'`). `ray.address=a
 the cluster that RAY_ADDRESS names or that runs on this machine; unset, a new Ray instance
 is started on this machine for the run (it never joins one that happens to run here).
 
-Dedup compares each shard with every row kept before it, so its shards run one after
-another in the driver whichever executor is set.
+Dedup compares each shard with every row kept before it, so that comparison runs in the
+driver shard after shard; on Ray its costly part, the embeddings and image hashes of each
+shard, is computed in Ray tasks up to `ray.max_in_flight` shards ahead
+(`mmr.data.pipeline.dedup`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["connect", "run_shards", "shutdown"]
+__all__ = ["connect", "in_flight_limit", "run_shards", "shutdown"]
 
 log = logging.getLogger(__name__)
 _CONNECTED = False  # whether this module connected (and so `shutdown` disconnects)
@@ -54,6 +56,16 @@ def connect(address: str | None) -> None:
     else:
         ray.init(address=address, log_to_driver=False)
     _CONNECTED = True
+
+
+def in_flight_limit(cfg: Any) -> int:
+    """Tasks submitted at once: `ray.max_in_flight`, else the cluster's CPUs over
+    `ray.num_cpus`, plus one queued."""
+    import ray
+
+    if cfg.max_in_flight is not None:
+        return cfg.max_in_flight
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.num_cpus)) + 1
 
 
 def _shard_task(run_shard: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -77,9 +89,7 @@ def run_shards(
     connect(cfg.address)
     # Tasks may run in another folder or on another machine: they get absolute paths.
     paths = replace(paths, **{k: Path(v).resolve() for k, v in vars(paths).items()})
-    limit = cfg.max_in_flight
-    if limit is None:
-        limit = max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.num_cpus)) + 1
+    limit = in_flight_limit(cfg)
     task = ray.remote(_shard_task).options(num_cpus=cfg.num_cpus, max_retries=cfg.max_retries)
     process_ref = ray.put(process)  # sent once, not with every shard
     pending: list[Any] = []

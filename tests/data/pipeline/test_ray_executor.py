@@ -2,7 +2,7 @@
 same outputs as the local executor for collect -> clean -> distill -> select with the
 demo's teacher server, the Ray run sending distill's requests through ray.data.llm
 (`engine: ray_llm`) to two endpoints, one failing request answered with HTTP 500 and one
-hanging; a driver killed mid-stage then run again, and a worker node killed mid-stage,
+hanging, and dedup's embeddings computed in Ray tasks; a driver killed mid-stage then run again, and a worker node killed mid-stage,
 both end with every input row written once."""
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ from unittest import mock
 import pyarrow.dataset as ds
 import pytest
 
-from mmr.data.io import write_samples
+from mmr.data.io import read_samples, write_samples
+from mmr.data.pipeline import ray_executor
 from mmr.data.pipeline.cli import main
+from mmr.data.pipeline.config import PipelineConfig
+from mmr.data.pipeline.dedup import run_dedup
+from mmr.data.schema import Sample
 from mmr.data.synthetic import generate_tasks, solve, teacher_response
 from mmr.llm.server import OpenAIServer
 from tests.data.pipeline.helpers import arithmetic, parse_question, solution
@@ -32,7 +36,7 @@ from tests.ray_cluster import ROOT, RayCluster, node_env, ray_cluster
 pytest.importorskip("ray")
 
 DEMO = ROOT / "recipes" / "data" / "demo.yaml"
-FOLDERS = ("collected", "cleaned", "distilled", "selected")
+FOLDERS = ("collected", "cleaned", "distilled", "selected", "deduped")
 RUN_DEPENDENT = ("elapsed_s", "rows_per_s", "output")  # what may differ between two runs
 KEY_ENV, KEY = "MMR_RAY_TEST_KEY", "sk-ray-test-0123456789"  # the teacher's, on every node
 
@@ -105,6 +109,10 @@ def test_local_and_ray_executors_write_the_same_outputs(tmp_path, server, cluste
                 f"distill.cot.client.api_key_env={KEY_ENV}", "distill.cot.client.timeout_s=1",
                 "distill.cot.client.retries=1", *overrides]  # fmt: skip
         assert main(argv) == 0
+        dedup = ["dedup", "--config", str(DEMO), "--quiet", "--input",
+                 str(tmp_path / out / "selected"), "--output", str(tmp_path / out), "shard_rows=6",
+                 *overrides]  # fmt: skip
+        assert main(dedup) == 0
         return tmp_path / out
 
     try:
@@ -124,6 +132,7 @@ def test_local_and_ray_executors_write_the_same_outputs(tmp_path, server, cluste
         parts = sorted(p.name for p in (on_ray / folder).glob("*.parquet"))
         assert parts == sorted(p.name for p in (local / folder).glob("*.parquet")), folder
     assert len(_table(on_ray / "selected")) == 16  # 8 questions x 2 paths survive
+    assert len(_table(on_ray / "deduped")) == 8  # a question's second path is its duplicate
     reports = _reports(on_ray)
     assert reports == _reports(local)
     assert reports["clean"]["filters"] == {"image": {"corrupt_image": 1}}
@@ -139,6 +148,29 @@ def test_local_and_ray_executors_write_the_same_outputs(tmp_path, server, cluste
     for path in [*(on_ray / "reports").iterdir(), *(on_ray / "failed" / "distill").iterdir()]:
         assert KEY.encode() not in path.read_bytes(), path
     assert "Bearer [redacted]" in json.dumps(reports["distill"]["examples"])
+
+
+def test_dedup_on_ray_resumes_with_the_same_kept_rows(tmp_path, cluster):
+    q1, q2 = "How many red circles are there?", "What is the area of the triangle?"
+    texts = [q1, q1 + " ", q2, "Which bar is tallest?", q1, q2 + " ?", q1]
+    rows = [Sample(chr(97 + i), "s", text, "1") for i, text in enumerate(texts)]
+    write_samples(tmp_path / "in.parquet", rows)
+    cfg = PipelineConfig(shard_rows=3, executor="ray")
+    cfg.ray.address, cfg.dedup.embedder, cfg.dedup.threshold = cluster, "hashing", 0.9
+    out = tmp_path / "out"
+    try:
+        first = run_dedup(cfg, tmp_path / "in.parquet", out, quiet=True)
+        manifest_path = out / "deduped" / "_manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        del manifest["shards"]["1"]  # as if the run had stopped before shard 1 was recorded
+        manifest["complete"] = False
+        manifest_path.write_text(json.dumps(manifest))
+        again = run_dedup(cfg, tmp_path / "in.parquet", out, quiet=True)
+    finally:
+        ray_executor.shutdown()
+    # Shard 1 was compared with the kept rows of shard 0 (remembered), shard 2 with both.
+    assert [s.id for s in read_samples(out / "deduped")] == ["a", "c", "d"]
+    assert again["filters"] == first["filters"] == {"dedup": {"near_duplicate": 4}}
 
 
 def _finished(manifest: Path) -> int:
