@@ -253,3 +253,16 @@ class PipelineConfig:
         check_choice("executor", self.executor, EXECUTORS)
         positive("num_proc", self.num_proc)
         positive("shard_rows", self.shard_rows)
+        clients = {
+            "clean.llm.client": self.clean.llm.client,
+            "distill.cot.client": self.distill.cot.client,
+            "distill.caption.client": self.distill.caption.client,
+            "select.difficulty.client": self.select.difficulty.client,
+        }
+        for key, client in clients.items():
+            if client.engine == "ray_llm" and self.executor == "local" and self.num_proc > 1:
+                raise ConfigError(
+                    f"config key '{key}.engine' is ray_llm with executor local and num_proc > 1: "
+                    "each pool worker would start a Ray instance of its own; use executor=ray "
+                    "or num_proc=1"
+                )

@@ -14,7 +14,15 @@ on another (`ray.max_retries`); writing a shard twice replaces the same files.
 At most `ray.max_in_flight` shards are submitted at once (default: the cluster's CPUs over
 `ray.num_cpus`, plus one queued), which bounds memory and, for the stages that call a model
 (distill, difficulty, LLM clean), the requests in flight: each task runs the stage's own
-client with its `concurrency`.
+client with its `concurrency` (or, with `engine: ray_llm`, a Ray Data job of its requests).
+
+Shards are Ray tasks, not a Ray Data dataset over the shard list: they are cut as the
+driver streams the input through mmr's readers (formats, counted skips, resume by shard
+index), so the list is not known up front as a dataset needs it (`from_items` would hold
+the whole input; a datasource would redo the readers); a shard's work writes its files and
+returns one manifest entry, a side effect rather than a row transform; and `ray.wait`
+bounds the tasks in flight in a few lines. Ray Data is used where it fits: a shard's model
+calls through `ray.data.llm` (`ray_llm.py`).
 
 On a cluster: DIR must be a folder every node sees (a shared file system: tasks write the
 part files, the driver the manifest), and mmr must be installed on every node (or shipped
