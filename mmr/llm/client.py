@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -44,6 +44,7 @@ __all__ = [
     "Client",
     "Endpoint",
     "MalformedReply",
+    "StatusError",
     "classify",
     "load_prompt",
     "redact",
@@ -52,12 +53,21 @@ __all__ = [
 
 Messages = list[dict[str, Any]]
 Parse = Callable[[str], Any]  # checks a reply; raises MalformedReply to have it retried
+Post = Callable[[dict[str, Any]], Awaitable[Any]]  # sends one request body, returns its JSON
 _BEARER = re.compile(r"\bbearer\s+[^\s\"',;}]+", re.I)
 REDACTED = "[redacted]"
 
 
 class MalformedReply(ValueError):
     """A reply that arrived but cannot be used (raised by a `parse` function)."""
+
+
+class StatusError(Exception):
+    """An HTTP error status, raised by a transport other than openai's (`Client(post=...)`)."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status, self.body = status, body
 
 
 @dataclass
@@ -129,6 +139,8 @@ def classify(err: BaseException, timeout_s: float, secrets: Iterable[str] = ()) 
     if isinstance(err, openai.APIStatusError):
         status = err.status_code
         reason, message = f"http_{status}", f"HTTP {status}: {_body(err.response)}"
+    elif isinstance(err, StatusError):
+        reason, message = f"http_{err.status}", f"HTTP {err.status}: {err.body}"
     elif isinstance(err, asyncio.TimeoutError) or (
         isinstance(err, openai.APITimeoutError) and _timed_out(err)
     ):
@@ -188,23 +200,30 @@ def _http_client(concurrency: int, timeout_s: float) -> tuple[Any, str]:
 
 
 class Client:
-    """Bounded, retrying chat requests to one endpoint, on the event loop that made it."""
+    """Bounded, retrying chat requests to one endpoint, on the event loop that made it.
 
-    def __init__(self, endpoint: Endpoint) -> None:
-        import openai  # imported on use: most of mmr never talks to a model
+    `post` replaces openai's transport: it sends one request body and returns the reply's
+    JSON, raising StatusError for an HTTP error (`mmr.data.pipeline.ray_llm` sends through Ray's)."""
 
+    def __init__(self, endpoint: Endpoint, *, post: Post | None = None) -> None:
         self.endpoint = endpoint
         load_secrets()  # the key from $MMR_SECRETS_FILE where the environment lacks it
         key = os.environ.get(endpoint.api_key_env) or ""
         self._secrets = (key,) if key else ()
-        self.http_client, self.transport = _http_client(endpoint.concurrency, endpoint.timeout_s)
-        self._openai = openai.AsyncOpenAI(
-            base_url=endpoint.base_url,
-            api_key=key or "EMPTY",
-            max_retries=0,  # retried below, with the caller's policy (see the docstring)
-            timeout=endpoint.timeout_s,
-            http_client=self.http_client,
-        )
+        self._post, self._openai = post, None
+        if post is None:
+            import openai  # imported on use: most of mmr never talks to a model
+
+            self.http_client, self.transport = _http_client(
+                endpoint.concurrency, endpoint.timeout_s
+            )
+            self._openai = openai.AsyncOpenAI(
+                base_url=endpoint.base_url,
+                api_key=key or "EMPTY",
+                max_retries=0,  # retried below, with the caller's policy (see the docstring)
+                timeout=endpoint.timeout_s,
+                http_client=self.http_client,
+            )
         self._sem = asyncio.Semaphore(endpoint.concurrency)
         self.requests = 0  # HTTP requests sent, retries included
 
@@ -218,7 +237,8 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._openai.close()
+        if self._openai is not None:
+            await self._openai.close()
 
     def redact(self, text: str) -> str:
         return redact(text, self._secrets)
@@ -264,4 +284,6 @@ class Client:
         # through its type transforms and builds a pydantic model of the reply: at 64 in
         # flight that CPU work took the judge benchmark from 2.1 s to 3.5 s.
         payload = {"model": self.endpoint.model, "messages": messages, **body}
+        if self._post is not None:
+            return await self._post(payload)
         return await self._openai.post("/chat/completions", cast_to=object, body=payload)

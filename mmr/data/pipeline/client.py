@@ -10,7 +10,9 @@ reply and may raise `MalformedReply`, which is retried like an HTTP error. A req
 keeps failing gives a ChatResult with `error` set (a short reason such as `http_500`,
 `timeout`, `malformed_reply`, `connection`) and a redacted `detail`; it never raises, so a
 stage marks that sample failed and goes on. Reasoning returned apart from the content is
-put back as `<think>...</think>`. What this module adds to `mmr.llm`: the config section,
+put back as `<think>...</think>`. With `engine: ray_llm` the same requests, with the same
+policy and results, go out as a Ray Data job through `ray.data.llm` (`mmr.data.pipeline.ray_llm`),
+dealt in turn to `api_base` and `api_bases`. What this module adds to `mmr.llm`: the config section,
 the request defaults (sampling settings, `extra_body`), a synchronous front, and the
 messages a Sample becomes.
 
@@ -96,6 +98,9 @@ class ChatClient:
             )
         self.url = base.rstrip("/") + "/chat/completions"
         self.endpoint = llm.Endpoint.of(cfg, base_url=base, model=cfg.model)
+        # engine ray_llm: the replicas of the model, each request sent to one in turn
+        self.endpoints = [self.endpoint]
+        self.endpoints += [llm.Endpoint.of(cfg, base_url=b, model=cfg.model) for b in cfg.api_bases]
 
     def __repr__(self) -> str:  # never show the key
         return f"ChatClient(url={self.url!r}, model={self.cfg.model!r})"
@@ -119,6 +124,10 @@ class ChatClient:
             **cfg.extra_body,
             **body,
         }
+        if cfg.engine == "ray_llm":
+            from mmr.data.pipeline import ray_llm
+
+            return ray_llm.chat_many(self.endpoints, requests, parsers, body)
         return asyncio.run(self._run(requests, parsers, body))
 
     async def _run(

@@ -6,7 +6,9 @@ Sections: `collect`, `clean`, `distill`, `select` (with its `difficulty` filter,
 client and `num_samples` the `mmr data difficulty` stage uses too) and `dedup`; `executor`
 says where shards run (`local`: this machine's process pool, `num_proc`; `ray`: tasks on
 a Ray cluster, section `ray`), which changes nothing in what a stage writes. Every model
-is reached through an OpenAI-compatible `ClientConfig` (vLLM or SGLang servers). API keys
+is reached through an OpenAI-compatible `ClientConfig` (vLLM or SGLang servers), its
+requests sent by mmr's client in the shard's process (`engine: openai`) or as a Ray Data job
+through `ray.data.llm`'s HTTP processor (`engine: ray_llm`, which balances `api_bases`). API keys
 never live here: a client reads the environment variable named by `api_key_env`.
 """
 
@@ -41,6 +43,7 @@ __all__ = [
 
 ANSWER_FORMATS = ("answer_tag", "boxed", "either")
 EXECUTORS = ("local", "ray")
+ENGINES = ("openai", "ray_llm")
 
 
 @dataclass
@@ -56,8 +59,13 @@ class ClientConfig:
     retries: int = 3  # extra attempts after a failed request (HTTP error, timeout, bad reply)
     backoff_s: float = 1.0  # first retry delay; doubles each retry
     extra_body: dict[str, Any] = field(default_factory=dict)  # merged into each request body
+    engine: str = "openai"  # openai (asyncio, in the shard's process) | ray_llm (ray.data.llm)
+    api_bases: list[str] = field(default_factory=list)  # more endpoints of this model (ray_llm)
 
     def __post_init__(self) -> None:
+        check_choice("client.engine", self.engine, ENGINES)
+        if self.api_bases and self.engine != "ray_llm":
+            raise ConfigError("config key 'client.api_bases' needs client.engine: ray_llm")
         positive("client.concurrency", self.concurrency)
         positive("client.timeout_s", self.timeout_s)
         positive("client.retries", self.retries, zero_ok=True)
@@ -219,7 +227,7 @@ class DedupConfig:
 class RayConfig:
     address: str | None = None  # auto | HOST:PORT | ray://HOST:10001 (None: a new local Ray)
     num_cpus: float = 1.0  # CPUs each shard task reserves
-    max_in_flight: int | None = None  # shards submitted at once (None: CPUs / num_cpus + 1)
+    max_in_flight: int | None = None  # shard tasks at once, dedup's too (None: CPUs / num_cpus + 1)
     max_retries: int = 3  # times a shard task is run again when its node dies
 
     def __post_init__(self) -> None:
@@ -245,3 +253,16 @@ class PipelineConfig:
         check_choice("executor", self.executor, EXECUTORS)
         positive("num_proc", self.num_proc)
         positive("shard_rows", self.shard_rows)
+        clients = {
+            "clean.llm.client": self.clean.llm.client,
+            "distill.cot.client": self.distill.cot.client,
+            "distill.caption.client": self.distill.caption.client,
+            "select.difficulty.client": self.select.difficulty.client,
+        }
+        for key, client in clients.items():
+            if client.engine == "ray_llm" and self.executor == "local" and self.num_proc > 1:
+                raise ConfigError(
+                    f"config key '{key}.engine' is ray_llm with executor local and num_proc > 1: "
+                    "each pool worker would start a Ray instance of its own; use executor=ray "
+                    "or num_proc=1"
+                )

@@ -17,19 +17,23 @@ Samples are compared in input order against every sample kept so far, so the fir
 group is kept. Memory: the kept samples' embeddings (4 bytes x 384 dims each for MiniLM,
 about 1.5 GB per million) and image hashes; the rows themselves stream. Shards run one
 after another; on resume the kept rows of finished shards are embedded again to rebuild
-that state. The report lists the clusters (`reports/dedup.json`: count, largest; every
+that state. With `executor: ray` each shard's embeddings and image hashes are computed in
+Ray tasks ahead of the comparison (`_RayFeatures`), which stays in the driver, in order.
+The report lists the clusters (`reports/dedup.json`: count, largest; every
 cluster in `reports/dedup_clusters.jsonl`).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
 import os
 import re
 import zlib
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,7 @@ from mmr.data.pipeline.runner import (
     ShardLog,
     StageError,
     load_manifest,
+    ray_section,
     read_input,
     run_stage,
     stage_key,
@@ -51,6 +56,8 @@ from mmr.data.schema import IMAGE_PLACEHOLDER, Sample
 __all__ = ["Deduper", "image_hash", "load_embedder", "run_dedup"]
 
 Embed = Callable[[list[str]], np.ndarray]  # texts -> L2-normalised float32 rows
+Hashes = tuple[int | None, ...]  # one sample's image hashes
+Features = Callable[[list[Sample]], tuple[np.ndarray, list[Hashes]]]
 _SPACES = re.compile(r"\s+")
 _HASH_DIM = 4096
 
@@ -113,19 +120,79 @@ def _question_text(sample: Sample) -> str:
     return _SPACES.sub(" ", sample.question.replace(IMAGE_PLACEHOLDER, " ")).strip().lower()
 
 
+def _hashes(cfg: DedupConfig, sample: Sample) -> Hashes:
+    return tuple(image_hash(im) for im in sample.images) if cfg.use_images else ()
+
+
+def _features(
+    cfg: DedupConfig, embed: Embed, samples: list[Sample]
+) -> tuple[np.ndarray, list[Hashes]]:
+    """What a shard is compared by: its questions' embeddings and its images' hashes."""
+    return embed([_question_text(s) for s in samples]), [_hashes(cfg, s) for s in samples]
+
+
+_EMBEDDERS: dict[str, Embed] = {}  # per Ray worker process: a model loads once, not per shard
+
+
+def _features_task(cfg: DedupConfig, samples: list[Sample]) -> tuple[np.ndarray, list[Hashes]]:
+    key = json.dumps([cfg.embedder, cfg.device, cfg.batch_size])
+    if key not in _EMBEDDERS:
+        _EMBEDDERS[key] = load_embedder(cfg)
+    return _features(cfg, _EMBEDDERS[key], samples)
+
+
+class _RayFeatures:
+    """The features of the shards `ahead(samples)` will be cut into, computed as Ray tasks
+    up to `ray.max_in_flight` shards ahead; called with each unfinished shard in order."""
+
+    def __init__(self, cfg: PipelineConfig, finished: set[str]) -> None:
+        import ray
+
+        from mmr.data.pipeline import ray_executor
+
+        ray_executor.connect(cfg.ray.address)
+        self.cfg, self.finished = cfg, finished
+        self.task = ray.remote(_features_task).options(
+            num_cpus=cfg.ray.num_cpus, max_retries=cfg.ray.max_retries
+        )
+        self.limit = ray_executor.in_flight_limit(cfg.ray)
+        self.refs: deque[Any] = deque()
+
+    def ahead(self, samples: Iterable[Sample]) -> Iterator[Sample]:
+        """`samples` again, read up to `limit` shards before the runner asks for them."""
+        window: deque[list[Sample]] = deque()
+        iterator = iter(samples)
+        index = 0
+        while chunk := list(itertools.islice(iterator, self.cfg.shard_rows)):
+            if str(index) not in self.finished:  # the runner skips finished shards
+                self.refs.append(self.task.remote(self.cfg.dedup, chunk))
+            window.append(chunk)
+            index += 1
+            if len(window) > self.limit:
+                yield from window.popleft()
+        while window:
+            yield from window.popleft()
+
+    def __call__(self, samples: list[Sample]) -> tuple[np.ndarray, list[Hashes]]:
+        import ray
+
+        vectors, hashes = ray.get(self.refs.popleft())
+        if len(hashes) != len(samples):  # the runner's shards and ours must be the same
+            raise StageError("dedup on Ray: a shard's features do not match its rows")
+        return vectors, hashes
+
+
 class Deduper:
     """Keeps the embeddings and image hashes of the samples kept so far."""
 
-    def __init__(self, cfg: DedupConfig, embed: Embed) -> None:
+    def __init__(self, cfg: DedupConfig, embed: Embed, features: Features | None = None) -> None:
         self.cfg = cfg
         self.embed = embed
+        self.features = features or functools.partial(_features, cfg, embed)
         self.vectors = np.zeros((0, 0), dtype=np.float32)  # grown by doubling; first `size` rows
         self.size = 0
         self.hashes: list[tuple[int | None, ...]] = []
         self.ids: list[str] = []
-
-    def _hashes(self, sample: Sample) -> tuple[int | None, ...]:
-        return tuple(image_hash(im) for im in sample.images) if self.cfg.use_images else ()
 
     def _images_match(self, a: tuple[int | None, ...], b: tuple[int | None, ...]) -> bool:
         if len(a) != len(b):
@@ -152,14 +219,13 @@ class Deduper:
         while chunk := list(itertools.islice(iterator, 4096)):
             vectors = self.embed([_question_text(s) for s in chunk])
             for sample, vector in zip(chunk, vectors):
-                self._add(vector, self._hashes(sample), sample.id)
+                self._add(vector, _hashes(self.cfg, sample), sample.id)
 
     def __call__(self, samples: list[Sample], log: ShardLog) -> list[Sample]:
         """Keep the samples that duplicate nothing kept before them (the stage's `process`)."""
-        vectors = self.embed([_question_text(s) for s in samples])
+        vectors, all_hashes = self.features(samples)
         pairs, kept = [], []
-        for sample, vector in zip(samples, vectors):
-            hashes = self._hashes(sample)
+        for sample, vector, hashes in zip(samples, vectors, all_hashes):
             sims = self.vectors[: self.size] @ vector if self.size else np.zeros(0)
             match = None
             for j in np.flatnonzero(sims >= self.cfg.threshold):  # in kept order: first wins
@@ -208,13 +274,25 @@ def run_dedup(
     if resuming and manifest["complete"]:
         deduper = Deduper(cfg.dedup, _finished)  # nothing left to embed
     else:
-        deduper = Deduper(cfg.dedup, load_embedder(cfg.dedup))
+        # Loaded here on Ray too: a wrong embedder fails now, and resume embeds with it.
+        embed = load_embedder(cfg.dedup)
+        features = None
+        if ray_section(cfg) is not None:
+            features = _RayFeatures(cfg, set(manifest["shards"]) if resuming else set())
+            samples = features.ahead(samples)
+        deduper = Deduper(cfg.dedup, embed, features)
     if (
         resuming
         and not manifest["complete"]
         and any(e["file"] for e in manifest["shards"].values())
     ):
-        deduper.remember(read_samples(stage_dir, validate_images=False))
+        # Only the shards the manifest lists, in order: a part file written by a shard
+        # that was not recorded is redone, and must not be its own duplicate.
+        entries = sorted(manifest["shards"].values(), key=lambda e: e["index"])
+        files = [stage_dir / e["file"] for e in entries if e["file"]]
+        deduper.remember(
+            itertools.chain.from_iterable(read_samples(f, validate_images=False) for f in files)
+        )
     report = run_stage(
         "dedup",
         "deduped",

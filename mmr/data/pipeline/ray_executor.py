@@ -14,7 +14,15 @@ on another (`ray.max_retries`); writing a shard twice replaces the same files.
 At most `ray.max_in_flight` shards are submitted at once (default: the cluster's CPUs over
 `ray.num_cpus`, plus one queued), which bounds memory and, for the stages that call a model
 (distill, difficulty, LLM clean), the requests in flight: each task runs the stage's own
-client with its `concurrency`.
+client with its `concurrency` (or, with `engine: ray_llm`, a Ray Data job of its requests).
+
+Shards are Ray tasks, not a Ray Data dataset over the shard list: they are cut as the
+driver streams the input through mmr's readers (formats, counted skips, resume by shard
+index), so the list is not known up front as a dataset needs it (`from_items` would hold
+the whole input; a datasource would redo the readers); a shard's work writes its files and
+returns one manifest entry, a side effect rather than a row transform; and `ray.wait`
+bounds the tasks in flight in a few lines. Ray Data is used where it fits: a shard's model
+calls through `ray.data.llm` (`ray_llm.py`).
 
 On a cluster: DIR must be a folder every node sees (a shared file system: tasks write the
 part files, the driver the manifest), and mmr must be installed on every node (or shipped
@@ -22,8 +30,10 @@ with `ray job submit --runtime-env-json '{"working_dir": "."}'`). `ray.address=a
 the cluster that RAY_ADDRESS names or that runs on this machine; unset, a new Ray instance
 is started on this machine for the run (it never joins one that happens to run here).
 
-Dedup compares each shard with every row kept before it, so its shards run one after
-another in the driver whichever executor is set.
+Dedup compares each shard with every row kept before it, so that comparison runs in the
+driver shard after shard; on Ray its costly part, the embeddings and image hashes of each
+shard, is computed in Ray tasks up to `ray.max_in_flight` shards ahead
+(`mmr.data.pipeline.dedup`).
 """
 
 from __future__ import annotations
@@ -35,20 +45,35 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_shards", "shutdown"]
+__all__ = ["connect", "in_flight_limit", "run_shards", "shutdown"]
 
 log = logging.getLogger(__name__)
+_CONNECTED = False  # whether this module connected (and so `shutdown` disconnects)
 
 
-def _connect(cfg: Any) -> None:
+def connect(address: str | None) -> None:
+    """Join the Ray cluster at `address` (None: start a new local instance) unless this
+    process is connected already (a Ray task is; so is a caller that ran `ray.init`)."""
+    global _CONNECTED
     import ray
 
     if ray.is_initialized():
         return
-    if cfg.address is None:  # "local": a new instance, never another user's cluster found here
+    if address is None:  # "local": a new instance, never another user's cluster found here
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
     else:
-        ray.init(address=cfg.address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False)
+    _CONNECTED = True
+
+
+def in_flight_limit(cfg: Any) -> int:
+    """Tasks submitted at once: `ray.max_in_flight`, else the cluster's CPUs over
+    `ray.num_cpus`, plus one queued."""
+    import ray
+
+    if cfg.max_in_flight is not None:
+        return cfg.max_in_flight
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.num_cpus)) + 1
 
 
 def _shard_task(run_shard: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -69,12 +94,10 @@ def run_shards(
     manifest entries in the order the shards finish. `cfg` is the recipe's `ray` section."""
     import ray
 
-    _connect(cfg)
+    connect(cfg.address)
     # Tasks may run in another folder or on another machine: they get absolute paths.
     paths = replace(paths, **{k: Path(v).resolve() for k, v in vars(paths).items()})
-    limit = cfg.max_in_flight
-    if limit is None:
-        limit = max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.num_cpus)) + 1
+    limit = in_flight_limit(cfg)
     task = ray.remote(_shard_task).options(num_cpus=cfg.num_cpus, max_retries=cfg.max_retries)
     process_ref = ray.put(process)  # sent once, not with every shard
     pending: list[Any] = []
@@ -93,7 +116,9 @@ def run_shards(
 
 
 def shutdown() -> None:
-    """Disconnect from Ray if this process connected (a no-op when Ray was never imported)."""
+    """Disconnect from Ray if `connect` connected (a no-op when Ray was never imported)."""
+    global _CONNECTED
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
+    if _CONNECTED and ray is not None and ray.is_initialized():
         ray.shutdown()
+    _CONNECTED = False

@@ -169,7 +169,9 @@ def fingerprint(**parts: Any) -> str:
 
 
 # Settings that change how fast a stage runs, not what it writes: a resumed run may change them.
+# (`engine` and `api_bases`: how and to how many replicas of the model requests are sent.)
 _RUNTIME_KEYS = {"concurrency", "timeout_s", "retries", "backoff_s", "num_proc", "device"}
+_RUNTIME_KEYS |= {"engine", "api_bases"}
 
 
 def _without_runtime(value: Any) -> Any:

@@ -1,7 +1,9 @@
 """`executor=ray` on a real two-node Ray cluster on 127.0.0.1 (tests/ray_cluster.py): the
 same outputs as the local executor for collect -> clean -> distill -> select with the
-demo's teacher server; a driver killed mid-stage then run again, and a worker node killed
-mid-stage, both end with every input row written once."""
+demo's teacher server, the Ray run sending distill's requests through ray.data.llm
+(`engine: ray_llm`) to two endpoints, one failing request answered with HTTP 500 and one
+hanging, and dedup's embeddings computed in Ray tasks; a driver killed mid-stage then run again, and a worker node killed mid-stage,
+both end with every input row written once."""
 
 from __future__ import annotations
 
@@ -15,26 +17,33 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import pyarrow.dataset as ds
 import pytest
 
-from mmr.data.io import write_samples
+from mmr.data.io import read_samples, write_samples
+from mmr.data.pipeline import ray_executor
 from mmr.data.pipeline.cli import main
+from mmr.data.pipeline.config import PipelineConfig
+from mmr.data.pipeline.dedup import run_dedup
+from mmr.data.schema import Sample
 from mmr.data.synthetic import generate_tasks, solve, teacher_response
+from mmr.llm.server import OpenAIServer
 from tests.data.pipeline.helpers import arithmetic, parse_question, solution
 from tests.ray_cluster import ROOT, RayCluster, node_env, ray_cluster
 
 pytest.importorskip("ray")
 
 DEMO = ROOT / "recipes" / "data" / "demo.yaml"
-FOLDERS = ("collected", "cleaned", "distilled", "selected")
+FOLDERS = ("collected", "cleaned", "distilled", "selected", "deduped")
 RUN_DEPENDENT = ("elapsed_s", "rows_per_s", "output")  # what may differ between two runs
+KEY_ENV, KEY = "MMR_RAY_TEST_KEY", "sk-ray-test-0123456789"  # the teacher's, on every node
 
 
 @pytest.fixture(scope="module")
 def ray_nodes() -> RayCluster:
-    with ray_cluster(nodes=2) as running:
+    with mock.patch.dict(os.environ, {KEY_ENV: KEY}), ray_cluster(nodes=2) as running:
         yield running
 
 
@@ -52,6 +61,12 @@ def test_executor_is_local_or_ray(tmp_path, capsys):
     assert "config key 'executor' is 'spark'; choose one of local, ray" in capsys.readouterr().err
     assert main([*argv[:-1], "executor=ray", "ray.max_in_flight=0"]) == 2
     assert "'ray.max_in_flight' must be > 0" in capsys.readouterr().err
+    assert main([*argv[:-1], "distill.cot.client.engine=vllm"]) == 2
+    assert "'client.engine' is 'vllm'; choose one of openai, ray_llm" in capsys.readouterr().err
+    assert main([*argv[:-1], "distill.cot.client.api_bases=[http://127.0.0.1:1/v1]"]) == 2
+    assert "'client.api_bases' needs client.engine: ray_llm" in capsys.readouterr().err
+    assert main([*argv[:-1], "distill.cot.client.engine=ray_llm", "num_proc=2"]) == 2
+    assert "'distill.cot.client.engine' is ray_llm with executor local" in capsys.readouterr().err
 
 
 def _table(folder: Path):
@@ -75,34 +90,89 @@ def test_local_and_ray_executors_write_the_same_outputs(tmp_path, server, cluste
         parts = body["messages"][-1]["content"]
         url = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
         task = by_image[url.split(",", 1)[1]]
+        if task is tasks[7]:  # an endpoint error that echoes the request's key
+            return ("status", 500, f"upstream refused Authorization: Bearer {KEY}")
+        if task is tasks[9]:
+            # Hung: far past timeout_s, since on a loaded machine a late timer lets a reply
+            # that arrived by then through (asyncio.wait_for returns a finished result).
+            return ("sleep", 60)
         answer = teacher_response(task.meta)
         # Always wrong for one task: dropped by distill's verification.
         return answer.replace(f"{{{solve(task.meta)}}}", "{999}") if task is tasks[3] else answer
 
     server.script = teacher
+    replica = OpenAIServer(teacher).start()  # a second endpoint of the same model
     write_samples(tmp_path / "tasks.parquet", tasks)
 
     def run(out: str, *overrides: str) -> Path:
         argv = ["run", "--config", str(DEMO), "--step", "all", "--quiet", "--input",
-                str(tmp_path / "tasks.parquet"), "--output", str(tmp_path / out), "shard_rows=4",
-                f"distill.cot.client.api_base={server.base_url}", *overrides]  # fmt: skip
+                str(tmp_path / "tasks.parquet"), "--output", str(tmp_path / out), "shard_rows=6",
+                f"distill.cot.client.api_base={server.base_url}",
+                f"distill.cot.client.api_key_env={KEY_ENV}", "distill.cot.client.timeout_s=1",
+                "distill.cot.client.retries=1", *overrides]  # fmt: skip
         assert main(argv) == 0
+        dedup = ["dedup", "--config", str(DEMO), "--quiet", "--input",
+                 str(tmp_path / out / "selected"), "--output", str(tmp_path / out), "shard_rows=6",
+                 *overrides]  # fmt: skip
+        assert main(dedup) == 0
         return tmp_path / out
 
-    local = run("local")
-    on_ray = run("ray", "executor=ray", f"ray.address={cluster}")
-    for folder in FOLDERS:
+    try:
+        local = run("local")
+        asked = len(server.requests)
+        server.reset()
+        server.script = teacher
+        on_ray = run("ray", "executor=ray", f"ray.address={cluster}",
+                     "distill.cot.client.engine=ray_llm",
+                     f"distill.cot.client.api_bases=[{replica.base_url}]")  # fmt: skip
+    finally:
+        replica.stop()
+    for folder in (*FOLDERS, "failed/distill"):
         a, b = _table(local / folder), _table(on_ray / folder)
         assert a.schema == b.schema, folder
         assert a.to_pylist() == b.to_pylist(), folder  # same rows, same order
         parts = sorted(p.name for p in (on_ray / folder).glob("*.parquet"))
         assert parts == sorted(p.name for p in (local / folder).glob("*.parquet")), folder
-    assert len(_table(on_ray / "selected")) == 20  # 10 questions x 2 paths survive
+    assert len(_table(on_ray / "selected")) == 16  # 8 questions x 2 paths survive
+    assert len(_table(on_ray / "deduped")) == 8  # a question's second path is its duplicate
     reports = _reports(on_ray)
     assert reports == _reports(local)
     assert reports["clean"]["filters"] == {"image": {"corrupt_image": 1}}
-    assert reports["distill"]["shards"] == 3 and reports["select"]["rows_in"] == 20
+    assert reports["distill"]["failed_reasons"] == {"teacher_http_500": 1, "teacher_timeout": 1}
+    assert reports["distill"]["shards"] == 2 and reports["select"]["rows_in"] == 16
     assert not (on_ray / "_work").exists()
+    # engine ray_llm: the same retry policy (as many requests), dealt to both endpoints,
+    # with the key read on the nodes and redacted from what is written.
+    assert asked == 11 * 2 + 2 * 2  # 11 questions x 2 paths; 2 failing paths asked twice more
+    assert len(server.requests) + len(replica.requests) == asked
+    assert len(server.requests) > 0 and len(replica.requests) > 0
+    assert replica.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
+    for path in [*(on_ray / "reports").iterdir(), *(on_ray / "failed" / "distill").iterdir()]:
+        assert KEY.encode() not in path.read_bytes(), path
+    assert "Bearer [redacted]" in json.dumps(reports["distill"]["examples"])
+
+
+def test_dedup_on_ray_resumes_with_the_same_kept_rows(tmp_path, cluster):
+    q1, q2 = "How many red circles are there?", "What is the area of the triangle?"
+    texts = [q1, q1 + " ", q2, "Which bar is tallest?", q1, q2 + " ?", q1]
+    rows = [Sample(chr(97 + i), "s", text, "1") for i, text in enumerate(texts)]
+    write_samples(tmp_path / "in.parquet", rows)
+    cfg = PipelineConfig(shard_rows=3, executor="ray")
+    cfg.ray.address, cfg.dedup.embedder, cfg.dedup.threshold = cluster, "hashing", 0.9
+    out = tmp_path / "out"
+    try:
+        first = run_dedup(cfg, tmp_path / "in.parquet", out, quiet=True)
+        manifest_path = out / "deduped" / "_manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        del manifest["shards"]["1"]  # as if the run had stopped before shard 1 was recorded
+        manifest["complete"] = False
+        manifest_path.write_text(json.dumps(manifest))
+        again = run_dedup(cfg, tmp_path / "in.parquet", out, quiet=True)
+    finally:
+        ray_executor.shutdown()
+    # Shard 1 was compared with the kept rows of shard 0 (remembered), shard 2 with both.
+    assert [s.id for s in read_samples(out / "deduped")] == ["a", "c", "d"]
+    assert again["filters"] == first["filters"] == {"dedup": {"near_duplicate": 4}}
 
 
 def _finished(manifest: Path) -> int:
