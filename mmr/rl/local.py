@@ -18,6 +18,9 @@ no servers, for the tests, the demo's fallback and reward debugging. A step:
    recipe's clip ratios and `loss_agg_mode`, and an AdamW step on the trainable parameters
    (the vision tower and projector are frozen by default, as in SFT).
 
+With `algorithm.filter_groups` (DAPO's dynamic sampling, verl's keys), groups whose
+responses are all the same on its `metric` are dropped after step 2 and more prompts are
+generated until the batch is full (`mmr.rl.filter_groups`, `Rollouts.select` and `Rollouts.concat`).
 Available as in verl's actor, off by default (OpenMMReasoner uses neither): an entropy
 bonus (`algorithm.entropy_coeff`) and a KL loss to the model at model.path
 (`algorithm.use_kl_loss`). Left out: vLLM, dynamic batches
@@ -26,7 +29,8 @@ functions, imported, never rewritten; checkpoints are `mmr.checkpoint`'s, as SFT
 
 Outputs in `trainer.output_dir`: config.yaml, data_stats.json, metrics.jsonl (per step:
 `reward`, `reward/<part>`, judge fallbacks, errors, `response/length`, `loss`, `clip_fraction`,
-`lr`, `grad_norm`, timings), rollouts.jsonl (each response, its score, parts and advantage),
+`lr`, `grad_norm`, timings; with the filter `train/gen_batches`, `train/groups_filtered`,
+`train/groups_flat_kept`), rollouts.jsonl (each response, its score, parts and advantage),
 checkpoints/step_N (resume: `trainer.resume=auto`) and final/ (an HF folder).
 """
 
@@ -70,6 +74,7 @@ from mmr.models import generate
 from mmr.models.build import build_model
 from mmr.models.export import save_hf_checkpoint
 from mmr.rewards import RewardConfig, score_batch, summarize
+from mmr.rl import filter_groups
 from mmr.rl.advantage import grpo_advantages
 from mmr.rl.local_config import LocalRLConfig
 
@@ -110,17 +115,16 @@ def train(cfg: LocalRLConfig) -> dict[str, Any]:
     truncate_jsonl(out / "rollouts.jsonl", state.step)
     metrics: dict[str, Any] = {}
     while state.step < total_steps:
-        step, batch = state.step + 1, next_batch(prompts, state, cfg)
+        step, times = state.step + 1, {"rollout": 0.0, "reward": 0.0}
         t0 = time.perf_counter()
 
-        # 1. Rollouts: n samples per prompt from the current policy. Sampling is seeded by
-        #    (seed, step), so a resumed run draws exactly the responses an unbroken one does.
+        # 1-2. Rollouts, n samples per prompt from the current policy, and their rewards
+        #    (the scorer of verl's bridge and of eval; a judge outage falls back); with
+        #    algorithm.filter_groups, more prompts until the batch's groups differ. Sampling
+        #    is seeded by (seed, step): a resumed run draws the responses an unbroken one does.
         torch.manual_seed(cfg.trainer.seed * 1_000_003 + step)
-        rollouts = generate_rollouts(model, processor, batch, cfg, device)
-        t1 = time.perf_counter()
-
-        # 2. Rewards: the scorer of verl's bridge and of eval; a judge outage falls back.
-        rows = score_rollouts(rollouts, cfg.reward)
+        rollouts, rows, filtered = collect_rollouts(model, processor, prompts, state, cfg,
+                                                    device, times)  # fmt: skip
         t2 = time.perf_counter()
 
         # 3. Advantages: verl's GRPO estimator, one group per prompt.
@@ -138,8 +142,8 @@ def train(cfg: LocalRLConfig) -> dict[str, Any]:
         state.step = step
         t3 = time.perf_counter()
 
-        times = {"rollout": t1 - t0, "reward": t2 - t1, "update": t3 - t2, "step": t3 - t0}
-        metrics = step_metrics(rows, rollouts, stats, lr, times)
+        times.update(update=t3 - t2, step=t3 - t0)
+        metrics = {**step_metrics(rows, rollouts, stats, lr, times), **filtered}
         if step % cfg.trainer.log_steps == 0 or step == total_steps:
             log.log(step, metrics)
         if cfg.trainer.log_rollouts:
@@ -285,6 +289,7 @@ class Rollouts:
     samples: list[Sample]  # each row's question
     groups: list[str]  # each row's group id
     texts: list[str]  # decoded responses (special tokens dropped)
+    pad_token_id: int  # what pads input_ids and responses (`concat` pads to a common width)
 
     def model_inputs(self, rows: slice) -> dict[str, torch.Tensor]:
         """Prompt inputs of a contiguous row range, with exactly those rows' image patches."""
@@ -298,11 +303,80 @@ class Rollouts:
             out["pixel_values"] = self.inputs["pixel_values"][patches[a] : patches[b]]
         return out
 
+    def select(self, rows: Sequence[int]) -> Rollouts:
+        """These rows, in this order, with exactly their images (by `image_offsets`)."""
+        rows = [int(r) for r in rows]
+        image_keys = ("pixel_values", "image_grid_thw")
+        index = torch.tensor(rows, dtype=torch.long)
+        inputs = {k: v[index.to(v.device)] for k, v in self.inputs.items() if k not in image_keys}
+        offsets = self.image_offsets
+        images = [i for r in rows for i in range(offsets[r], offsets[r + 1])]
+        if "image_grid_thw" in self.inputs:
+            grid, pixels = self.inputs["image_grid_thw"], self.inputs["pixel_values"]
+            patches = [0, *grid.prod(dim=-1).cumsum(0).tolist()]
+            inputs["image_grid_thw"] = grid[images]
+            inputs["pixel_values"] = torch.cat(
+                [pixels[patches[i] : patches[i + 1]] for i in images]
+            ) if images else pixels[:0]  # fmt: skip
+        counts = [offsets[r + 1] - offsets[r] for r in rows]
+        return Rollouts(
+            inputs=inputs,
+            image_offsets=[0, *np.cumsum(counts, dtype=int).tolist()],
+            responses=self.responses[index.to(self.responses.device)],
+            response_mask=self.response_mask[index.to(self.response_mask.device)],
+            truncated=self.truncated[index.to(self.truncated.device)],
+            samples=[self.samples[r] for r in rows],
+            groups=[self.groups[r] for r in rows],
+            texts=[self.texts[r] for r in rows],
+            pad_token_id=self.pad_token_id,
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Rollouts]) -> Rollouts:
+        """Rollout batches one after another; prompts stay left-padded and responses
+        right-padded, to the widest of the parts. Group ids must differ between parts."""
+        seen: set[str] = set()
+        for part in parts:
+            if repeated := seen & set(part.groups):
+                raise ValueError(f"Rollouts.concat: group ids repeat: {sorted(repeated)}")
+            seen |= set(part.groups)
+        first, image_keys = parts[0], ("pixel_values", "image_grid_thw")
+
+        def pad(t: torch.Tensor, width: int, value: int, left: bool) -> torch.Tensor:
+            fill = t.new_full((t.shape[0], width - t.shape[1]), value)
+            return torch.cat([fill, t] if left else [t, fill], dim=1)
+
+        inputs = {}
+        for key in first.inputs:
+            tensors = [part.inputs[key] for part in parts]
+            if key not in image_keys:  # (rows, prompt length), left-padded
+                width = max(t.shape[1] for t in tensors)
+                value = first.pad_token_id if key == "input_ids" else 0
+                tensors = [pad(t, width, value, left=True) for t in tensors]
+            inputs[key] = torch.cat(tensors)
+        width = max(part.responses.shape[1] for part in parts)
+        offsets = [0]
+        for part in parts:
+            offsets += [offsets[-1] + o for o in part.image_offsets[1:]]
+        return Rollouts(
+            inputs=inputs,
+            image_offsets=offsets,
+            responses=torch.cat([pad(p.responses, width, p.pad_token_id, False) for p in parts]),
+            response_mask=torch.cat([pad(p.response_mask, width, 0, False) for p in parts]),
+            truncated=torch.cat([p.truncated for p in parts]),
+            samples=[s for p in parts for s in p.samples],
+            groups=[g for p in parts for g in p.groups],
+            texts=[t for p in parts for t in p.texts],
+            pad_token_id=first.pad_token_id,
+        )
+
 
 def generate_rollouts(
-    model: Any, processor: Any, batch: list[Prompt], cfg: LocalRLConfig, device: torch.device
-) -> Rollouts:
-    """Sample `rollout.n` responses for each prompt of the batch in one `generate` call."""
+    model: Any, processor: Any, batch: list[Prompt], cfg: LocalRLConfig, device: torch.device,
+    first_group: int = 0,
+) -> Rollouts:  # fmt: skip
+    """Sample `rollout.n` responses for each prompt of the batch in one `generate` call;
+    prompt i's group is `first_group + i`."""
     n = cfg.rollout.n
     rows = [p for p in batch for _ in range(n)]
     images = [decode_images(p.sample) for p in rows]
@@ -320,9 +394,48 @@ def generate_rollouts(
         response_mask=out.mask,
         truncated=out.truncated,
         samples=[p.sample for p in rows],
-        groups=[str(i // n) for i in range(len(rows))],
+        groups=[str(first_group + i // n) for i in range(len(rows))],
         texts=generate.decode(processor.tokenizer, out),
+        pad_token_id=int(processor.tokenizer.pad_token_id),
     )
+
+
+def collect_rollouts(
+    model: Any, processor: Any, prompts: list[Prompt], state: TrainerState, cfg: LocalRLConfig,
+    device: torch.device, times: dict[str, float],
+) -> tuple[Rollouts, list[dict[str, Any]], dict[str, float]]:  # fmt: skip
+    """The step's rollouts, their reward rows and the filter's metrics (`train/gen_batches`,
+    `train/groups_filtered`, `train/groups_flat_kept`; none when it is off). With
+    `algorithm.filter_groups` each generation batch is the next `data.batch_size` prompts,
+    until the batch has that many groups that differ (`mmr.rl.filter_groups`); `times`
+    adds up the generation and scoring seconds."""
+    size, section = cfg.data.batch_size, cfg.algorithm.filter_groups
+    parts: list[tuple[Rollouts, list[dict[str, Any]]]] = []
+    collector = filter_groups.Collector(section, size) if section.enable else None
+    while not parts or (collector is not None and collector.wants_more()):
+        t0 = time.perf_counter()
+        batch = next_batch(prompts, state, cfg)
+        rollouts = generate_rollouts(model, processor, batch, cfg, device, len(parts) * size)
+        t1 = time.perf_counter()
+        rows = score_rollouts(rollouts, cfg.reward)
+        times["rollout"] += t1 - t0
+        times["reward"] += time.perf_counter() - t1
+        parts.append((rollouts, rows))
+        if collector is not None:
+            collector.add(rows, rollouts.groups)
+    if collector is None:
+        return parts[0][0], parts[0][1], {}
+    metrics = collector.metrics("train/")
+    if metrics["train/groups_flat_kept"]:
+        logger.warning(
+            "algorithm.filter_groups: %d of %d groups all the same after %d generation "
+            "batches (max_num_gen_batches); training on them (advantage 0)",
+            metrics["train/groups_flat_kept"], size, collector.gen_batches,
+        )  # fmt: skip
+    every = Rollouts.concat([r for r, _ in parts])
+    all_rows = [row for _, rows in parts for row in rows]
+    keep = [i for _, g in collector.chosen() for i, h in enumerate(every.groups) if h == g]
+    return every.select(keep), [all_rows[i] for i in keep], metrics
 
 
 # ---- rewards and advantages ---------------------------------------------------------

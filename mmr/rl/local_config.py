@@ -22,6 +22,8 @@ from mmr.config import (
 )
 from mmr.metrics import WandbSection
 from mmr.rewards.config import RewardConfig
+from mmr.rl import filter_groups
+from mmr.rl.filter_groups import FilterGroupsSection
 
 
 @dataclass
@@ -69,6 +71,9 @@ class AlgorithmSection:
     # Rollouts per forward/backward inside a mini-batch (0: the whole mini-batch at once);
     # gradients accumulate to the same update, so this only trades speed for memory.
     ppo_micro_batch_size: int = 0
+    # DAPO's dynamic sampling, verl's keys and defaults (mmr/rl/filter_groups.py): drop
+    # groups whose `metric` is the same in every response, generate more prompts.
+    filter_groups: FilterGroupsSection = field(default_factory=FilterGroupsSection)
 
 
 @dataclass
@@ -132,3 +137,5 @@ class LocalRLConfig:
                 f"(0: the whole mini-batch), got {self.algorithm.ppo_micro_batch_size}"
             )
         positive("optim.warmup_steps", self.optim.warmup_steps, zero_ok=True)
+        fg = self.algorithm.filter_groups
+        filter_groups.check(fg.enable, fg.metric, fg.max_num_gen_batches, "algorithm.filter_groups")

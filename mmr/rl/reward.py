@@ -26,7 +26,15 @@ package paths that verl imports (`pkg://mmr.rl.reward`, through
    the sampling; on each sampled batch (whole groups, grouped by verl's `uid`) it adds the
    group-relative length term (`length.mode: group|both`) with
    `mmr.rewards.compose.add_group_length` to each response's last-token reward in
-   TransferQueue, and returns the batch's reward metrics.
+   TransferQueue, and returns the batch's reward metrics. With DAPO's dynamic sampling
+   on (`algorithm.filter_groups`, verl's keys, `mmr.rl.filter_groups`), it then drops
+   the groups whose `metric` is the same in every response (cleared from TransferQueue),
+   has verl's trainer generate another batch of prompts (the `refill_fn` verl hands every
+   sampler) and samples verl's buffer again, until the batch is full or
+   `max_num_gen_batches` generation batches are spent (then all-same groups fill it,
+   with a warning). verl's built-in buffer filters before stage 2 and ignores
+   `max_num_gen_batches`; `max_inflight_gen_batches`, its bound on speculative refills,
+   has no use here (one generation batch at a time).
 
 The result equals `mmr.rewards.score_batch` on the same rollouts with `group=uid`
 (tests/rl/test_reward.py checks it).
@@ -41,10 +49,14 @@ sampler_kwargs`) gets it as `sampler_kwargs.reward_config`, an interpolation of 
 Metric names. Training: `reward/accuracy`, `reward/format`, `reward/length` (means over
 the batch's responses; the length part includes the group term), `reward/judge_fallback`,
 `reward/errors` and `reward/group_length_changed` (responses whose reward the in-group
-length term changed) (counts per sampled batch; with `trainer.v1.trainer_mode:
-separate_async` and `parameter_sync_step` > 1 verl averages them over the step's
-mini-batches), next to verl's own `critic/score/mean` (the total). Validation: verl
-drops the sampler's metrics there and logs every `reward_extra_info` key as
+length term changed), with filtering `reward/gen_batches` (generation batches the batch
+took), `reward/groups_filtered` (all-same groups dropped) and `reward/groups_flat_kept`
+(all-same groups trained on, when `max_num_gen_batches` ran out) (counts per sampled
+batch; with `trainer.v1.trainer_mode: separate_async` and `parameter_sync_step` > 1 verl
+averages them over the step's mini-batches), next to verl's own `critic/score/mean`
+(the total); verl's wandb table of DAPO-filtered groups per shared value gets the
+all-same groups' values. Validation (never filtered): verl drops the sampler's metrics
+there and logs every `reward_extra_info` key as
 `val-aux/<data_source>/<key>/mean@<n>` (with std/best/worst variants); `acc` (the
 accuracy part) is its core metric, `val-core/<data_source>/acc/mean@<n>` (and `best@<n>`,
 `maj@<n>`: majority vote over `pred`, the extracted answer).
@@ -53,10 +65,9 @@ A judge outage costs time, never the run: a failed or timed-out judge call falls
 the rule result and a judge that keeps failing is skipped for a cool-down
 (`mmr.rewards.judge`); a reward that raises scores 0 and counts in `errors`. Stage 2
 makes no network calls. What the hooks cannot cover: verl's legacy trainer
-(`trainer.use_v1=false`) has no sampler hook; verl hands DAPO group filtering
-(`algorithm.filter_groups`) and `sync_refill_failed_groups` to its built-in buffer only;
-a reward model (`reward.reward_model.enable`, unused by mmr's reward) can move scoring
-after sampling. `mmr rl train` refuses those settings rather than lose the group term.
+(`trainer.use_v1=false`) has no sampler hook; verl hands `sync_refill_failed_groups`
+to its built-in buffer only; a reward model (`reward.reward_model.enable`, unused by
+mmr's reward) can move scoring after sampling. `mmr rl train` refuses those settings rather than lose the group term.
 """
 
 from __future__ import annotations
@@ -72,7 +83,7 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from mmr.config import config_from_dict
 from mmr.rewards.compose import add_group_length
 from mmr.rewards.config import RewardConfig
-from mmr.rl import advantage
+from mmr.rl import advantage, filter_groups
 from mmr.rl.train import REWARD_CONFIG_KEY
 
 logger = logging.getLogger(__name__)
@@ -190,6 +201,20 @@ class MMRRewardManager(RewardManagerBase):
 # ---- stage 2: whole groups, where verl's trainer samples its batch ----------------------
 
 
+def session_rows(keys: Sequence[str]) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """Each session's rows (`{uid}_{session}`: one of a prompt's n rollouts) and the row
+    of its last output, which carries the reward."""
+    sessions: dict[str, list[int]] = {}
+    finals: dict[str, tuple[int, int]] = {}  # session -> (output index, row) of its last output
+    for row, key in enumerate(keys):
+        uid, session, index = key.rsplit("_", 2)
+        name = f"{uid}_{session}"
+        sessions.setdefault(name, []).append(row)
+        if name not in finals or finals[name][0] < int(index):
+            finals[name] = (int(index), row)
+    return sessions, {name: row for name, (_, row) in finals.items()}
+
+
 def finish_groups(
     keys: Sequence[str],
     rm_scores: Sequence[torch.Tensor],
@@ -203,15 +228,8 @@ def finish_groups(
     the last one carrying the reward), `rm_scores` each output's per-token rewards (its
     response length, the score on the last token) and `infos` its `reward_extra_info`.
     """
-    sessions: dict[str, list[int]] = {}
-    finals: dict[str, tuple[int, int]] = {}  # session -> (output index, row) of its last output
-    for row, key in enumerate(keys):
-        uid, session, index = key.rsplit("_", 2)
-        name = f"{uid}_{session}"
-        sessions.setdefault(name, []).append(row)
-        if name not in finals or finals[name][0] < int(index):
-            finals[name] = (int(index), row)
-    final_rows = [row for _, row in finals.values()]
+    sessions, finals = session_rows(keys)
+    final_rows = list(finals.values())
     scored = [
         {
             "score": float(rm_scores[i].sum()),
@@ -247,34 +265,118 @@ def batch_metrics(infos: Sequence[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def scored_rows(
+    keys: Sequence[str], rm_scores: Sequence[torch.Tensor], infos: Sequence[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """One reward row per session (its last output: the total `score` and the parts of its
+    `reward_extra_info`) and each row's uid: what the metrics and DAPO's filter
+    (`mmr.rl.filter_groups`) read."""
+    _, finals = session_rows(keys)
+    rows = [{**infos[i], "score": float(rm_scores[i].sum())} for i in finals.values()]
+    return rows, [keys[i].rsplit("_", 2)[0] for i in finals.values()]
+
+
 class MMRGroupSampler:
     """verl's replay buffer for `trainer.v1.sampler.custom_sampler`, plus mmr's stage 2.
 
     verl builds it with keyword arguments (trainer mode, off-policy settings,
     `sampler_kwargs`, refill function); it builds verl's own buffer for the trainer mode
-    with them and wraps it. `sampler_kwargs.reward_config` is the reward config
-    (`mmr rl train` points it at `REWARD_CONFIG_KEY`).
+    with them and wraps it. `sampler_kwargs.reward_config` is the reward config and
+    `sampler_kwargs.filter_groups` verl's `algorithm.filter_groups` (`mmr rl train`
+    points both at their keys). With filtering on, a training batch's all-same groups
+    (after stage 2) are cleared from TransferQueue and verl's refill function (the
+    trainer's `_add_prompts_to_generate`) generates another batch of prompts, which
+    verl's buffer samples again, until the batch is full or `max_num_gen_batches` is
+    reached (`mmr.rl.filter_groups.Collector`).
     """
 
-    def __init__(self, trainer_mode: str, sampler_kwargs: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, trainer_mode: str, sampler_kwargs: Any = None, refill_fn: Any = None, **kwargs: Any
+    ) -> None:
         from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
 
         buffer_cls = ReplayBuffer if trainer_mode == "sync" else ReplayBufferAsync
-        self.buffer = buffer_cls(trainer_mode=trainer_mode, sampler_kwargs=sampler_kwargs, **kwargs)
-        node = (sampler_kwargs or {}).get("reward_config")
-        self.reward_config = reward_config_of(
-            node, "trainer.v1.sampler.sampler_kwargs.reward_config"
+        self.buffer = buffer_cls(
+            trainer_mode=trainer_mode, sampler_kwargs=sampler_kwargs, refill_fn=refill_fn, **kwargs
         )
+        self.refill_fn = refill_fn
+        kwargs_of = sampler_kwargs or {}
+        self.reward_config = reward_config_of(
+            kwargs_of.get("reward_config"), "trainer.v1.sampler.sampler_kwargs.reward_config"
+        )
+        node = kwargs_of.get("filter_groups") or {}
+        self.filter = filter_groups.FilterGroupsSection(
+            enable=bool(node.get("enable", False)),
+            metric=node.get("metric"),
+            max_num_gen_batches=int(node.get("max_num_gen_batches", 0)),
+        )
+        f = self.filter
+        filter_groups.check(f.enable, f.metric, f.max_num_gen_batches, "algorithm.filter_groups")
+        if f.enable and refill_fn is None:
+            raise ValueError("algorithm.filter_groups needs verl's refill_fn to generate more")
 
     def sample(self, global_steps: int, partition_id: str, batch_size: int) -> tuple[Any, dict]:
         batch, metrics = self.buffer.sample(
             global_steps=global_steps, partition_id=partition_id, batch_size=batch_size
         )
-        if batch.keys:
-            metrics.update(self._finish(batch))
-        return batch, metrics
+        if not batch.keys:
+            return batch, metrics
+        if not self.filter.enable or partition_id == "val":
+            rows, _ = scored_rows(batch.keys, *self._finish(batch))
+            metrics.update(batch_metrics(rows))
+            return batch, metrics
+        return self._sample_informative(global_steps, batch, metrics, batch_size)
 
-    def _finish(self, batch: Any) -> dict[str, float]:
+    def _sample_informative(
+        self, global_steps: int, batch: Any, metrics: dict, batch_size: int
+    ) -> tuple[Any, dict]:
+        """DAPO's dynamic sampling on stage 2's scores (see the class docstring)."""
+        import transfer_queue as tq
+        from transfer_queue import KVBatchMeta
+        from verl.trainer.ppo.v1.replay_buffer import DAPO_FILTERED_REWARD_COUNTS_KEY
+
+        collector = filter_groups.Collector(self.filter, batch_size)
+        batches: list[tuple[Any, list[dict[str, Any]], list[str]]] = []
+        while True:
+            rows, uids = scored_rows(batch.keys, *self._finish(batch))
+            batches.append((batch, rows, uids))
+            collector.add(rows, uids)
+            if not collector.wants_more():
+                break
+            self.refill_fn(batch_size)  # verl's trainer: the next prompts, to generate now
+            batch, more = self.buffer.sample(
+                global_steps=global_steps, partition_id=batch.partition_id, batch_size=batch_size
+            )
+            for key, value in more.items():  # verl's eviction counts, if any
+                if isinstance(value, int | float):
+                    metrics[key] = metrics.get(key, 0) + value
+
+        chosen = set(collector.chosen())
+        keys, tags, drop, final_rows = [], [], [], []
+        for number, (part, rows, uids) in enumerate(batches):
+            for key, tag in zip(part.keys, part.tags):
+                if (number, key.rsplit("_", 2)[0]) in chosen:
+                    keys.append(key)
+                    tags.append(tag)
+                else:
+                    drop.append(key)
+            final_rows += [row for row, uid in zip(rows, uids) if (number, uid) in chosen]
+        if drop:
+            tq.kv_clear(partition_id=batch.partition_id, keys=drop)
+        tally = collector.metrics("reward/")
+        if tally["reward/groups_flat_kept"]:
+            logger.warning(
+                "algorithm.filter_groups: %d of %d groups all the same after %d generation "
+                "batches (max_num_gen_batches); training on them (advantage 0)",
+                tally["reward/groups_flat_kept"], batch_size, collector.gen_batches,
+            )  # fmt: skip
+        metrics.update(batch_metrics(final_rows), **tally)
+        if collector.flat_values:  # verl logs it as its DAPO table (wandb)
+            metrics[DAPO_FILTERED_REWARD_COUNTS_KEY] = dict(collector.flat_values)
+        return KVBatchMeta(partition_id=batch.partition_id, keys=keys, tags=tags), metrics
+
+    def _finish(self, batch: Any) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+        """Stage 2 on a sampled batch, written back to TransferQueue; its rewards and infos."""
         import transfer_queue as tq
         from verl.utils.tensordict_utils import get_tensordict
 
@@ -286,7 +388,7 @@ class MMRGroupSampler:
         rm_scores = list(data["rm_scores"].unbind(0))
         extra = [dict(getattr(e, "data", e) or {}) for e in data["extra_fields"]]
         infos = [dict(e.get("reward_extra_info") or {}) for e in extra]
-        rm_scores, infos, metrics = finish_groups(batch.keys, rm_scores, infos, self.reward_config)
+        rm_scores, infos, _ = finish_groups(batch.keys, rm_scores, infos, self.reward_config)
         if self.reward_config.length.mode in ("group", "both"):
             for e, info in zip(extra, infos):
                 e["reward_extra_info"] = info
@@ -296,7 +398,7 @@ class MMRGroupSampler:
                 partition_id=batch.partition_id,
                 fields=get_tensordict({"rm_scores": nested, "extra_fields": extra}),
             )
-        return metrics
+        return rm_scores, infos
 
     def __getattr__(self, name: str) -> Any:
         # Everything else is verl's buffer (the async trainers poll it between samples).

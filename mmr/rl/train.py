@@ -28,8 +28,10 @@ term to whole rollout groups and logs `reward/*`. All three are package paths
 (`pkg://mmr.rl.reward`, verl's `load_module`), imported from the installed package on
 whichever Ray node loads them.
 Settings that would bypass that sampler are refused: verl's legacy trainer
-(`trainer.use_v1=false`), DAPO group filtering, `sync_refill_failed_groups` and a reward
-model (mmr's reward uses none).
+(`trainer.use_v1=false`), `sync_refill_failed_groups` and a reward model (mmr's reward
+uses none). DAPO's group filter (`algorithm.filter_groups`) runs in that sampler, on the
+finished scores (`sampler_kwargs.filter_groups` refers to the section; its metric is
+checked here, `mmr.rl.filter_groups`).
 A resumed run continues its wandb run: verl's tracker starts wandb without a run id, so mmr
 keeps one in the checkpoint folder (`trainer.default_local_dir/wandb_run_id`) and hands it to
 verl's workers as `WANDB_RUN_ID` (`keep_wandb_run`). API keys may come from a file on shared
@@ -56,10 +58,13 @@ from mmr.config import ConfigError, config_to_dict, load_config
 from mmr.env_secrets import SECRETS_FILE_ENV, SecretsFileError, load_secrets
 from mmr.metrics import wandb_run_id
 from mmr.rewards.config import RewardConfig
+from mmr.rl import filter_groups
 
 PINNED_VERL = "0.9.1"
 # The one verl key that carries mmr's reward config (RewardConfig as a nested mapping).
 REWARD_CONFIG_KEY = "reward.custom_reward_function.reward_kwargs.config"
+# verl's DAPO section, which mmr's sampler hook follows (mmr.rl.filter_groups).
+FILTER_GROUPS_KEY = "algorithm.filter_groups"
 
 
 @dataclass
@@ -92,9 +97,10 @@ def compose_verl_config(cfg: RLConfig) -> DictConfig:
             merged.reward.custom_reward_function.reward_kwargs = {
                 "config": config_to_dict(driver_resolved(cfg.reward))
             }
-        # verl hands the sampler only its sampler_kwargs: a reference to the key, not a copy.
+        # verl hands the sampler only its sampler_kwargs: references to the keys, not copies.
         with open_dict(merged.trainer.v1.sampler.sampler_kwargs):
             merged.trainer.v1.sampler.sampler_kwargs.reward_config = f"${{{REWARD_CONFIG_KEY}}}"
+            merged.trainer.v1.sampler.sampler_kwargs.filter_groups = f"${{{FILTER_GROUPS_KEY}}}"
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise ConfigError(
@@ -134,10 +140,10 @@ def split_additions(
 
 
 def _check_sampler_hook(config: DictConfig) -> None:
-    """Refuse verl settings under which mmr's sampler hook would not run in full."""
+    """Refuse verl settings under which mmr's sampler hook would not run in full, and a
+    DAPO section it could not follow."""
     refused = {  # setting -> the value that bypasses the hook
         "trainer.use_v1": False,
-        "algorithm.filter_groups.enable": True,  # verl gives a custom sampler no DAPO filter
         "trainer.v1.sampler.sync_refill_failed_groups": True,
         "reward.reward_model.enable": True,  # a colocated one scores after sampling
     }
@@ -149,6 +155,13 @@ def _check_sampler_hook(config: DictConfig) -> None:
                 "logs reward/* in verl's v1 sampler hook (trainer.v1.sampler.custom_sampler), "
                 "which this setting bypasses (see mmr/rl/reward.py)"
             )
+    section = OmegaConf.select(config, FILTER_GROUPS_KEY) or {}
+    filter_groups.check(
+        section.get("enable", False),
+        section.get("metric"),
+        section.get("max_num_gen_batches", 0),
+        f"verl.{FILTER_GROUPS_KEY}",
+    )
 
 
 def _reward_wiring() -> dict[str, Any]:

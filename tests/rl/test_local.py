@@ -357,3 +357,128 @@ def test_entropy_bonus_and_kl_loss_act_as_in_verl(tmp_path, inputs):
     (ent_before, _), (ent_after, _) = results["entropy"]
     assert ent_after > ent_before + 1e-3
     assert results["kl"][1][1] < results["plain"][1][1]
+
+
+# ---- algorithm.filter_groups (DAPO's dynamic sampling) ----------------------------------
+
+
+def flat_on_letters(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float:
+    """0.5 for every response to a multiple-choice prompt (answer A-Z): those groups are
+    all the same; elsewhere `letter_reward`, a spread in every group."""
+    if len(ground_truth) == 1 and ground_truth.isupper():
+        return 0.5
+    return letter_reward(data_source, solution_str, ground_truth, extra_info)
+
+
+def _hand_built(widths: tuple[int, int], images: list[int], groups: list[str], pad: int = 9):
+    """Rollouts of len(images) rows, row r with images[r] images of 4 patches each."""
+    rows, (prompt, response) = len(images), widths
+    count = sum(images)
+    ids = torch.arange(rows * prompt).reshape(rows, prompt) + 100
+    return local.Rollouts(
+        inputs={"input_ids": ids, "attention_mask": torch.ones(rows, prompt, dtype=torch.long),
+                "image_grid_thw": torch.tensor([[1, 2, 2]] * count),
+                "pixel_values": torch.arange(count * 4 * 3, dtype=torch.float).reshape(-1, 3)},
+        image_offsets=[0, *np.cumsum(images).tolist()],
+        responses=torch.arange(rows * response).reshape(rows, response),
+        response_mask=torch.ones(rows, response, dtype=torch.long),
+        truncated=torch.zeros(rows, dtype=torch.bool),
+        samples=[None] * rows, groups=groups, texts=[f"t{g}" for g in groups], pad_token_id=pad,
+    )  # fmt: skip
+
+
+def test_rollouts_select_takes_rows_with_exactly_their_images():
+    r = _hand_built((3, 2), images=[1, 0, 2], groups=["0", "0", "1"])
+    picked = r.select([2, 0])
+    assert picked.groups == ["1", "0"] and picked.image_offsets == [0, 2, 3]
+    assert torch.equal(picked.inputs["input_ids"], r.inputs["input_ids"][[2, 0]])
+    pixels = r.inputs["pixel_values"]
+    # row 2's images are patches 4..11 of the original, row 0's 0..3
+    assert torch.equal(picked.inputs["pixel_values"], torch.cat([pixels[4:12], pixels[:4]]))
+    assert torch.equal(picked.model_inputs(slice(1, 2))["pixel_values"], pixels[:4])
+    assert "pixel_values" not in r.select([1]).model_inputs(slice(0, 1))
+
+
+def test_rollouts_concat_pads_prompts_left_and_responses_right():
+    a = _hand_built((3, 2), images=[1, 0], groups=["0", "0"])
+    b = _hand_built((5, 4), images=[2, 1], groups=["1", "1"])
+    both = local.Rollouts.concat([a, b])
+    assert both.groups == ["0", "0", "1", "1"] and both.image_offsets == [0, 1, 1, 3, 4]
+    ids, mask = both.inputs["input_ids"], both.inputs["attention_mask"]
+    assert torch.equal(ids[:2, :2], torch.full((2, 2), 9)) and not mask[:2, :2].any()
+    assert torch.equal(ids[:2, 2:], a.inputs["input_ids"]) and mask[:2, 2:].all()
+    assert torch.equal(both.responses[:2, 2:], torch.full((2, 2), 9))
+    assert not both.response_mask[:2, 2:].any() and both.response_mask[2:].all()
+    # b's second row keeps its own image (the 4th overall)
+    assert torch.equal(both.model_inputs(slice(3, 4))["pixel_values"],
+                       b.inputs["pixel_values"][8:12])  # fmt: skip
+    with pytest.raises(ValueError, match="group ids repeat"):
+        local.Rollouts.concat([a, a])
+
+
+def test_concat_and_select_keep_each_rows_log_probs(tmp_path, inputs):
+    # The extra left padding of a concatenated batch must not change what the model sees.
+    cfg = load_config(LocalRLConfig, RECIPE, [*inputs, *SMALL, f"trainer.output_dir={tmp_path}"])
+    torch.manual_seed(0)
+    model, processor, device = local.build_policy(cfg)
+    prompts = local.load_prompts(cfg, processor, tmp_path)
+    state = local.TrainerState(seed=0)
+    parts = [local.generate_rollouts(model, processor, local.next_batch(prompts, state, cfg),
+                                     cfg, device, first_group=2 * i) for i in range(2)]  # fmt: skip
+    both = local.Rollouts.concat(parts).select([12, 13, 0, 1])  # part 2's row 4-5, part 1's 0-1
+    with torch.no_grad():
+        got, _ = local.response_log_probs(model, both, slice(0, 4), 1.0)
+        want = [local.response_log_probs(model, p, slice(0, 2), 1.0)[0] for p in parts]
+        want_b, _ = local.response_log_probs(model, parts[1], slice(4, 6), 1.0)
+    mask = both.response_mask.bool()
+    width = want[0].shape[1]
+    torch.testing.assert_close(got[2:, :width][mask[2:, :width]], want[0][mask[2:, :width]],
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    width = want_b.shape[1]
+    torch.testing.assert_close(got[:2, :width][mask[:2, :width]], want_b[mask[:2, :width]],
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
+
+
+def test_filter_groups_trains_on_groups_that_differ(tmp_path, inputs):
+    out = tmp_path / "dapo"
+    local.main(["--config", str(RECIPE), f"trainer.output_dir={out}", "trainer.max_steps=3",
+                "trainer.export=false", "trainer.save_steps=0", *inputs, *SMALL,
+                "reward.function=tests.rl.test_local:flat_on_letters", "reward.plugin.workers=0",
+                "algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=score",
+                "algorithm.filter_groups.max_num_gen_batches=4"])  # fmt: skip
+    metrics = _metrics(out)
+    assert sorted(metrics) == [1, 2, 3]
+    rows = [json.loads(x) for x in (out / "rollouts.jsonl").read_text().splitlines()]
+    for step, record in metrics.items():
+        assert 1 <= record["train/gen_batches"] <= 4
+        groups: dict[str, list[float]] = {}
+        for row in rows:
+            if row["step"] == step:
+                groups.setdefault(row["group"], []).append(row["score"])
+        assert len(groups) == 2 and all(len(g) == 4 for g in groups.values())  # a full batch
+        flat = sum(len(set(g)) == 1 for g in groups.values())
+        assert flat == record["train/groups_flat_kept"] == record["reward/flat_groups"] * 2
+        if flat == 0:
+            assert all(0.5 not in g for g in groups.values())  # no multiple-choice group
+    assert sum(r["train/groups_filtered"] for r in metrics.values()) > 0
+    assert any(r["train/gen_batches"] > 1 for r in metrics.values())
+
+
+def test_filter_groups_stops_at_max_num_gen_batches(tmp_path, inputs):
+    # A tiny random model never answers right: every group is all-wrong on `acc`.
+    cfg = load_config(LocalRLConfig, RECIPE, [
+        *inputs, *SMALL, *WITH_PLUGIN, "reward.plugin.workers=0", f"trainer.output_dir={tmp_path}",
+        "algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=acc",
+        "algorithm.filter_groups.max_num_gen_batches=2"])  # fmt: skip
+    torch.manual_seed(0)
+    model, processor, device = local.build_policy(cfg)
+    prompts = local.load_prompts(cfg, processor, tmp_path)
+    state, times = local.TrainerState(seed=0), {"rollout": 0.0, "reward": 0.0}
+    rollouts, rows, metrics = local.collect_rollouts(model, processor, prompts, state, cfg,
+                                                     device, times)  # fmt: skip
+    assert metrics == {"train/gen_batches": 2.0, "train/groups_filtered": 2.0,
+                       "train/groups_flat_kept": 2.0}  # fmt: skip
+    assert state.position == 4  # two generation batches of 2 prompts drawn
+    assert rollouts.groups == ["0"] * 4 + ["1"] * 4  # the first batch's groups fill it
+    assert len(rows) == 8 and {r["accuracy"] for r in rows} == {0.0}
+    assert times["rollout"] > 0 and times["reward"] > 0

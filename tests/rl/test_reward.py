@@ -301,43 +301,69 @@ def test_a_judge_that_is_down_neither_raises_nor_stalls(tiny_qwen2_5_vl, tokeniz
         assert score[-1].item() == pytest.approx(0.1 * info["format"] + 0.5 * info["length"])
 
 
-@pytest.mark.slow
-def test_sampler_hook_writes_group_rewards_into_transfer_queue(grouped):
-    """verl's replay buffer samples whole groups from a real TransferQueue; the hook finishes them."""
+@pytest.fixture(scope="module")
+def transfer_queue():
+    """A real TransferQueue on local Ray for the module's slow tests; each leaves it empty."""
     import ray
     import transfer_queue as tq
     from omegaconf import OmegaConf
-    from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
-    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
-    config, data, outs, _ = grouped
-    keys = _keys(data)
-    prompt_len = data.batch["prompts"].shape[1]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
-        uids = list(dict.fromkeys(data.non_tensor_batch["uid"]))
-        tags = [{"is_prompt": True, "status": "finished", "global_steps": 1}] * len(uids)
-        tq.kv_batch_put(keys=uids, partition_id="train", tags=tags)
-        for i, key in enumerate(keys):  # as verl's AgentLoopWorkerTQ stores a finished rollout
-            n = int(data.batch["attention_mask"][i, prompt_len:].sum())
-            output = AgentLoopOutput(
-                prompt_ids=data.batch["prompts"][i].tolist(),
-                response_ids=data.batch["responses"][i, :n].tolist(),
-                response_mask=[1] * n,
-                reward_score=outs[i]["reward_score"],
-                metrics=AgentLoopMetrics(),
-                extra_fields={"reward_extra_info": outs[i]["reward_extra_info"]},
-            )
-            field = {**output.as_dict(), "uid": key.split("_")[0]}
-            tag = {"status": "success", "response_len": n, "seq_len": prompt_len + n}
-            tq.kv_batch_put(keys=[key], partition_id="train",
-                            fields=list_of_dict_to_tensordict([field]), tags=[tag])  # fmt: skip
+        yield tq
+    finally:
+        tq.close()
+        ray.shutdown()
 
+
+def _store(tq, data: DataProto, outs: list[dict], uid_of=lambda uid: uid) -> list[str]:
+    """Prompts and finished rollouts put as verl's trainer and AgentLoopWorkerTQ put them;
+    `uid_of` renames the prompts (a refill's new uids). Returns the rollout keys."""
+    from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    keys = [f"{uid_of(k.split('_')[0])}_{k.split('_', 1)[1]}" for k in _keys(data)]
+    prompt_len = data.batch["prompts"].shape[1]
+    uids = list(dict.fromkeys(k.split("_")[0] for k in keys))
+    tags = [{"is_prompt": True, "status": "finished", "global_steps": 1}] * len(uids)
+    tq.kv_batch_put(keys=uids, partition_id="train", tags=tags)
+    for i, key in enumerate(keys):
+        n = int(data.batch["attention_mask"][i, prompt_len:].sum())
+        output = AgentLoopOutput(
+            prompt_ids=data.batch["prompts"][i].tolist(),
+            response_ids=data.batch["responses"][i, :n].tolist(),
+            response_mask=[1] * n,
+            reward_score=outs[i]["reward_score"],
+            metrics=AgentLoopMetrics(),
+            extra_fields={"reward_extra_info": outs[i]["reward_extra_info"]},
+        )
+        field = {**output.as_dict(), "uid": key.split("_")[0]}
+        tag = {"status": "success", "response_len": n, "seq_len": prompt_len + n}
+        tq.kv_batch_put(keys=[key], partition_id="train",
+                        fields=list_of_dict_to_tensordict([field]), tags=[tag])  # fmt: skip
+    return keys
+
+
+def _clear(tq) -> None:
+    for partition, items in (tq.kv_list() or {}).items():
+        if items:
+            tq.kv_clear(keys=list(items), partition_id=partition)
+
+
+@pytest.mark.slow
+def test_sampler_hook_writes_group_rewards_into_transfer_queue(grouped, transfer_queue):
+    """verl's replay buffer samples whole groups from a real TransferQueue; the hook finishes them."""
+    tq = transfer_queue
+    config, data, outs, _ = grouped
+    try:
+        keys = _store(tq, data, outs)
+        uids = list(dict.fromkeys(data.non_tensor_batch["uid"]))
         batch, metrics = _sampler(config).sample(
             global_steps=1, partition_id="train", batch_size=len(uids)
         )
         assert sorted(batch.keys) == sorted(keys) and set(METRICS) <= set(metrics)
+        assert "reward/groups_filtered" not in metrics  # the filter is off
         stored = tq.kv_batch_get(
             keys=keys, partition_id="train", select_fields=["rm_scores", "extra_fields"]
         )
@@ -358,5 +384,58 @@ def test_sampler_hook_writes_group_rewards_into_transfer_queue(grouped):
         totals = padded["rm_scores"].sum(-1).tolist()
         assert totals == pytest.approx([want[key] for key in batch.keys], abs=1e-6)
     finally:
-        tq.close()
-        ray.shutdown()
+        _clear(tq)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("limit", [0, 1])
+def test_sampler_hook_drops_all_same_groups_and_refills_through_verls_buffer(
+    grouped, transfer_queue, limit
+):
+    """DAPO in the hook: on `format` g0 is all the same (every response well formed), g1
+    differs, g2 is a group of one (kept, as verl's rule). The refill function stands in
+    for verl's generation: it stores the same three prompts again under new uids."""
+    from verl.trainer.ppo.v1.replay_buffer import DAPO_FILTERED_REWARD_COUNTS_KEY
+
+    tq = transfer_queue
+    config, data, outs, _ = grouped
+    sampler_cfg = config.trainer.v1.sampler
+    section = {"enable": True, "metric": "format", "max_num_gen_batches": limit}
+    refills: list[int] = []
+
+    def refill(count: int) -> None:
+        assert count == 3
+        refills.append(count)
+        _store(tq, data, outs, uid_of=lambda uid: f"{uid}r{len(refills)}")
+
+    sampler = MMRGroupSampler(
+        trainer_mode="sync", trainer_config={}, refill_fn=refill,
+        max_off_policy_threshold=sampler_cfg.max_off_policy_threshold,
+        max_off_policy_strategy=sampler_cfg.max_off_policy_strategy,
+        sampler_kwargs={**sampler_cfg.sampler_kwargs, "filter_groups": section},
+    )  # fmt: skip
+    try:
+        keys = _store(tq, data, outs)
+        batch, metrics = sampler.sample(global_steps=1, partition_id="train", batch_size=3)
+        uids = {key.split("_")[0] for key in batch.keys}
+        left = set((tq.kv_list() or {}).get("train", {}))
+        if limit == 1:  # no refill: the all-same g0 fills the batch
+            assert refills == [] and uids == {"g0", "g1", "g2"}
+            assert sorted(batch.keys) == sorted(keys)
+            assert (metrics["reward/gen_batches"], metrics["reward/groups_filtered"],
+                    metrics["reward/groups_flat_kept"]) == (1, 0, 1)  # fmt: skip
+        else:  # one refill; g0 and its copy dropped, the surplus copy of g2 too
+            assert refills == [3] and uids == {"g1", "g2", "g1r1"}
+            assert (metrics["reward/gen_batches"], metrics["reward/groups_filtered"],
+                    metrics["reward/groups_flat_kept"]) == (2, 2, 0)  # fmt: skip
+            assert not any(key.startswith(("g0", "g2r1")) for key in left)  # cleared from TQ
+        assert set(batch.keys) == left  # what is left in TransferQueue is the batch
+        assert len(batch.tags) == len(batch.keys)
+        assert metrics[DAPO_FILTERED_REWARD_COUNTS_KEY] == {1.0: 2 - limit}
+        # the batch's reward metrics are its own rows' (stage 2 finished on every batch)
+        formats = [r["reward_extra_info"]["format"] for r in tq.kv_batch_get(
+            keys=batch.keys, partition_id="train", select_fields=["extra_fields"]
+        )["extra_fields"]]  # fmt: skip
+        assert metrics["reward/format"] == pytest.approx(sum(formats) / len(formats))
+    finally:
+        _clear(tq)

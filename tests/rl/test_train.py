@@ -88,8 +88,10 @@ def test_dry_run_calls_mmrs_reward(dry_run):
     sampler = dry_run["trainer"]["v1"]["sampler"]
     assert dry_run["trainer"]["use_v1"] is True
     assert sampler["custom_sampler"] == {"path": bridge, "name": "MMRGroupSampler"}
-    # The sampler refers to that key (an interpolation), it holds no copy of its own.
-    assert sampler["sampler_kwargs"] == {"reward_config": f"${{{REWARD_CONFIG_KEY}}}"}
+    # The sampler refers to that key and to verl's DAPO section (interpolations), it
+    # holds no copies of its own.
+    assert sampler["sampler_kwargs"] == {"reward_config": f"${{{REWARD_CONFIG_KEY}}}",
+                                         "filter_groups": "${algorithm.filter_groups}"}  # fmt: skip
 
 
 def test_verl_loads_the_reward_function_manager_and_sampler_we_point_at(dry_run):
@@ -136,7 +138,6 @@ def test_the_bridge_paths_resolve_to_the_installed_modules():
     "setting",
     [
         "verl.trainer.use_v1=false",
-        "verl.algorithm.filter_groups.enable=true",
         "verl.trainer.v1.sampler.sync_refill_failed_groups=true",
         "verl.reward.reward_model.enable=true",
     ],
@@ -145,6 +146,26 @@ def test_settings_that_bypass_the_sampler_hook_are_refused(setting):
     cfg = load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml", [setting])
     with pytest.raises(ConfigError, match=setting.removeprefix("verl.")):
         compose_verl_config(cfg)
+
+
+def test_filter_groups_reaches_the_sampler_hook_and_its_metric_is_checked():
+    from omegaconf import OmegaConf
+
+    from mmr.rl import train
+
+    on = ["verl.algorithm.filter_groups.enable=true", "verl.algorithm.filter_groups.metric=acc",
+          "verl.algorithm.filter_groups.max_num_gen_batches=3"]  # fmt: skip
+    config = compose_verl_config(load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml", on))
+    section = config.trainer.v1.sampler.sampler_kwargs.filter_groups  # verl resolves the ${...}
+    assert (section.enable, section.metric, section.max_num_gen_batches) == (True, "acc", 3)
+    for key, bad, match in [
+        ("metric", "seq_final", r"verl\.algorithm\.filter_groups\.metric.*seq_final"),
+        ("metric", None, r"verl\.algorithm\.filter_groups\.metric.*None"),
+        ("max_num_gen_batches", -2, r"verl\.algorithm\.filter_groups\.max_num_gen_batches"),
+    ]:
+        changed = OmegaConf.merge(config, {"algorithm": {"filter_groups": {key: bad}}})
+        with pytest.raises(ConfigError, match=match):
+            train._check_sampler_hook(changed)  # what compose_verl_config runs last
 
 
 def test_the_config_key_rebuilds_the_same_config_before_and_after_verl_resolves_it():

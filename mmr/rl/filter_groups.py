@@ -1,0 +1,125 @@
+"""DAPO's dynamic sampling (`algorithm.filter_groups`), one meaning in both RL engines.
+
+A rollout group whose responses all score the same on the chosen metric has advantage
+exactly 0 (`mmr.rl.advantage`): it costs a batch slot and teaches nothing. With
+`enable: true` each step drops such groups and generates more prompts, one generation
+batch (the step's batch size in prompts) at a time, until the batch is full of groups
+that differ; at `max_num_gen_batches` generation batches it stops and fills the rest with
+dropped groups (their advantage is 0), counted in a metric and a warning, instead of
+generating on. The keys, their names and defaults are verl 0.9.1's `FilterGroupsConfig`
+(verl/trainer/config/algorithm.py); verl's own buffer filters before mmr's group length
+term and does not bound its refills (it ignores `max_num_gen_batches`), so `mmr rl train`
+filters in mmr's sampler hook (`mmr.rl.reward.MMRGroupSampler`) and `mmr rl local` in its
+step loop, both on the finished scores (the group length term included).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmr.config import ConfigError
+from mmr.rl.advantage import equal_groups
+
+# metric name -> the reward row key it reads. `acc` is verl's name of the accuracy part;
+# `score`, `seq_reward` (verl's legacy DAPO name) and `reward` (verl v1's) are the total.
+METRICS = {
+    "acc": "accuracy",
+    "accuracy": "accuracy",
+    "format": "format",
+    "length": "length",
+    "score": "score",
+    "seq_reward": "score",
+    "reward": "score",
+}
+
+
+@dataclass
+class FilterGroupsSection:
+    enable: bool = False  # drop all-same groups and generate more prompts (DAPO)
+    metric: str | None = None  # what must differ within a group: acc | score | ... (METRICS)
+    max_num_gen_batches: int = 0  # generation batches per step at most; 0: no limit
+
+
+def check(enable: Any, metric: Any, max_num_gen_batches: Any, prefix: str) -> None:
+    """Refuse a section a run could not follow, naming the key (`prefix`: the section)."""
+    if not enable:
+        return
+    if metric not in METRICS:
+        known = ", ".join(METRICS)
+        raise ConfigError(
+            f"config key '{prefix}.metric' is {metric!r}; with {prefix}.enable=true choose "
+            f"one of {known}"
+        )
+    if not isinstance(max_num_gen_batches, int) or max_num_gen_batches < 0:
+        raise ConfigError(
+            f"config key '{prefix}.max_num_gen_batches' must be an integer >= 0 "
+            f"(0: no limit), got {max_num_gen_batches!r}"
+        )
+
+
+def metric_value(metric: str, row: Mapping[str, Any]) -> float:
+    """The metric of one scored response (a reward row: score, accuracy, format, length)."""
+    return float(row[METRICS[metric]])
+
+
+def flat_groups(values: Sequence[float], groups: Sequence[Hashable]) -> list[Hashable]:
+    """The groups (of two or more rows) whose values are all equal, in first-seen order.
+    The same test as the advantage's exact-zero rule (`advantage.equal_groups`)."""
+    if not groups:
+        return []
+    rows = equal_groups(torch.tensor(values, dtype=torch.float64), np.array(groups, dtype=object))
+    return list(dict.fromkeys(g for g, flat in zip(groups, rows) if flat))
+
+
+class Collector:
+    """One step's groups across its generation batches: which to train on, and the tally.
+
+    `add` classifies each new generation batch's groups (by the section's metric);
+    `wants_more` says whether to generate another; `chosen` gives the batch: up to `size`
+    informative groups in generation order, then (only once `max_num_gen_batches` ran
+    out) all-same ones to fill it. Groups are named `(generation batch, group id)`.
+    """
+
+    def __init__(self, section: Any, size: int) -> None:
+        self.metric, self.limit, self.size = section.metric, section.max_num_gen_batches, size
+        self.informative: list[tuple[int, Hashable]] = []
+        self.flat: list[tuple[int, Hashable]] = []
+        self.flat_values: Counter[float] = Counter()
+        self.gen_batches = 0
+
+    def add(self, rows: Sequence[Mapping[str, Any]], groups: Sequence[Hashable]) -> None:
+        """One generation batch: its scored rows (reward rows) and each row's group."""
+        batch = self.gen_batches
+        self.gen_batches += 1
+        values = [metric_value(self.metric, row) for row in rows]
+        flat = set(flat_groups(values, groups))
+        for group in dict.fromkeys(groups):
+            (self.flat if group in flat else self.informative).append((batch, group))
+        for group, value in zip(groups, values):
+            if group in flat:
+                flat.discard(group)  # one count per group
+                self.flat_values[value] += 1
+
+    def wants_more(self) -> bool:
+        full = len(self.informative) >= self.size
+        return not full and (self.limit <= 0 or self.gen_batches < self.limit)
+
+    def chosen(self) -> list[tuple[int, Hashable]]:
+        fill = max(0, self.size - len(self.informative))
+        return self.informative[: self.size] + self.flat[:fill]
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """`gen_batches` used, all-same `groups_filtered` (dropped) and
+        `groups_flat_kept` (trained on: the limit ran out), each under `prefix`."""
+        kept_flat = len(self.chosen()) - min(len(self.informative), self.size)
+        return {
+            f"{prefix}gen_batches": float(self.gen_batches),
+            f"{prefix}groups_filtered": float(len(self.flat) - kept_flat),
+            f"{prefix}groups_flat_kept": float(kept_flat),
+        }

@@ -1,0 +1,84 @@
+"""DAPO's group filter (`mmr.rl.filter_groups`), the part both RL engines share: pure Python."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmr.config import ConfigError, load_config
+from mmr.rl import filter_groups
+from mmr.rl.filter_groups import Collector, FilterGroupsSection
+from mmr.rl.local_config import LocalRLConfig
+
+
+def _rows(scores, accuracy=None):
+    accuracy = accuracy or [0.0] * len(scores)
+    return [{"score": s, "accuracy": a, "format": 0.0, "length": 0.0}
+            for s, a in zip(scores, accuracy)]  # fmt: skip
+
+
+def test_flat_groups_are_those_with_one_value_in_two_or_more_rows():
+    values = [0.1, 0.1, 0.1, 1.0, 0.0, 0.5, 0.1 + 0.2, 0.3]
+    groups = ["a", "a", "a", "b", "b", "c", "d", "d"]
+    # a: all 0.1; b: differs; c: a group of one (kept, as verl's rule); d: 0.30000000000000004
+    # and 0.3 differ in the last bit: not equal, as the advantage sees them.
+    assert filter_groups.flat_groups(values, groups) == ["a"]
+    assert filter_groups.flat_groups([1.0, 1.0, 0.0, 0.0], ["x", "x", "y", "y"]) == ["x", "y"]
+    assert filter_groups.flat_groups([], []) == []
+
+
+def test_each_metric_reads_its_reward_part():
+    row = {"score": 0.7, "accuracy": 1.0, "format": 0.5, "length": -0.2}
+    got = {m: filter_groups.metric_value(m, row) for m in filter_groups.METRICS}
+    assert got == {"acc": 1.0, "accuracy": 1.0, "format": 0.5, "length": -0.2,
+                   "score": 0.7, "seq_reward": 0.7, "reward": 0.7}  # fmt: skip
+
+
+def test_collector_keeps_informative_groups_and_asks_for_more_until_full():
+    section = FilterGroupsSection(enable=True, metric="score", max_num_gen_batches=0)
+    c = Collector(section, size=2)
+    c.add(_rows([1, 1, 0, 1]), ["0", "0", "1", "1"])  # "0" flat, "1" informative
+    assert c.wants_more()
+    c.add(_rows([0, 0, 0.5, 0.2]), ["2", "2", "3", "3"])  # "2" flat, "3" informative
+    assert not c.wants_more()
+    assert c.chosen() == [(0, "1"), (1, "3")]
+    assert c.metrics("train/") == {
+        "train/gen_batches": 2.0, "train/groups_filtered": 2.0, "train/groups_flat_kept": 0.0}  # fmt: skip
+    assert dict(c.flat_values) == {1.0: 1, 0.0: 1}
+
+
+def test_collector_stops_at_max_num_gen_batches_and_fills_with_flat_groups():
+    section = FilterGroupsSection(enable=True, metric="acc", max_num_gen_batches=2)
+    c = Collector(section, size=3)
+    # score differs in every group, accuracy in none but "1": the metric decides
+    c.add(_rows([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0, 0, 1, 0, 1, 1]), list("001122"))
+    assert c.wants_more()
+    c.add(_rows([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [1, 1, 0, 0, 1, 1]), list("334455"))
+    assert not c.wants_more()  # two generation batches, one informative group
+    assert c.chosen() == [(0, "1"), (0, "0"), (0, "2")]
+    assert c.metrics("") == {"gen_batches": 2.0, "groups_filtered": 3.0, "groups_flat_kept": 2.0}
+
+
+def test_collector_takes_no_more_than_the_batch():
+    c = Collector(FilterGroupsSection(enable=True, metric="score"), size=1)
+    c.add(_rows([0, 1, 0, 1]), ["a", "a", "b", "b"])
+    assert not c.wants_more() and c.chosen() == [(0, "a")]
+    assert c.metrics("")["groups_filtered"] == 0.0
+
+
+def test_the_section_is_checked_by_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"algorithm\.filter_groups\.metric.*'seq_final'"):
+        filter_groups.check(True, "seq_final", 0, "algorithm.filter_groups")
+    with pytest.raises(ConfigError, match=r"algorithm\.filter_groups\.metric.*None"):
+        filter_groups.check(True, None, 0, "algorithm.filter_groups")
+    with pytest.raises(ConfigError, match=r"max_num_gen_batches"):
+        filter_groups.check(True, "acc", -1, "algorithm.filter_groups")
+    filter_groups.check(False, None, 0, "algorithm.filter_groups")  # off: nothing to check
+
+    # rl local's config: verl's keys, unknown ones rejected by name
+    with pytest.raises(ConfigError, match=r"algorithm\.filter_groups\.metrik"):
+        load_config(LocalRLConfig, None, ["algorithm.filter_groups.metrik=acc"])
+    with pytest.raises(ConfigError, match=r"algorithm\.filter_groups\.metric"):
+        load_config(LocalRLConfig, None, ["algorithm.filter_groups.enable=true"])
+    cfg = load_config(LocalRLConfig, None, ["algorithm.filter_groups.enable=true",
+                      "algorithm.filter_groups.metric=acc"])  # fmt: skip
+    assert cfg.algorithm.filter_groups == FilterGroupsSection(True, "acc", 0)
