@@ -5,8 +5,9 @@ in a subprocess (lmms-eval patches filelock and ssl process-wide when it evaluat
 
 SPEC: `include` (task folders), `task`, `models` ({label: model_args} for lmms-eval's
 `qwen2_5_vl` class) and `replay` ({doc_id: response}, served by a replay model so the scoring
-path also sees right answers). OUT: the folder's task index, and per label the logged samples
-(doc_id, response, acc, format) and lmms-eval's aggregated acc and format.
+path also sees right answers). OUT: the folders' task index, the function keys of each YAML
+as lmms-eval's loader resolves them (`configs`), and per label the logged samples (doc_id,
+response, acc, format) and lmms-eval's aggregated acc and format.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lmms_eval import evaluator
 from lmms_eval.api.instance import GenerationResult
 from lmms_eval.api.model import lmms
 from lmms_eval.tasks import TaskManager
+from lmms_eval.utils import load_yaml_config
 
 
 class Replay(lmms):
@@ -58,7 +60,11 @@ def run(task: str, manager: TaskManager, model: Any, model_args: str | None) -> 
 def main(spec_path: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     manager = TaskManager("WARNING", include_path=spec["include"], include_defaults=False)
-    result: dict[str, Any] = {"index": manager.all_tasks}
+    result: dict[str, Any] = {"index": manager.all_tasks, "configs": {}}
+    for folder in spec["include"]:
+        for path in sorted(Path(folder).glob("*.yaml")):
+            config = load_yaml_config(str(path), mode="full")  # includes and !function resolved
+            result["configs"][path.name] = sorted(k for k, v in config.items() if callable(v))
     for label, model_args in spec["models"].items():
         result[label] = run(spec["task"], manager, "qwen2_5_vl", model_args)
     replay = {int(k): v for k, v in spec["replay"].items()}

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from mmr.data.synthetic import INSTRUCTION, teacher_response, write_synthetic
 from mmr.eval import lmms_tasks, score_generations
 from mmr.eval.cli import evaluate
 from mmr.eval.lmms_tasks import adapters, utils
-from mmr.models import load_processor
+from mmr.models import load_processor, tiny
 from mmr.models.generate import vision_token_ids
 
 DRIVER = Path(__file__).with_name("lmms_driver.py")
@@ -179,9 +178,7 @@ MAX_NEW_TOKENS = 10
 
 
 @pytest.mark.timeout(300)
-def test_lmms_eval_and_mmr_eval_agree_on_the_same_rows(
-    tiny_qwen2_5_vl: Path, tmp_path: Path
-) -> None:
+def test_lmms_eval_and_mmr_eval_agree_on_the_same_rows(tmp_path: Path) -> None:
     """lmms-eval's `qwen2_5_vl` class (bf16, its processor given the checkpoint's pixel
     budget) and `mmr eval --dtype bfloat16 --batch-size 1` decode the same greedy responses,
     which both score the same, row by row. The tiny random model is wrong on every row, so a
@@ -192,10 +189,10 @@ def test_lmms_eval_and_mmr_eval_agree_on_the_same_rows(
     passes no such rule, so the checkpoint's generation config carries it (HF `generate`
     reads it there), else a random model's `<|image_pad|>` would part the two. lmms-eval
     also stops at the tokenizer's eos only, mmr at `<|endoftext|>` too: this model's greedy
-    responses on these rows hold neither."""
+    responses on these rows hold neither. Seed 1: its responses differ on every row (seed 0's
+    repeat one text on three of these four rows), so a prompt or image that differs shows."""
     _need_lmms_eval()
-    model = tmp_path / "tiny"
-    shutil.copytree(tiny_qwen2_5_vl, model)
+    model = tiny.build("qwen2_5_vl", tmp_path / "tiny", seed=1)
     config = GenerationConfig.from_pretrained(model)
     config.suppress_tokens = vision_token_ids(AutoConfig.from_pretrained(model))
     config.save_pretrained(model)
@@ -210,7 +207,7 @@ def test_lmms_eval_and_mmr_eval_agree_on_the_same_rows(
         f"include: {lmms_tasks.TASKS_DIR / '_sample_template_yaml'}\n"
         f"generation_kwargs:\n  max_new_tokens: {MAX_NEW_TOKENS}\n"
     )
-    size = load_processor(tiny_qwen2_5_vl).image_processor.size
+    size = load_processor(model).image_processor.size
     model_args = (f"pretrained={model},device_map=cpu,"
                   f"min_pixels={size['shortest_edge']},max_pixels={size['longest_edge']}")  # fmt: skip
     replay = {
@@ -227,8 +224,15 @@ def test_lmms_eval_and_mmr_eval_agree_on_the_same_rows(
                           capture_output=True, text=True, timeout=280)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     lmms = json.loads(out.read_text())
-    # The packaged folder indexes: every benchmark task and the group.
+    # The packaged folder indexes (every benchmark task and the group) and every YAML's
+    # functions resolve through lmms-eval's own loader.
     assert set(lmms_tasks.TASKS) | {lmms_tasks.GROUP, "mmr_tiny"} <= set(lmms["index"])
+    functions = ["doc_to_messages", "doc_to_target", "doc_to_text", "doc_to_visual",
+                 "process_results"]  # fmt: skip
+    for path in [*TASK_YAMLS, tasks / "mmr_tiny.yaml"]:
+        if path.name != f"{lmms_tasks.GROUP}.yaml":
+            extra = ["process_docs"] if "process_docs" in path.read_text() else []
+            assert lmms["configs"][path.name] == sorted(functions + extra), path.name
 
     mine = evaluate(str(model), str(rows), output=str(tmp_path / "mmr"), backend="hf",
                     max_new_tokens=MAX_NEW_TOKENS, batch_size=1, dtype="bfloat16")  # fmt: skip
@@ -236,7 +240,7 @@ def test_lmms_eval_and_mmr_eval_agree_on_the_same_rows(
     theirs = lmms["tiny"]["samples"]
     assert [s["doc_id"] for s in theirs] == list(range(len(samples)))
     assert [s["response"] for s in theirs] == [r["response"] for r in records]
-    assert len({r["response"] for r in records}) > 1  # the responses depend on each row
+    assert len({r["response"] for r in records}) == len(samples)  # each row its own
     assert [(s["acc"], s["format"]) for s in theirs] == [
         (r["accuracy"], r["format"]) for r in records
     ]
