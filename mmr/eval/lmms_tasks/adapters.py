@@ -148,11 +148,11 @@ def visuals(name: str, doc: Doc) -> list[Image.Image]:
 
 def messages(name: str, doc: Doc, system_prompt: str | None = None) -> list[dict[str, Any]]:
     """lmms-eval's chat messages: mmr's user turn with each image part given its image."""
-    images = iter(visuals(name, doc))
-    content = user_content(prompt(name, doc), len(BENCHMARKS[name].images(doc)))
-    for part in content:
-        if part["type"] == "image":
-            part["url"] = next(images)
+    images = visuals(name, doc)
+    content = user_content(prompt(name, doc), len(images))
+    parts = iter(p for p in content if p["type"] == "image")
+    for part, img in zip(parts, images):
+        part["url"] = img
     turns = [{"role": "user", "content": content}]
     if system_prompt:
         turns.insert(0, {"role": "system", "content": [{"type": "text", "text": system_prompt}]})
