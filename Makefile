@@ -42,6 +42,8 @@ $(STAMP): setup.py requirements/cpu-constraints.txt requirements/rl-cpu.txt
 	$(BIN)/pip install --quiet --no-deps verl==0.9.1
 	$(BIN)/pip install --quiet -r requirements/rl-cpu.txt
 	$(BIN)/pip install --quiet -e '.[sft,data,dev]'
+	# lmms-eval without deps (its list pins wandb==0.25.0 and more): requirements/lmms-eval.txt.
+	$(BIN)/pip install --quiet --no-deps -r requirements/lmms-eval.txt
 	$(BIN)/python -c "import torch, torchvision, transformers, deepspeed, verl, ray; print('mmr setup: torch', torch.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__, 'verl', verl.__version__)"
 	touch $@
 

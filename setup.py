@@ -59,7 +59,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mmr", "mmr.*"]),
-    package_data={"mmr": ["**/*.jinja", "**/*.txt", "**/*.yaml"]},
+    package_data={
+        "mmr": ["**/*.jinja", "**/*.txt", "**/*.yaml", "eval/lmms_tasks/_*_template_yaml"]
+    },
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={

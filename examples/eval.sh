@@ -7,6 +7,9 @@
 # as --include_path and the default list becomes OpenMMReasoner's names:
 #   git clone https://github.com/EvolvingLMMs-Lab/OpenMMReasoner
 #   OMR_TASKS_DIR=$PWD/OpenMMReasoner/lmms_eval_tasks bash examples/eval.sh CHECKPOINT
+# MMR_TASKS=1 adds mmr's own task folder (mmr/eval/lmms_tasks: the same image benchmarks,
+# prompted as mmr trains and scored by mmr.rewards, the RL reward) and runs all of it:
+#   MMR_TASKS=1 bash examples/eval.sh CHECKPOINT [mmr_mathvista_testmini,...]
 # Each task keeps its own generation settings (49,152 new tokens; temperature 1 where a task
 # samples repeatedly); GEN_KWARGS=... overrides them all, only when set.
 # Without lmms-eval installed it runs `mmr eval` on a Sample file instead (DATA=...).
@@ -18,8 +21,13 @@ CHECKPOINT=${1:?usage: bash examples/eval.sh CHECKPOINT [TASKS] [lmms-eval flags
 UPSTREAM_TASKS="mmmu_val_reasoning,wemath_testmini_reasoning,mmmu_pro_vision_cot_reasoning,mmmu_pro_standard_cot_reasoning,mathvista_testmini_cot_reasoning,mathvision_reason_testmini_reasoning,mathvision_reason_test_reasoning,mathverse_testmini_reasoning,logicvista_reasoning,dynamath_reasoning,charxiv_val_descriptive_cot,charxiv_val_reasoning_cot"
 # OpenMMReasoner's task folder, its README's list (text tasks: gpqa_diamond_thinking,aime_agg8).
 OMR_TASKS="mmmu_reasoning_reward,wemath_testmini_thinking,mmmu_pro_vision_cot_reward,mmmu_pro_standard_cot_reward,mathvista_testmini_cot_reward,mathvision_reason_testmini_reward,mathvision_reason_test_reward,mathverse_testmini_reward,logicvista_thinking,dynamath,charxiv_val_descriptive_cot,charxiv_val_reasoning_cot"
+# mmr's task folder (mmr/eval/lmms_tasks), all its tasks as one group.
+MMR_TASK_LIST="mmr_reasoning"
 OMR_TASKS_DIR=${OMR_TASKS_DIR:-}             # OpenMMReasoner's lmms_eval_tasks folder, or empty
-if [[ -n "$OMR_TASKS_DIR" ]]; then DEFAULT_TASKS=$OMR_TASKS; else DEFAULT_TASKS=$UPSTREAM_TASKS; fi
+MMR_TASKS=${MMR_TASKS:-}                     # 1: mmr's own task folder
+if [[ -n "$MMR_TASKS" ]]; then DEFAULT_TASKS=$MMR_TASK_LIST
+elif [[ -n "$OMR_TASKS_DIR" ]]; then DEFAULT_TASKS=$OMR_TASKS
+else DEFAULT_TASKS=$UPSTREAM_TASKS; fi
 TASKS=${2:-$DEFAULT_TASKS}
 shift $(( $# >= 2 ? 2 : 1 ))
 OUT_DIR=${OUT_DIR:-runs/eval/$(basename "$CHECKPOINT")}
@@ -56,6 +64,7 @@ if [[ -n "$OMR_TASKS_DIR" ]]; then
   export PYTHONPATH="$(cd "$OMR_TASKS_DIR/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
   extra+=(--include_path "$OMR_TASKS_DIR")
 fi
+[[ -z "$MMR_TASKS" ]] || extra+=(--include_path "$(python -m mmr.eval.lmms_tasks)")
 [[ -z "$GEN_KWARGS" ]] || extra+=(--gen_kwargs "$GEN_KWARGS")
 
 python -m lmms_eval \

@@ -100,23 +100,24 @@ def build_messages(
     messages: list[dict[str, Any]] = []
     if system_prompt:
         messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-    messages.append({"role": "user", "content": _user_content(sample)})
+    messages.append({"role": "user", "content": user_content(sample.question, len(sample.images))})
     if with_response:
         reply = sample.response if sample.response else sample.answer
         messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
     return messages
 
 
-def _user_content(sample: Sample) -> list[dict[str, Any]]:
-    question = sample.question
+def user_content(question: str, n_images: int) -> list[dict[str, Any]]:
+    """The user turn's parts: `{"type": "image"}` where the images go, text between them.
+    Shared with lmms-eval's task functions (mmr/eval/lmms_tasks/utils.py)."""
     n_placeholders = question.count(IMAGE_PLACEHOLDER)
     if n_placeholders == 0:
-        parts: list[dict[str, Any]] = [{"type": "image"} for _ in sample.images]
+        parts: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
         return [*parts, {"type": "text", "text": question}]
-    if n_placeholders != len(sample.images):
+    if n_placeholders != n_images:
         raise ValueError(
             f"question has {n_placeholders} {IMAGE_PLACEHOLDER} placeholders "
-            f"but the sample has {len(sample.images)} images"
+            f"but the sample has {n_images} images"
         )
     parts = []
     for i, chunk in enumerate(question.split(IMAGE_PLACEHOLDER)):

@@ -47,6 +47,7 @@ def evaluate(
     seed: int = 0,
     reward_cfg: RewardConfig | None = None,
     system_prompt: str | None = None,
+    dtype: str = "auto",
 ) -> dict[str, Any]:
     """Generate, score and (with `output`) write the report; returns accuracy.json's dict."""
     stats = ReadStats()
@@ -57,7 +58,7 @@ def evaluate(
     t0 = time.perf_counter()
     gens = generate(samples, model, backend=backend, n=n, max_new_tokens=max_new_tokens,
                     temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
-                    system_prompt=system_prompt)  # fmt: skip
+                    system_prompt=system_prompt, dtype=dtype)  # fmt: skip
     t1 = time.perf_counter()
     items = [
         {"id": samples[g.index].id, "data_source": samples[g.index].source,
@@ -76,6 +77,7 @@ def evaluate(
         "temperature": resolve_temperature(n, temperature),
         "top_p": top_p,
         "seed": seed,
+        "dtype": dtype,
         "skipped_rows": dict(stats.skipped),
         "skipped_files": dict(stats.skipped_files),  # unreadable data files, with why
         "generate_s": round(t1 - t0, 2),
@@ -100,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="first N questions only (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--system-prompt", default=None)
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="auto: bf16 on GPU, fp32 on CPU (lmms-eval's HF Qwen classes: bf16)")  # fmt: skip
     p.add_argument("--output", default=None, help="folder for generations.jsonl, accuracy.*")
     p.add_argument("--reward-config", default=None, help="RewardConfig YAML (default: defaults)")
     p.add_argument("overrides", nargs="*", help="reward key.sub=value overrides")
@@ -119,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.model, args.data, output=args.output, backend=args.backend, n=args.n,
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
             batch_size=args.batch_size, limit=args.limit, seed=args.seed, reward_cfg=reward_cfg,
-            system_prompt=args.system_prompt,
+            system_prompt=args.system_prompt, dtype=args.dtype,
         )  # fmt: skip
     except (ConfigError, FileNotFoundError, ValueError, OSError) as err:
         print(f"mmr eval: {err}", file=sys.stderr)

@@ -84,12 +84,14 @@ def generate(
     batch_size: int = 16,
     seed: int = 0,
     system_prompt: str | None = None,
+    dtype: str = "auto",
 ) -> list[Generation]:
-    """`n` responses per sample, sample-major (sample i's are rows i*n .. i*n+n-1)."""
+    """`n` responses per sample, sample-major (sample i's are rows i*n .. i*n+n-1).
+    `dtype`: mmr's rule (`auto`: bf16 on GPU, fp32 on CPU), or float32 / bfloat16."""
     backend = resolve_backend(backend)
     temperature = resolve_temperature(n, temperature)
     kw = dict(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-              seed=seed, system_prompt=system_prompt)  # fmt: skip
+              seed=seed, system_prompt=system_prompt, dtype=dtype)  # fmt: skip
     if backend == "vllm":
         return vllm_generate(samples, model_path, **kw)
     return hf_generate(samples, model_path, batch_size=batch_size, **kw)
@@ -106,13 +108,14 @@ def hf_generate(
     seed: int,
     batch_size: int = 16,
     system_prompt: str | None = None,
+    dtype: str = "auto",
 ) -> list[Generation]:
     """HF `generate` in batches of `batch_size` rows (a sample repeated n times is n rows)."""
     from mmr.config import ModelSection
     from mmr.models.build import build_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, processor = build_model(ModelSection(path=model_path, freeze=[]), device)
+    model, processor = build_model(ModelSection(path=model_path, freeze=[], dtype=dtype), device)
     prompts = build_prompts(samples, processor, system_prompt)
     rows = [(i, k) for i in range(len(samples)) for k in range(n)]
     torch.manual_seed(seed)
@@ -142,6 +145,7 @@ def vllm_generate(
     top_p: float,
     seed: int,
     system_prompt: str | None = None,
+    dtype: str = "auto",
 ) -> list[Generation]:
     """vLLM offline inference: one `LLM.generate` call, `SamplingParams(n=...)`."""
     from vllm import LLM, SamplingParams
@@ -151,7 +155,8 @@ def vllm_generate(
     processor = load_processor(model_path)
     prompts = build_prompts(samples, processor, system_prompt)
     most_images = max((len(s.images) for s in samples), default=0)
-    llm = LLM(model=model_path, seed=seed, limit_mm_per_prompt={"image": max(most_images, 1)})
+    llm = LLM(model=model_path, seed=seed, dtype=dtype,  # vLLM's auto: the checkpoint's
+              limit_mm_per_prompt={"image": max(most_images, 1)})  # fmt: skip
     params = SamplingParams(
         n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed
     )

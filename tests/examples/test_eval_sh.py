@@ -48,6 +48,14 @@ def test_upstream_list_is_the_default_and_the_folder_is_passed_as_include_path()
     assert len(set(_tasks("OMR_TASKS")) - _listing("lmms-eval.txt")) >= 10
 
 
+def test_mmr_tasks_come_from_mmrs_own_folder() -> None:
+    from mmr.eval import lmms_tasks
+
+    assert set(_tasks("MMR_TASK_LIST")) <= {*lmms_tasks.TASKS, lmms_tasks.GROUP}
+    assert "DEFAULT_TASKS=$MMR_TASK_LIST" in SCRIPT
+    assert '--include_path "$(python -m mmr.eval.lmms_tasks)"' in SCRIPT
+
+
 def test_generation_settings_stay_the_tasks_own() -> None:
     # --gen_kwargs would override every task's 49,152 new tokens and sampling temperature.
     calls = [line for line in SCRIPT.splitlines() if "--gen_kwargs" in line]
