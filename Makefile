@@ -13,10 +13,11 @@ RL_STAMP := $(RL_VENV)/.mmr-setup-done
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-# Both venvs are filled by uv (pinned, fetched by pip into .venv-uv/). With pip, setup and
-# setup-rl took ~20 min here: its resolves, and PyPI downloads that pip's cache never keeps
-# (the registry's answers carry no cache headers). uv: ~5-7 min. It keeps each wheel in
-# ~/.cache/uv and hard-links it into the venvs (same disk: no second copy).
+# Both venvs are filled by uv (pinned, fetched by pip into .venv-uv/). pip spent most of
+# setup + setup-rl (8.5 min in CI, 20 min on a loaded machine) resolving and downloading
+# from PyPI, whose answers here carry no cache headers, so pip's cache keeps nothing. uv
+# keeps each wheel in ~/.cache/uv and hard-links it into the venvs (same disk: no second
+# copy); both venvs: 5.3 min with that cache, 6.6 min without (2 cores, light load).
 UV_DIR := .venv-uv
 UV := $(UV_DIR)/bin/uv
 # uv reads neither pip's config nor the machine's torch cap: the wheel folders and indexes
