@@ -45,7 +45,7 @@ runtime_env=$(MMR_SECRETS_FILE=$MMR_SECRETS_FILE python - <<'PY'
 import json, os
 names = ("USE_LLM_JUDGE", "OPENAI_BASE_URL", "OPENAI_MODEL_NAME", "MMR_SECRETS_FILE", "WANDB_MODE")
 env = {k: os.environ[k] for k in names if os.environ.get(k)}
-excludes = [".git", ".venv", ".venv-rl", "runs", "data", "wandb", "__pycache__"]
+excludes = [".git", ".venv", ".venv-rl", ".venv-uv", "runs", "data", "wandb", "__pycache__"]
 print(json.dumps({"working_dir": ".", "excludes": excludes, "env_vars": env}))
 PY
 )
