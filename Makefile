@@ -56,7 +56,7 @@ $(UV):
 	$(PYTHON) -m pip install --quiet --root-user-action=ignore --target $(UV_DIR) uv==0.13.9
 
 # python -m venv, not uv venv: the venvs keep pip (tests/test_install.py runs it).
-$(STAMP): setup.py requirements/cpu-constraints.txt requirements/rl-cpu.txt | $(UV)
+$(STAMP): setup.py requirements/cpu-constraints.txt requirements/rl-cpu.txt requirements/lmms-eval.txt | $(UV)
 	$(PYTHON) -m venv $(VENV)
 	$(UV_CPU) $(LOCAL_WHEELS) "setuptools>=70" wheel
 	$(UV_CPU) $(LOCAL_WHEELS) torch==2.14.1 torchvision==0.29.1
