@@ -45,7 +45,7 @@ class PackStats:
         return self.tokens / self.capacity if self.capacity else 0.0
 
 
-LENGTH_CLASSES = 8  # a seeded packer orders items by length class: capacity // 8 wide
+LENGTH_CLASSES = 4  # a seeded packer orders items by length class: capacity // 4 wide
 
 
 def pack_first_fit_decreasing(
