@@ -525,20 +525,22 @@ def frozen_check(before: Path, after: Path, sft_dir: Path) -> dict[str, Any]:
     bit-identical: every such tensor of `after` equal to `before`'s, compared exactly."""
     import torch
     import yaml
-    from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    from mmr.models.registry import family_of, part_of
+    from mmr.models.registry import family_of, load_model, part_of
 
-    def weights(folder: Path) -> dict[str, torch.Tensor]:
-        return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+    def weights(folder: Path) -> dict[str, torch.Tensor]:  # named as the model names them
+        return dict(load_model(folder, dtype="auto").named_parameters())
 
     parts = yaml.safe_load((sft_dir / "config.yaml").read_text())["model"]["freeze"]
-    family = family_of(AutoConfig.from_pretrained(after))
     old, new = weights(before), weights(after)
+    family = family_of(AutoConfig.from_pretrained(after))
     frozen = [k for k in old if part_of(k, family) in parts]
-    changed = [k for k in frozen if k not in new or not torch.equal(old[k], new[k])]
-    trained = [k for k in old if k not in frozen and k in new and not torch.equal(old[k], new[k])]
+    with torch.no_grad():
+        changed = [k for k in frozen if k not in new or not torch.equal(old[k], new[k])]
+        trained = [
+            k for k in old if k not in frozen and k in new and not torch.equal(old[k], new[k])
+        ]
     return {
         "parts": parts,
         "tensors": len(frozen),
