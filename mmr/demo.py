@@ -80,6 +80,7 @@ class TasksSection:
 
 @dataclass
 class PretrainSection:
+    enabled: bool = True  # false: SFT starts from the random base model (no stage 2)
     config: str = "recipes/demo/tiny_pretrain.yaml"  # its `mmr sft` recipe (freezes nothing)
     overrides: list[str] = field(default_factory=list)  # key.sub=value overrides of it
     train: int = 8192  # described train scenes (the tasks' generator, train split)
@@ -169,7 +170,11 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     done("model")
 
     banner(2, f"pretrain on scene descriptions, every part trainable ({cfg.pretrain.config})")
-    pretrained, described = pretrain(cfg, base, out / "pretrain")
+    if cfg.pretrain.enabled:
+        pretrained, described = pretrain(cfg, base, out / "pretrain")
+    else:
+        print("[mmr demo] pretrain.enabled=false: SFT starts from the random base model")
+        pretrained, described = base, {"cache": "off", "key": None, "all": None}
     done("pretrain")
 
     banner(3, "generate synthetic visual tasks (train + held-out test)")
@@ -200,11 +205,13 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     banner(7, "evaluate base, pretrained, SFT and RL on the held-out tasks")
     models = {"base": base, "pretrained": pretrained, "sft": out / "sft" / "final",
               "rl": out / "rl" / "final"}  # fmt: skip
+    if not cfg.pretrain.enabled:
+        del models["pretrained"]
     results = evaluate_models(cfg, models, test_file, out / "eval")
     done("eval")
 
     banner(8, "summary, plots and report")
-    summary = summarize_run(cfg, results, described, test_file, out, times, engine)
+    summary = summarize_run(cfg, results, described, pretrained, test_file, out, times, engine)
     write_plots(out, results, summary)
     write_report(out, cfg, results, summary)
     print_summary(summary, out)
@@ -341,6 +348,7 @@ def pretrain_key(cfg: DemoConfig, base: Path) -> str:
                 "eval_batch_size": cfg.eval.batch_size,
                 "versions": [version(d) for d in ("torch", "transformers", "deepspeed")]}  # fmt: skip
     settings["pretrain"].pop("cache_dir")
+    settings["pretrain"].pop("enabled")
     add("settings", json.dumps(settings, sort_keys=True).encode())
     for path in sorted({p for pattern in PRETRAIN_SOURCES for p in root.glob(pattern)}):
         add(f"mmr/{path.relative_to(root)}", path.read_bytes())
@@ -567,7 +575,7 @@ def run_stats(folder: Path) -> dict[str, Any]:
 
 def summarize_run(
     cfg: DemoConfig, results: dict[str, dict[str, Any]], described: dict[str, Any],
-    test_file: Path, out: Path, times: dict[str, float], engine: str,
+    pretrained: Path, test_file: Path, out: Path, times: dict[str, float], engine: str,
 ) -> dict[str, Any]:  # fmt: skip
     """summary.json: accuracies, format, response lengths, chance, checks, timings; the
     pretraining's description accuracy and cache state; SFT's frozen parts and packing."""
@@ -594,8 +602,10 @@ def summarize_run(
             paired["sft_only_right"] > paired["rl_only_right"] and paired["sign_test_p"] < ALPHA
         ),
     }
-    frozen = frozen_check(out / "pretrain" / "final", out / "sft" / "final", out / "sft")
-    checks["sft_frozen_parts_bit_identical"] = frozen["bit_identical"]
+    frozen = frozen_check(pretrained, out / "sft" / "final", out / "sft")
+    # Checked where SFT froze something (the card); a run that trains everything has no
+    # frozen part to compare, which the summary shows as parts [].
+    checks["sft_frozen_parts_bit_identical"] = frozen["bit_identical"] or not frozen["parts"]
     checks["all"] = all(checks.values())
     sft_log, rl_log = (
         _metrics(out / "sft" / "metrics.jsonl"),
@@ -611,9 +621,9 @@ def summarize_run(
         rl_engine=engine,
         rl_final_reward=rl_log[-1]["reward"] if rl_log else None,
         sft_samples=selected.get("rows_out", selected.get("out")),
-        pretrain={**described, **run_stats(out / "pretrain")},
+        pretrain={**described, **run_stats(out / "pretrain")} if cfg.pretrain.enabled else None,
         pretrain_cache=described["cache"],
-        pretrain_description_accuracy=described["all"]["fields"],
+        pretrain_description_accuracy=described["all"]["fields"] if described["all"] else None,
         sft_frozen=frozen,
         sft_packing_efficiency=run_stats(out / "sft")["packing_efficiency"],
         seconds=times,
@@ -674,7 +684,8 @@ def write_report(
     lines = [
         "# mmr demo report", "",
         f"Seed {cfg.seed}; {cfg.tasks.train} train tasks, {cfg.tasks.test} held-out test tasks; "
-        f"pretraining {pt['steps']} steps (cache {pt['cache']}); "
+        (f"pretraining {pt['steps']} steps (cache {pt['cache']}); " if pt else "no pretraining; ")
+        +
         f"{s['sft_samples']} curated SFT samples; {s['sft_steps']} SFT steps "
         f"(final loss {s['sft_final_loss']:.3f}); {s['rl_steps']} GSPO steps; "
         f"{s['total_seconds']:.0f} s in all.", "",
@@ -688,19 +699,13 @@ def write_report(
         f"{ok[s['checks']['rl_not_worse_than_sft']]} (only RL right on "
         f"{s['rl_vs_sft']['rl_only_right']} tasks, only SFT on {s['rl_vs_sft']['sft_only_right']}, "
         f"p = {s['rl_vs_sft']['sign_test_p']:.3f})",
-        f"- SFT left its frozen parts ({', '.join(fz['parts'])}: {fz['parameters']:,} "
+        f"- SFT left its frozen parts ({', '.join(fz['parts']) or 'none'}: {fz['parameters']:,} "
         f"parameters in {fz['tensors']} tensors) bit-identical: "
         f"{ok[s['checks']['sft_frozen_parts_bit_identical']]}; it changed "
         f"{fz['trainable_tensors_changed']} of the {fz['trainable_tensors']} trainable tensors", "",
-        "## Pretraining (perception, every part trainable)", "",
-        f"{pt['steps']} steps on {cfg.pretrain.train} scene descriptions (final loss "
-        f"{pt['final_loss'] or float('nan'):.3f}, packing efficiency "
-        f"{pt['packing_efficiency'] or 0:.3f}); cache {pt['cache']} ({pt['key']}). Held-out "
-        f"descriptions of {pt['all']['n']} scenes, exact match per field:", "",
-        "| scene kind | fields right | scenes with every field right |", "|---|---|---|",
-        *(f"| {k} | {v['fields']:.3f} | {v['scenes']:.3f} |"
-          for k, v in [*pt["per_kind"].items(), ("all", pt["all"])]), "",
-        f"SFT: packed rows, packing efficiency {s['sft_packing_efficiency'] or 0:.3f}.", "",
+        *(pretrain_lines(cfg, pt) if pt else []),
+        f"SFT: packing efficiency {s['sft_packing_efficiency'] or 0:.3f} "
+        "(none: padded batches, data.packing=false).", "",
         "![SFT loss](sft_loss.png) ![GSPO reward](rl_reward.png) ![accuracy](accuracy.png)", "",
         "## Accuracy per task type (held-out)", "",
         "| data_source | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|",
@@ -717,16 +722,34 @@ def write_report(
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
+def pretrain_lines(cfg: DemoConfig, pt: dict[str, Any]) -> list[str]:
+    """report.md's pretraining section."""
+    return [
+        "## Pretraining (perception, every part trainable)", "",
+        f"{pt['steps']} steps on {cfg.pretrain.train} scene descriptions (final loss "
+        f"{pt['final_loss'] or float('nan'):.3f}, packing efficiency "
+        f"{pt['packing_efficiency'] or 0:.3f}); cache {pt['cache']} ({pt['key']}). Held-out "
+        f"descriptions of {pt['all']['n']} scenes, exact match per field:", "",
+        "| scene kind | fields right | scenes with every field right |", "|---|---|---|",
+        *(f"| {k} | {v['fields']:.3f} | {v['scenes']:.3f} |"
+          for k, v in [*pt["per_kind"].items(), ("all", pt["all"])]), "",
+    ]  # fmt: skip
+
+
 def print_summary(summary: dict[str, Any], out: Path) -> None:
     s = summary
+    pretrained = (
+        f"pretrained {s['accuracy_pretrained']:.3f}, " if "accuracy_pretrained" in s else ""
+    )
     print(f"\n[mmr demo] held-out accuracy: base {s['accuracy_base']:.3f}, "
-          f"pretrained {s['accuracy_pretrained']:.3f}, SFT {s['accuracy_sft']:.3f}, "
+          f"{pretrained}SFT {s['accuracy_sft']:.3f}, "
           f"RL {s['accuracy_rl']:.3f}, "
           f"chance {s['accuracy_chance']:.3f}; checks: "
           f"{'all pass' if s['checks']['all'] else s['checks']}")  # fmt: skip
+    described = s["pretrain_description_accuracy"]
     print(f"[mmr demo] pretrained (cache {s['pretrain_cache']}): held-out description "
-          f"accuracy {s['pretrain_description_accuracy']:.3f}; SFT froze "
-          f"{', '.join(s['sft_frozen']['parts'])} (bit-identical: "
+          f"accuracy {'n/a' if described is None else f'{described:.3f}'}; SFT froze "
+          f"{', '.join(s['sft_frozen']['parts']) or 'nothing'} (bit-identical: "
           f"{s['sft_frozen']['bit_identical']}), packing efficiency "
           f"{s['sft_packing_efficiency'] or 0:.3f}")  # fmt: skip
     print(f"[mmr demo] {out}/summary.json, report.md, sft_loss.png, rl_reward.png, accuracy.png "
