@@ -681,12 +681,13 @@ def write_report(
     """report.md: what ran, the numbers, the per-task table, the plots."""
     s, pt, fz = summary, summary["pretrain"], summary["sft_frozen"]
     ok = {True: "yes", False: "**no**"}
+    pretrained = (
+        f"pretraining {pt['steps']} steps (cache {pt['cache']})" if pt else "no pretraining"
+    )
     lines = [
         "# mmr demo report", "",
         f"Seed {cfg.seed}; {cfg.tasks.train} train tasks, {cfg.tasks.test} held-out test tasks; "
-        (f"pretraining {pt['steps']} steps (cache {pt['cache']}); " if pt else "no pretraining; ")
-        +
-        f"{s['sft_samples']} curated SFT samples; {s['sft_steps']} SFT steps "
+        f"{pretrained}; {s['sft_samples']} curated SFT samples; {s['sft_steps']} SFT steps "
         f"(final loss {s['sft_final_loss']:.3f}); {s['rl_steps']} GSPO steps; "
         f"{s['total_seconds']:.0f} s in all.", "",
         "| model | accuracy | format | mean response tokens |", "|---|---|---|---|",
