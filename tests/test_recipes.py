@@ -25,7 +25,7 @@ def _schema_for(path: Path):
         return DemoConfig
     if path.parent.name == "data":
         return PipelineConfig
-    if path.stem.endswith("_sft"):
+    if path.stem.endswith(("_sft", "_pretrain")):  # the demo's pretraining is an `mmr sft` run
         return SFTConfig
     if path.parent.name == "demo" and path.stem.endswith("_gspo"):
         return LocalRLConfig
@@ -40,7 +40,8 @@ ALL = sorted(RECIPES.rglob("*.yaml"))
 def test_recipes_exist_and_each_has_a_schema():
     names = {p.relative_to(RECIPES).as_posix() for p in ALL}
     assert {"omr_7b_sft.yaml", "mfr_8b_sft.yaml", "demo/tiny_sft.yaml", "omr_7b_gspo.yaml",
-            "demo/tiny_gspo.yaml", "demo/tiny_gspo_verl.yaml"} <= names  # fmt: skip
+            "demo/tiny_gspo.yaml", "demo/tiny_gspo_verl.yaml",
+            "demo/tiny_pretrain.yaml"} <= names  # fmt: skip
     assert [p.name for p in ALL if _schema_for(p) is None] == []
 
 

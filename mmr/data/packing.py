@@ -15,12 +15,14 @@ transformers only derives that mask when the forward has no KV cache: with the d
 `use_cache=True` it silently attends across samples. `model_inputs(batch)` sets
 `use_cache=False`; always forward packed rows through it.
 
-Rows are filled first-fit decreasing, so little is lost to padding; the tail of a row
-is padding as one more segment with labels -100.
+Rows are filled first-fit decreasing, so little is lost to padding, with near-equal
+lengths in a seeded random order so that rows mix kinds (`pack_first_fit_decreasing`); the
+tail of a row is padding as one more segment with labels -100.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -43,12 +45,23 @@ class PackStats:
         return self.tokens / self.capacity if self.capacity else 0.0
 
 
-def pack_first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+LENGTH_CLASSES = 4  # a seeded packer orders items by length class: capacity // 4 wide
+
+
+def pack_first_fit_decreasing(
+    lengths: Sequence[int], capacity: int, *, rng: random.Random | None = None
+) -> list[list[int]]:
     """Group item indices into bins of total length <= capacity, first fit decreasing.
 
-    Within a bin, indices keep their original order (so packing does not reorder the
-    data stream beyond grouping). An item longer than `capacity` is an error: chat
-    tokenization drops or cuts such samples before they get here.
+    Strictly longest first, unless `rng` is given: then "decreasing" is by length class
+    (`capacity // LENGTH_CLASSES` tokens wide) and the items of one class come in a seeded
+    random order. Strict order fills rows with runs of near-equal lengths, and lengths
+    follow the task kind (a short colour trace, a longer multiple-choice one), so whole rows
+    hold one kind; within a class the order then mixes kinds, and the long items still go
+    first, so rows stay almost as full. Within a bin, indices keep their original order
+    (packing does not reorder the data stream beyond grouping). An item longer than
+    `capacity` is an error: chat tokenization drops or cuts such samples before they get
+    here.
     """
     too_long = [i for i, n in enumerate(lengths) if n > capacity]
     if too_long:
@@ -57,7 +70,12 @@ def pack_first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[lis
             f"(first: index {too_long[0]}, {lengths[too_long[0]]} tokens); "
             "tokenize with max_length <= packing_length"
         )
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    if rng is None:
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    else:
+        width = max(capacity // LENGTH_CLASSES, 1)
+        ties = [rng.random() for _ in lengths]
+        order = sorted(range(len(lengths)), key=lambda i: (-(lengths[i] // width), ties[i]))
     bins: list[list[int]] = []
     free: list[int] = []
     for i in order:

@@ -22,6 +22,10 @@ Everything a task shows lives in `meta` (`kind`, `level`, `form`, `scene`, `opti
 `teacher_response(meta)` writes a short `<think>` trace that "reads" the scene from it,
 stating the visual fact that decides the answer before deriving the answer from it.
 
+`generate_descriptions` draws the same scenes and asks for what they show instead, field by
+field (`describe`: colours, counts, sizes, positions), with `score_description` matching
+each field exactly: perception data for pretraining a model's vision from scratch.
+
 Splits are held-out *scenes*: a task's content hashes into train or test (1 scene in 4 is
 reserved for test) and a draw that lands in the other split is drawn again, so no seed ever
 gives the same task in both. Task i of a split draws from `Random(f"{seed}/{split}/{i}")`,
@@ -51,8 +55,13 @@ from mmr.data.schema import IMAGE_PLACEHOLDER, Sample
 __all__ = [
     "KINDS",
     "chance_accuracy",
+    "describe",
+    "description_text",
+    "generate_descriptions",
     "generate_tasks",
+    "parse_description",
     "render",
+    "score_description",
     "solve",
     "teacher_response",
     "write_synthetic",
@@ -363,6 +372,103 @@ def teacher_response(sample_or_task: Sample | dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------
+# Descriptions: what a scene shows, field by field, for perception pretraining.
+
+# Where an object's centre lies: thirds of the image, row and column.
+_ROWS, _COLUMNS = ("top", "middle", "bottom"), ("left", "centre", "right")
+_CELLS = ("top left", "top right", "bottom left", "bottom right")  # largest's 2x2 cells
+
+
+def _third(v: int) -> int:
+    return min(3 * v // SIZE, 2)
+
+
+def _size_word(size: int) -> str:
+    return "small" if size < 30 else "medium" if size < 45 else "large"
+
+
+def describe(meta: dict[str, Any]) -> dict[str, str]:
+    """The scene's visible facts as ordered (field, value) pairs: colours, counts, sizes,
+    positions. Nothing the question adds (options, the compared pair) is in them."""
+    kind, scene = meta["kind"], meta["scene"]
+    if kind == "colour":
+        o = scene["objects"][0]
+        where = f"{_ROWS[_third(o['y'])]} {_COLUMNS[_third(o['x'])]}"
+        return {"colour": o["colour"], "shape": o["shape"], "size": _size_word(o["size"]),
+                "position": where}  # fmt: skip
+    if kind == "count":
+        counts = Counter(o["colour"] for o in scene["objects"])
+        fields = {c: str(counts[c]) for c in PALETTE if counts[c]}
+        return {**fields, "total": str(len(scene["objects"]))}
+    if kind == "largest":
+        by_size = sorted(scene["objects"], key=lambda o: -o["size"])
+        cells = {_CELLS[2 * (o["y"] >= 56) + (o["x"] >= 56)]: o["colour"] for o in by_size}
+        return {"shape": scene["shape"], "largest": by_size[0]["colour"],
+                "smallest": by_size[-1]["colour"],
+                **{cell: cells[cell] for cell in _CELLS if cell in cells}}  # fmt: skip
+    if kind == "bars":
+        bars = scene["bars"]
+        return {**{b["colour"]: str(b["value"]) for b in bars},
+                "tallest": max(bars, key=lambda b: b["value"])["colour"],
+                "shortest": min(bars, key=lambda b: b["value"])["colour"]}  # fmt: skip
+    a, b = scene["digits"]
+    return {"left digit": str(a), "right digit": str(b), "ink": scene["ink"]}
+
+
+_DESCRIBE = {
+    "colour": "Describe the shape: its colour, shape, size and position.",
+    "count": "How many shapes of each colour are there, and how many in all?",
+    "largest": "Describe the shapes: their type, the largest and the smallest, and the "
+    "colour in each occupied corner.",
+    "bars": "Give each bar's height in units, and the tallest and the shortest bar.",
+    "digits": "Read the two digits and the colour of their ink.",
+}
+
+
+def description_text(fields: dict[str, str]) -> str:
+    """One `field: value` line per field."""
+    return "\n".join(f"{k}: {v}" for k, v in fields.items())
+
+
+def parse_description(text: str) -> dict[str, str]:
+    """`field: value` lines back to fields (the first of a repeated field wins)."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip().lower())
+    return fields
+
+
+def score_description(text: str, meta: dict[str, Any]) -> dict[str, bool]:
+    """Exact match per field of the scene's description; a missing field is wrong."""
+    got = parse_description(text)
+    return {k: got.get(k) == v for k, v in describe(meta).items()}
+
+
+def generate_descriptions(
+    n: int,
+    *,
+    seed: int = 0,
+    split: str = "train",
+    kinds: Sequence[str] | None = None,
+    levels: Sequence[int] = LEVELS,
+) -> list[Sample]:
+    """`n` describe-the-scene Samples from the same scenes as `generate_tasks` (same
+    arguments, same scenes): the question names the fields, the response (and the answer)
+    is `description_text(describe(meta))`. The stand-in for a vendor's perception data."""
+    samples = []
+    for key, meta in _scenes(n, seed, split, kinds, levels):
+        text = description_text(describe(meta))
+        samples.append(Sample(
+            id=f"describe-{meta['kind']}-{key[:12]}", source=f"describe/{meta['kind']}",
+            question=f"{IMAGE_PLACEHOLDER}\n{_DESCRIBE[meta['kind']]}", answer=text,
+            images=[_png(render(meta))], response=text, meta={**meta, "task": "describe"},
+        ))  # fmt: skip
+    return samples
+
+
+# ---------------------------------------------------------------------------------------
 # Generation
 
 
@@ -385,6 +491,31 @@ def _png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _scenes(
+    n: int, seed: int, split: str, kinds: Sequence[str] | None, levels: Sequence[int]
+) -> Iterable[tuple[str, dict[str, Any]]]:
+    """`n` (content hash, meta) scenes of `split`: the draws behind `generate_tasks`."""
+    kinds = tuple(kinds or KINDS)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not kinds or not set(kinds) <= set(KINDS) or not levels or not set(levels) <= {1, 2, 3}:
+        raise ValueError(f"kinds must come from {KINDS} and levels from {LEVELS}")
+    seen: set[str] = set()
+    for i in range(n):
+        kind, level = kinds[i % len(kinds)], levels[i // len(kinds) % len(levels)]
+        rng = random.Random(f"{seed}/{split}/{i}")
+        for _ in range(1000):
+            meta = {"kind": kind, "level": level, "options": None, **_SAMPLERS[kind](rng, level)}
+            key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+            if _split_of(key) == split and key not in seen:
+                break
+        else:
+            raise RuntimeError(f"no new {split} task of kind {kind} level {level} in 1000 draws")
+        seen.add(key)
+        meta.update(image_size=[SIZE, SIZE], split=split, seed=seed, index=i)
+        yield key, meta
+
+
 def generate_tasks(
     n: int,
     *,
@@ -402,36 +533,18 @@ def generate_tasks(
     splits. `meta` holds kind, level, form, scene, options (MCQ), image_size (width, height),
     split, seed and index.
     """
-    kinds = tuple(kinds or KINDS)
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if not kinds or not set(kinds) <= set(KINDS) or not levels or not set(levels) <= {1, 2, 3}:
-        raise ValueError(f"kinds must come from {KINDS} and levels from {LEVELS}")
-    seen: set[str] = set()
-    samples = []
-    for i in range(n):
-        kind, level = kinds[i % len(kinds)], levels[i // len(kinds) % len(levels)]
-        rng = random.Random(f"{seed}/{split}/{i}")
-        for _ in range(1000):
-            meta = {"kind": kind, "level": level, "options": None, **_SAMPLERS[kind](rng, level)}
-            key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()
-            if _split_of(key) == split and key not in seen:
-                break
-        else:
-            raise RuntimeError(f"no new {split} task of kind {kind} level {level} in 1000 draws")
-        seen.add(key)
-        meta.update(image_size=[SIZE, SIZE], split=split, seed=seed, index=i)
-        sample = Sample(
-            id=f"synthetic-{kind}-{key[:12]}",
-            source=f"synthetic/{kind}",
+    return [
+        Sample(
+            id=f"synthetic-{meta['kind']}-{key[:12]}",
+            source=f"synthetic/{meta['kind']}",
             question=_ask(meta),
             answer=solve(meta),
             images=[_png(render(meta))],
             response=teacher_response(meta) if with_response else None,
             meta=meta,
         )
-        samples.append(sample)
-    return samples
+        for key, meta in _scenes(n, seed, split, kinds, levels)
+    ]
 
 
 def _task_type(sample: Sample) -> str:

@@ -4,9 +4,10 @@ Nothing is preprocessed ahead of time and no file has to fit in memory: samples 
 from `mmr.data.io.read_samples`, rank `r` of `w` keeps samples `r, r+w, ...`, a seeded
 buffer shuffles them, `mmr.data.chat` tokenizes them (too-long and broken samples are
 counted, not fatal), and every `pack_buffer` tokenized samples are bin-packed
-(first-fit decreasing) into rows of `packing_length` tokens. First-fit decreasing makes the
-rows in order of their longest sample; they are shuffled (seeded) within each buffer, so
-training does not run long-to-short once per buffer on every rank at the same time. With `batch_size` > 1 the
+(first-fit decreasing, near-equal lengths in seeded random order so rows mix kinds) into
+rows of `packing_length` tokens. First-fit decreasing makes the rows in order of their
+longest sample; they are shuffled (seeded) within each buffer, so training does not run
+long-to-short once per buffer on every rank at the same time. With `batch_size` > 1 the
 rows of a micro-batch are laid end to end in one sequence (attention stays per sample,
 so this is the same computation as a batch of rows, without padding between them).
 
@@ -147,9 +148,12 @@ class SFTStream:
     ) -> Iterator[list[TokenizedSample]]:
         rng = random.Random(f"{self.seed}/{epoch}/{self.rank}/rows")
         for buffer in _chunks(items, self.cfg.pack_buffer):
-            bins = pack_first_fit_decreasing([len(it) for it in buffer], self.cfg.packing_length)
-            if self.cfg.shuffle:
+            lengths = [len(it) for it in buffer]
+            if self.cfg.shuffle:  # near-equal lengths in random order: rows mix kinds
+                bins = pack_first_fit_decreasing(lengths, self.cfg.packing_length, rng=rng)
                 rng.shuffle(bins)
+            else:
+                bins = pack_first_fit_decreasing(lengths, self.cfg.packing_length)
             for b in bins:
                 row = [buffer[i] for i in b]
                 self.stats.pack.rows += 1

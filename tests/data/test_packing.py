@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 
 import pytest
 import torch
@@ -32,6 +33,38 @@ def test_first_fit_decreasing_fills_bins_and_keeps_every_item():
 def test_item_longer_than_capacity_is_an_error():
     with pytest.raises(ValueError, match="longer than the packing length 8"):
         pack_first_fit_decreasing([3, 9], capacity=8)
+
+
+def test_seeded_packing_mixes_kinds_of_near_equal_length():
+    # Three kinds, each with its own narrow length band (as the demo's traces have): strict
+    # first-fit decreasing fills rows kind by kind; the seeded packer mixes them in each row
+    # at the same fill, and the same seed gives the same rows.
+    rng = random.Random(0)
+    kinds = [k for _ in range(40) for k in range(3)]
+    lengths = [rng.randint(60, 64) + 12 * k for k in kinds]
+    strict = pack_first_fit_decreasing(lengths, capacity=1024)
+    seeded = pack_first_fit_decreasing(lengths, capacity=1024, rng=random.Random(1))
+
+    def kinds_per_row(bins: list[list[int]]) -> list[int]:
+        return [len({kinds[i] for i in b}) for b in bins]
+
+    assert kinds_per_row(strict).count(1) >= len(strict) // 2
+    assert kinds_per_row(seeded) == [3] * len(seeded)
+    assert sorted(i for b in seeded for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 1024 for b in seeded)
+    assert len(seeded) == len(strict)
+    assert pack_first_fit_decreasing(lengths, capacity=1024, rng=random.Random(1)) == seeded
+    assert pack_first_fit_decreasing(lengths, capacity=1024, rng=random.Random(2)) != seeded
+
+
+def test_seeded_packing_still_places_long_items_first():
+    # Mixed lengths up to the capacity: length classes keep the fill of strict order.
+    rng = random.Random(3)
+    lengths = [rng.choice((rng.randint(20, 120), rng.randint(300, 1000))) for _ in range(300)]
+    strict = pack_first_fit_decreasing(lengths, capacity=1024)
+    seeded = pack_first_fit_decreasing(lengths, capacity=1024, rng=random.Random(0))
+    assert len(seeded) <= len(strict) + 2
+    assert sum(lengths) / (1024 * len(seeded)) > 0.95
 
 
 def _png(seed: int, size: tuple[int, int]) -> bytes:

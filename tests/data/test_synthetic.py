@@ -17,9 +17,12 @@ from mmr.data.synthetic import (
     KINDS,
     PALETTE,
     chance_accuracy,
+    describe,
+    generate_descriptions,
     generate_tasks,
     main,
     render,
+    score_description,
     teacher_response,
     write_synthetic,
 )
@@ -234,3 +237,34 @@ def test_parquet_round_trip_and_cli(tmp_path: Path, capsys: pytest.CaptureFixtur
     read = list(read_samples(out))
     assert read == generate_tasks(8, kinds=["bars", "count"])
     assert "wrote 8 train tasks" in capsys.readouterr().out
+
+
+def test_descriptions_are_the_tasks_scenes_field_by_field(train):
+    described = generate_descriptions(N, seed=0, split="train")
+    for task, d in zip(train, described):
+        assert d.images == task.images  # the same scene, drawn the same
+        assert {**d.meta, "task": None} == {**task.meta, "task": None}
+        assert d.source == f"describe/{task.meta['kind']}" and d.answer == d.response
+        check_sample(d)
+        assert all(score_description(d.response, d.meta).values())
+        assert "<think>" not in d.response and "boxed" not in d.response
+    colour = next(d for d in described if d.meta["kind"] == "colour")
+    fields = describe(colour.meta)
+    assert list(fields) == ["colour", "shape", "size", "position"]
+    wrong = colour.response.replace(f"colour: {fields['colour']}", "colour: nope")
+    assert score_description(wrong, colour.meta) == {**dict.fromkeys(fields, True), "colour": False}
+    assert not any(score_description("a red thing", colour.meta).values())  # no fields: all wrong
+    count = next(d for d in described if d.meta["kind"] == "count")
+    tally = Counter(o["colour"] for o in count.meta["scene"]["objects"])
+    assert describe(count.meta) == {
+        **{c: str(tally[c]) for c in PALETTE if tally[c]},
+        "total": str(sum(tally.values())),
+    }
+    largest = next(d for d in described if d.meta["kind"] == "largest")
+    assert (
+        describe(largest.meta)["largest"]
+        == max(largest.meta["scene"]["objects"], key=lambda o: o["size"])["colour"]
+    )
+    assert generate_descriptions(6, seed=0, split="test", kinds=["bars", "digits"]) == (
+        generate_descriptions(6, seed=0, split="test", kinds=["bars", "digits"])
+    )
