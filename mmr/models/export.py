@@ -4,6 +4,10 @@ Shared by SFT (after DeepSpeed training) and RL (after merging verl's checkpoint
 lives with the models, not in a stage. The folder holds safetensors weights, config,
 generation config, tokenizer, chat template and processor; frozen weights are written as
 they were loaded, bit for bit.
+
+transformers 5 writes the processor as one `processor_config.json`; older transformers and
+vLLM releases read the image processor from its own `preprocessor_config.json`, so that
+file is written beside it (`save_processor`).
 """
 
 from __future__ import annotations
@@ -32,5 +36,14 @@ def save_hf_checkpoint(
     model = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
     getattr(model.config, "text_config", model.config).use_cache = True
     model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
-    processor.save_pretrained(out)
+    save_processor(processor, out)
     return out
+
+
+def save_processor(processor: Any, out_dir: str | Path) -> None:
+    """`processor.save_pretrained`, plus the image processor's `preprocessor_config.json`
+    when the processor has one (what pre-5 transformers and older vLLM load)."""
+    processor.save_pretrained(out_dir)
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None and not (Path(out_dir) / "preprocessor_config.json").exists():
+        image_processor.save_pretrained(out_dir)

@@ -43,6 +43,7 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
+from mmr.models.export import save_processor
 from mmr.models.registry import FAMILIES, get_family
 
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
@@ -324,7 +325,7 @@ def build(
         model = fam.model_class(config)
     model.generation_config = _generation_config(tokenizer)
     model.save_pretrained(out)
-    build_processor(fam.name, tokenizer, max_pixels).save_pretrained(out)
+    save_processor(build_processor(fam.name, tokenizer, max_pixels), out)
     return out
 
 

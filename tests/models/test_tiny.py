@@ -1,5 +1,6 @@
 """Tiny offline checkpoints: they load through the stock Auto classes and train."""
 
+import json
 import time
 from pathlib import Path
 
@@ -126,6 +127,20 @@ def test_build_is_deterministic_fast_and_small(family, tiny_dir, tmp_path):
     weights = (tmp_path / "a" / "model.safetensors").read_bytes()
     assert (other / "model.safetensors").read_bytes() != weights
     assert sum(f.stat().st_size for f in tiny_dir.iterdir()) < 8_000_000
+
+
+def test_the_image_processor_has_its_own_config_for_older_readers(tiny_dir):
+    # transformers 5 keeps the processor in processor_config.json; pre-5 transformers and
+    # older vLLM read the image processor from preprocessor_config.json: the same settings.
+    from transformers import AutoImageProcessor
+
+    combined = json.loads((tiny_dir / "processor_config.json").read_text())["image_processor"]
+    own = json.loads((tiny_dir / "preprocessor_config.json").read_text())
+    assert {k: v for k, v in own.items() if k in combined} == combined
+    loaded = AutoImageProcessor.from_pretrained(tiny_dir)
+    for key in ("size", "patch_size", "merge_size", "image_mean", "image_std"):
+        value = getattr(loaded, key)
+        assert (list(value) if isinstance(value, tuple) else value) == combined[key], key
 
 
 def test_unknown_family_is_rejected(tmp_path):
