@@ -49,8 +49,9 @@ def merge_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     merger = FSDPModelMerger(config)
     merger.merge_and_save()
     merger.cleanup()
-    # verl saves the processor; the chat template file may sit only in huggingface/.
-    for name in CHAT_TEMPLATE_FILES:
+    # verl saves the processor; the chat template file, and the image processor's own config
+    # (what pre-5 transformers and older vLLM read), may sit only in huggingface/.
+    for name in (*CHAT_TEMPLATE_FILES, "preprocessor_config.json"):
         if (hf_dir / name).is_file() and not (out / name).is_file():
             shutil.copy2(hf_dir / name, out / name)
     verify_hf_folder(out)
