@@ -211,6 +211,8 @@ def test_verl_run_merges_to_a_loadable_hf_folder(verl_runs):
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    # The image processor's own config too (pre-5 transformers and older vLLM read it).
+    assert (verl_runs["merged"] / "preprocessor_config.json").is_file()
     model = AutoModelForImageTextToText.from_pretrained(verl_runs["merged"])
     processor = AutoProcessor.from_pretrained(verl_runs["merged"])
     ids = processor.tokenizer("How many shapes?", return_tensors="pt").input_ids
