@@ -44,6 +44,11 @@ def save_processor(processor: Any, out_dir: str | Path) -> None:
     """`processor.save_pretrained`, plus the image processor's `preprocessor_config.json`
     when the processor has one (what pre-5 transformers and older vLLM load)."""
     processor.save_pretrained(out_dir)
+    write_preprocessor_config(processor, out_dir)
+
+
+def write_preprocessor_config(processor: Any, out_dir: str | Path) -> None:
+    """The image processor's `preprocessor_config.json` in `out_dir`, unless it is there."""
     image_processor = getattr(processor, "image_processor", None)
     if image_processor is not None and not (Path(out_dir) / "preprocessor_config.json").exists():
         image_processor.save_pretrained(out_dir)

@@ -49,12 +49,17 @@ def merge_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     merger = FSDPModelMerger(config)
     merger.merge_and_save()
     merger.cleanup()
-    # verl saves the processor; the chat template file, and the image processor's own config
-    # (what pre-5 transformers and older vLLM read), may sit only in huggingface/.
-    for name in (*CHAT_TEMPLATE_FILES, "preprocessor_config.json"):
+    # verl saves the processor; the chat template file may sit only in huggingface/.
+    for name in CHAT_TEMPLATE_FILES:
         if (hf_dir / name).is_file() and not (out / name).is_file():
             shutil.copy2(hf_dir / name, out / name)
     verify_hf_folder(out)
+    # transformers 5 saved one processor_config.json; pre-5 transformers and older vLLM read
+    # the image processor from its own file, as mmr's exported folders carry it.
+    from mmr.models import load_processor
+    from mmr.models.export import write_preprocessor_config
+
+    write_preprocessor_config(load_processor(out), out)
     return out
 
 

@@ -47,7 +47,8 @@ def test_verify_names_a_missing_processor(tmp_path, tiny_qwen2_5_vl):
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_qwen2_5_vl, broken)
-    (broken / "processor_config.json").unlink()
+    for name in ("processor_config.json", "preprocessor_config.json"):  # either would do
+        (broken / name).unlink()
     with pytest.raises((RuntimeError, OSError, ValueError)):
         verify_hf_folder(broken)
 
