@@ -15,6 +15,7 @@ step loop, both on the finished scores (the group length term included).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ import torch
 
 from mmr.config import ConfigError
 from mmr.rl.advantage import equal_groups
+
+logger = logging.getLogger(__name__)
 
 # metric name -> the reward row key it reads. `acc` is verl's name of the accuracy part;
 # `score`, `seq_reward` (verl's legacy DAPO name) and `reward` (verl v1's) are the total.
@@ -116,8 +119,15 @@ class Collector:
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """`gen_batches` used, all-same `groups_filtered` (dropped) and
-        `groups_flat_kept` (trained on: the limit ran out), each under `prefix`."""
+        `groups_flat_kept` (trained on: the limit ran out), each under `prefix`; a warning
+        when some were kept."""
         kept_flat = len(self.chosen()) - min(len(self.informative), self.size)
+        if kept_flat:
+            logger.warning(
+                "algorithm.filter_groups: %d of %d groups all the same after %d generation "
+                "batches (max_num_gen_batches); training on them (advantage 0)",
+                kept_flat, self.size, self.gen_batches,
+            )  # fmt: skip
         return {
             f"{prefix}gen_batches": float(self.gen_batches),
             f"{prefix}groups_filtered": float(len(self.flat) - kept_flat),

@@ -426,12 +426,6 @@ def collect_rollouts(
     if collector is None:
         return parts[0][0], parts[0][1], {}
     metrics = collector.metrics("train/")
-    if metrics["train/groups_flat_kept"]:
-        logger.warning(
-            "algorithm.filter_groups: %d of %d groups all the same after %d generation "
-            "batches (max_num_gen_batches); training on them (advantage 0)",
-            metrics["train/groups_flat_kept"], size, collector.gen_batches,
-        )  # fmt: skip
     every = Rollouts.concat([r for r, _ in parts])
     all_rows = [row for _, rows in parts for row in rows]
     keep = [i for _, g in collector.chosen() for i, h in enumerate(every.groups) if h == g]

@@ -364,12 +364,6 @@ class MMRGroupSampler:
         if drop:
             tq.kv_clear(partition_id=batch.partition_id, keys=drop)
         tally = collector.metrics("reward/")
-        if tally["reward/groups_flat_kept"]:
-            logger.warning(
-                "algorithm.filter_groups: %d of %d groups all the same after %d generation "
-                "batches (max_num_gen_batches); training on them (advantage 0)",
-                tally["reward/groups_flat_kept"], batch_size, collector.gen_batches,
-            )  # fmt: skip
         metrics.update(batch_metrics(final_rows), **tally)
         if collector.flat_values:  # verl logs it as its DAPO table (wandb)
             metrics[DAPO_FILTERED_REWARD_COUNTS_KEY] = dict(collector.flat_values)
