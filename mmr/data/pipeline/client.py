@@ -10,9 +10,10 @@ reply and may raise `MalformedReply`, which is retried like an HTTP error. A req
 keeps failing gives a ChatResult with `error` set (a short reason such as `http_500`,
 `timeout`, `malformed_reply`, `connection`) and a redacted `detail`; it never raises, so a
 stage marks that sample failed and goes on. Reasoning returned apart from the content is
-put back as `<think>...</think>`. With `engine: ray_llm` the same requests, with the same
-policy and results, go out as a Ray Data job through `ray.data.llm` (`mmr.data.pipeline.ray_llm`),
-dealt in turn to `api_base` and `api_bases`. What this module adds to `mmr.llm`: the config section,
+put back as `<think>...</think>`. Requests are dealt in turn to `api_base` and `api_bases`
+(replicas of one model), `concurrency` in flight at each. With `engine: ray_llm` the same
+requests, with the same policy and results, go out as a Ray Data job through `ray.data.llm`
+(`mmr.data.pipeline.ray_llm`). What this module adds to `mmr.llm`: the config section,
 the request defaults (sampling settings, `extra_body`), a synchronous front, and the
 messages a Sample becomes.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -98,7 +100,7 @@ class ChatClient:
             )
         self.url = base.rstrip("/") + "/chat/completions"
         self.endpoint = llm.Endpoint.of(cfg, base_url=base, model=cfg.model)
-        # engine ray_llm: the replicas of the model, each request sent to one in turn
+        # The replicas of the model: each request is sent to one in turn.
         self.endpoints = [self.endpoint]
         self.endpoints += [llm.Endpoint.of(cfg, base_url=b, model=cfg.model) for b in cfg.api_bases]
 
@@ -133,9 +135,15 @@ class ChatClient:
     async def _run(
         self, requests: Sequence[Messages], parsers: list[Parse | None], body: dict
     ) -> list[ChatResult]:
-        # One client per call: its connections belong to this call's event loop.
-        async with llm.Client(self.endpoint) as client:
-            jobs = [client.chat(m, p, **body) for m, p in zip(requests, parsers)]
+        # One client per endpoint and call: its connections (and its `concurrency` bound)
+        # belong to that endpoint and this call's event loop. Request i goes to endpoint
+        # i mod n, as engine ray_llm deals them.
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(llm.Client(e)) for e in self.endpoints]
+            jobs = [
+                clients[i % len(clients)].chat(m, p, **body)
+                for i, (m, p) in enumerate(zip(requests, parsers))
+            ]
             return list(await asyncio.gather(*jobs))
 
 

@@ -30,6 +30,26 @@ def test_replies_in_order_with_bounded_concurrency(server):
     assert body["model"] == "teacher" and body["max_tokens"] == 16384
 
 
+def test_replicas_share_the_requests_each_with_its_own_bound(server):
+    from mmr.llm.server import OpenAIServer
+
+    replica = OpenAIServer(lambda body: "replica " + prompt_text(body)).start()
+    try:
+        server.latency_s = replica.latency_s = 0.05
+        server.script = lambda body: "echo " + prompt_text(body)
+        client = _client(server, concurrency=3, api_bases=[replica.base_url])
+        results = client.chat_many([_ask(f"q{i}") for i in range(12)])
+    finally:
+        replica.stop()
+    # Dealt in turn, answered in order, at most `concurrency` in flight at each endpoint.
+    assert [r.text for r in results] == [
+        f"{'echo' if i % 2 == 0 else 'replica'} q{i}" for i in range(12)
+    ]
+    assert len(server.requests) == len(replica.requests) == 6
+    assert server.max_in_flight <= 3 and replica.max_in_flight <= 3
+    assert replica.max_in_flight + server.max_in_flight > 3  # both served at once
+
+
 def test_failures_are_retried_then_reported(server):
     calls: dict[str, int] = {}
 

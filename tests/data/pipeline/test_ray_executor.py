@@ -63,8 +63,6 @@ def test_executor_is_local_or_ray(tmp_path, capsys):
     assert "'ray.max_in_flight' must be > 0" in capsys.readouterr().err
     assert main([*argv[:-1], "distill.cot.client.engine=vllm"]) == 2
     assert "'client.engine' is 'vllm'; choose one of openai, ray_llm" in capsys.readouterr().err
-    assert main([*argv[:-1], "distill.cot.client.api_bases=[http://127.0.0.1:1/v1]"]) == 2
-    assert "'client.api_bases' needs client.engine: ray_llm" in capsys.readouterr().err
     assert main([*argv[:-1], "distill.cot.client.engine=ray_llm", "num_proc=2"]) == 2
     assert "'distill.cot.client.engine' is ray_llm with executor local" in capsys.readouterr().err
 
