@@ -151,3 +151,14 @@ def test_pretrain_key_follows_what_determines_the_weights(tmp_path: Path):
         assert key(changed) != same, changed
     (base / "model.safetensors").write_bytes(b"other weights")
     assert key() != same
+
+
+def test_a_failed_check_exits_3_naming_it(monkeypatch: pytest.MonkeyPatch, capsys, tmp_path):
+    # The stages are the small end-to-end test's business; here only what main does with
+    # the checks run() returns.
+    checks = {"sft_beats_base_by_0.2": True, "rl_not_worse_than_sft": False, "all": False}
+    monkeypatch.setattr(mmr.demo, "run", lambda cfg: {"checks": checks})
+    assert main([f"output_dir={tmp_path}"]) == 3
+    err = capsys.readouterr().err
+    assert "checks failed: rl_not_worse_than_sft" in err and "sft_beats" not in err
+    assert main([f"output_dir={tmp_path}", "require_checks=false"]) == 0
