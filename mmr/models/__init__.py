@@ -13,6 +13,7 @@ from mmr.models.registry import (
     get_family,
     load_model,
     load_processor,
+    parameter_groups,
     part_of,
 )
 
@@ -26,5 +27,6 @@ __all__ = [
     "get_family",
     "load_model",
     "load_processor",
+    "parameter_groups",
     "part_of",
 ]

@@ -168,6 +168,40 @@ def freeze_modules(model: torch.nn.Module, parts: Iterable[str]) -> FreezeCounts
     return FreezeCounts(frozen=frozen, trainable=trainable)
 
 
+def parameter_groups(
+    model: torch.nn.Module, lr: float, lr_scale: Mapping[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """The trainable parameters as optimizer groups, one per part with its own rate.
+
+    `lr_scale` maps part names (`PART_NAMES`) to a multiplier of `lr` (ms-swift's `vit_lr`
+    and `aligner_lr`, as factors): a part not named keeps `lr`. Groups come in `PART_NAMES`
+    order, each with `name` (the part, or "other" for parameters outside every part) and
+    `lr`; a schedule that scales rates (transformers' `get_scheduler`) scales every group
+    by the same factor, so the ratio holds for the whole run. Parts without trainable
+    parameters give no group; naming one in `lr_scale` is an error (a scale that would
+    silently do nothing: the part is frozen or absent).
+    """
+    scales = dict(lr_scale or {})
+    _check_parts(scales)
+    family = family_of(model)
+    by_part: dict[str, list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            by_part.setdefault(part_of(name, family) or "other", []).append(param)
+    idle = [p for p in scales if p not in by_part]
+    if idle:
+        raise ValueError(
+            f"optim.lr_scale names {idle}, which has no trainable parameters "
+            f"(frozen by model.freeze, or not in this model); trainable parts: {sorted(by_part)}"
+        )
+    order = [*PART_NAMES, "other"]
+    return [
+        {"name": part, "params": by_part[part], "lr": lr * scales.get(part, 1.0)}
+        for part in order
+        if part in by_part
+    ]
+
+
 def load_model(
     path: str | os.PathLike,
     dtype: torch.dtype | str = "auto",

@@ -17,6 +17,7 @@ from mmr.config import (
     positive,
 )
 from mmr.metrics import WandbSection
+from mmr.models.registry import PART_NAMES
 
 
 @dataclass
@@ -52,6 +53,10 @@ class DataSection:
 class SFTOptim(OptimSection):
     warmup_ratio: float = 0.1  # fraction of steps with linear warmup
     scheduler: str = "cosine"  # cosine | linear | constant
+    # Per-part multipliers of lr ({vision_tower: 10.0, projector: 10.0}; parts as in
+    # model.freeze): a new vision tower learns at a higher rate than a pretrained LM. The
+    # schedule scales every part alike; a part not named keeps lr.
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,6 +101,13 @@ class SFTConfig:
                 f"({self.data.packing_length}) when packing"
             )
         positive("optim.warmup_ratio", self.optim.warmup_ratio, zero_ok=True)
+        for part, scale in self.optim.lr_scale.items():
+            if part not in PART_NAMES:
+                raise ConfigError(
+                    f"config key 'optim.lr_scale.{part}' names no model part; "
+                    f"parts: {', '.join(PART_NAMES)}"
+                )
+            positive(f"optim.lr_scale.{part}", scale)
         positive("trainer.plan_sample", self.trainer.plan_sample)
         positive("trainer.gradient_accumulation_steps", self.trainer.gradient_accumulation_steps)
         positive("data.max_length", self.data.max_length)

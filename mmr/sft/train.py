@@ -46,6 +46,7 @@ from mmr.metrics import MetricLogger
 from mmr.models import attention
 from mmr.models.build import build_model, resolve_dtype
 from mmr.models.export import save_hf_checkpoint
+from mmr.models.registry import parameter_groups
 from mmr.sft.checkpoint import load_checkpoint, save_checkpoint
 from mmr.sft.config import SFTConfig
 from mmr.sft.data import SFTStream, prefetched
@@ -95,9 +96,8 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     import deepspeed
     from transformers import get_scheduler
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        trainable,
+        parameter_groups(model, cfg.optim.lr, cfg.optim.lr_scale),
         lr=cfg.optim.lr,
         betas=tuple(cfg.optim.betas),
         eps=cfg.optim.eps,
@@ -152,7 +152,8 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                 inputs = model_inputs(batch)
                 loss = lm_loss(engine, inputs) + vision.zero_term(batch)
                 boundary = engine.is_gradient_accumulation_boundary()
-                lr = scheduler.get_last_lr()[0]  # the rate this optimizer step uses
+                # The base rate this optimizer step uses (parts in optim.lr_scale: a multiple)
+                lr = cfg.optim.lr * scheduler.get_last_lr()[-1] / scheduler.base_lrs[-1]
                 engine.backward(loss)
                 engine.step()
                 state.position += 1

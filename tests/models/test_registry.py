@@ -212,3 +212,25 @@ def test_load_model_and_processor(tiny_qwen2_5_vl, tiny_qwen3_vl):
     assert isinstance(load_processor(tiny_qwen2_5_vl), Qwen2_5_VLProcessor)
     assert isinstance(load_model(tiny_qwen3_vl), Qwen3VLForConditionalGeneration)
     assert isinstance(load_processor(tiny_qwen3_vl), Qwen3VLProcessor)
+
+
+def test_parameter_groups_scale_each_part_and_refuse_idle_scales(tiny_model):
+    from mmr.models import parameter_groups
+
+    freeze_modules(tiny_model, ["projector"])
+    groups = parameter_groups(tiny_model, 1e-3, {"vision_tower": 10.0})
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["vision_tower"]["lr"] == pytest.approx(1e-2)
+    assert by_name["language_model"]["lr"] == 1e-3 and "projector" not in by_name
+    # Every trainable parameter is in exactly one group; frozen ones in none.
+    grouped = [id(p) for g in groups for p in g["params"]]
+    trainable = [id(p) for p in tiny_model.parameters() if p.requires_grad]
+    assert sorted(grouped) == sorted(trainable) and len(set(grouped)) == len(grouped)
+    family = family_of(tiny_model)
+    names = {id(p): n for n, p in tiny_model.named_parameters()}
+    for g in groups:
+        assert {part_of(names[id(p)], family) for p in g["params"]} == {g["name"]}
+    with pytest.raises(ValueError, match=r"names \['projector'\], which has no trainable"):
+        parameter_groups(tiny_model, 1e-3, {"projector": 10.0})
+    with pytest.raises(ValueError, match="valid parts"):
+        parameter_groups(tiny_model, 1e-3, {"vision": 10.0})

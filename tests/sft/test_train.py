@@ -392,3 +392,30 @@ def test_chunked_loss_trains_like_transformers_loss(tmp_path, data, reference_ru
     assert sorted(chunked) == sorted(reference)
     for step in reference:
         assert chunked[step] == pytest.approx(reference[step], rel=1e-4), step
+
+
+def test_lr_scale_gives_a_part_its_own_rate_and_logs_the_base_rate(
+    tmp_path, data, reference_run, tiny_qwen2_5_vl
+):
+    out = tmp_path / "scaled"
+    _sft(out, data, "model.freeze=[]", "trainer.max_steps=8", "trainer.save_steps=0",
+         "optim.lr_scale={vision_tower: 1.0e-6, projector: 1.0e-6}",
+         base=tiny_qwen2_5_vl)  # fmt: skip
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    # The logged rate is the base rate: the same schedule as the unscaled reference run.
+    assert [r["train/lr"] for r in lines] == pytest.approx([r["train/lr"] for r in ref])
+    # At a millionth of the rate the vision weights barely move; the LM's move at full rate.
+    base = load_file(tiny_qwen2_5_vl / "model.safetensors")
+    final = load_file(out / "final" / "model.safetensors")
+
+    def moved(prefix: str) -> float:
+        return max((final[k] - base[k]).abs().max().item() for k in base if k.startswith(prefix))
+
+    assert moved(VISION_PREFIX) < 1e-6 < 1e-4 < moved("model.layers.")
+    proc = subprocess.run(
+        [str(BIN / "mmr"), "sft", "--config", str(RECIPE), f"model.path={tiny_qwen2_5_vl}",
+         f"data.train_files=[{data}]", "optim.lr_scale={vision: 2.0}"],
+        env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "optim.lr_scale.vision' names no model part" in proc.stderr
