@@ -304,15 +304,9 @@ class MMRGroupSampler:
         self.reward_config = reward_config_of(
             kwargs_of.get("reward_config"), "trainer.v1.sampler.sampler_kwargs.reward_config"
         )
-        node = kwargs_of.get("filter_groups") or {}
-        self.filter = filter_groups.FilterGroupsSection(
-            enable=bool(node.get("enable", False)),
-            metric=node.get("metric"),
-            max_num_gen_batches=int(node.get("max_num_gen_batches", 0)),
-        )
-        f = self.filter
-        filter_groups.check(f.enable, f.metric, f.max_num_gen_batches, "algorithm.filter_groups")
-        if f.enable and refill_fn is None:
+        self.filter = filter_groups.FilterGroupsSection.of(kwargs_of.get("filter_groups"))
+        self.filter.check("algorithm.filter_groups")
+        if self.filter.enable and refill_fn is None:
             raise ValueError("algorithm.filter_groups needs verl's refill_fn to generate more")
 
     def sample(self, global_steps: int, partition_id: str, batch_size: int) -> tuple[Any, dict]:
