@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -48,22 +48,30 @@ class FilterGroupsSection:
     metric: str | None = None  # what must differ within a group: acc | score | ... (METRICS)
     max_num_gen_batches: int = 0  # generation batches per step at most; 0: no limit
 
+    @classmethod
+    def of(cls, node: Mapping[str, Any] | None) -> FilterGroupsSection:
+        """The section from verl's `algorithm.filter_groups` node (an OmegaConf node or a
+        dict; missing keys take verl's defaults). Values are taken as they are, so that
+        `check` sees (and names) a wrong one."""
+        node = node or {}
+        return cls(**{f.name: node.get(f.name, f.default) for f in fields(cls)})
 
-def check(enable: Any, metric: Any, max_num_gen_batches: Any, prefix: str) -> None:
-    """Refuse a section a run could not follow, naming the key (`prefix`: the section)."""
-    if not enable:
-        return
-    if metric not in METRICS:
-        known = ", ".join(METRICS)
-        raise ConfigError(
-            f"config key '{prefix}.metric' is {metric!r}; with {prefix}.enable=true choose "
-            f"one of {known}"
-        )
-    if not isinstance(max_num_gen_batches, int) or max_num_gen_batches < 0:
-        raise ConfigError(
-            f"config key '{prefix}.max_num_gen_batches' must be an integer >= 0 "
-            f"(0: no limit), got {max_num_gen_batches!r}"
-        )
+    def check(self, prefix: str) -> None:
+        """Refuse a section a run could not follow, naming the key (`prefix`: the section)."""
+        if not self.enable:
+            return
+        if self.metric not in METRICS:
+            known = ", ".join(METRICS)
+            raise ConfigError(
+                f"config key '{prefix}.metric' is {self.metric!r}; with {prefix}.enable=true "
+                f"choose one of {known}"
+            )
+        limit = self.max_num_gen_batches
+        if not isinstance(limit, int) or limit < 0:
+            raise ConfigError(
+                f"config key '{prefix}.max_num_gen_batches' must be an integer >= 0 "
+                f"(0: no limit), got {limit!r}"
+            )
 
 
 def metric_value(metric: str, row: Mapping[str, Any]) -> float:

@@ -22,7 +22,6 @@ from mmr.config import (
 )
 from mmr.metrics import WandbSection
 from mmr.rewards.config import RewardConfig
-from mmr.rl import filter_groups
 from mmr.rl.filter_groups import FilterGroupsSection
 
 
@@ -137,5 +136,4 @@ class LocalRLConfig:
                 f"(0: the whole mini-batch), got {self.algorithm.ppo_micro_batch_size}"
             )
         positive("optim.warmup_steps", self.optim.warmup_steps, zero_ok=True)
-        fg = self.algorithm.filter_groups
-        filter_groups.check(fg.enable, fg.metric, fg.max_num_gen_batches, "algorithm.filter_groups")
+        self.algorithm.filter_groups.check("algorithm.filter_groups")

@@ -220,8 +220,11 @@ def finish_groups(
     rm_scores: Sequence[torch.Tensor],
     infos: Sequence[dict[str, Any]],
     cfg: RewardConfig,
-) -> tuple[list[torch.Tensor], list[dict[str, Any]], dict[str, float]]:
-    """Add the group-relative length term to a sampled batch; return it and its metrics.
+) -> tuple[list[torch.Tensor], list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """Add the group-relative length term to a sampled batch: its new `rm_scores` and
+    `infos`, and one reward row per session with the session's uid (its last output: the
+    total `score` and the parts of its `reward_extra_info`), what the metrics
+    (`batch_metrics`) and DAPO's filter (`mmr.rl.filter_groups`) read.
 
     `keys` are verl's TransferQueue keys `{uid}_{session}_{index}` (one session is one of
     the n rollouts of prompt `uid`; an agent loop may write several outputs per session,
@@ -239,8 +242,8 @@ def finish_groups(
         }
         for i in final_rows
     ]
-    groups = [keys[i].rsplit("_", 2)[0] for i in final_rows]
-    done = add_group_length(scored, groups, cfg)
+    uids = [keys[i].rsplit("_", 2)[0] for i in final_rows]
+    done = add_group_length(scored, uids, cfg)
 
     new_scores = [t.clone() for t in rm_scores]
     new_infos = [dict(info) for info in infos]
@@ -251,7 +254,8 @@ def finish_groups(
                 new_scores[i][-1] += after["score"] - before["score"]
             new_infos[i]["length"] = after["length"]
             new_infos[i]["group_length_changed"] = changed
-    return new_scores, new_infos, batch_metrics([new_infos[i] for i in final_rows])
+    rows = [{**new_infos[i], "score": float(new_scores[i].sum())} for i in final_rows]
+    return new_scores, new_infos, rows, uids
 
 
 def batch_metrics(infos: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -263,17 +267,6 @@ def batch_metrics(infos: Sequence[dict[str, Any]]) -> dict[str, float]:
         total = sum(float(info.get(key, 0.0)) for info in infos)
         out[name] = total / len(infos) if how == "mean" else total
     return out
-
-
-def scored_rows(
-    keys: Sequence[str], rm_scores: Sequence[torch.Tensor], infos: Sequence[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """One reward row per session (its last output: the total `score` and the parts of its
-    `reward_extra_info`) and each row's uid: what the metrics and DAPO's filter
-    (`mmr.rl.filter_groups`) read."""
-    _, finals = session_rows(keys)
-    rows = [{**infos[i], "score": float(rm_scores[i].sum())} for i in finals.values()]
-    return rows, [keys[i].rsplit("_", 2)[0] for i in finals.values()]
 
 
 class MMRGroupSampler:
@@ -304,15 +297,9 @@ class MMRGroupSampler:
         self.reward_config = reward_config_of(
             kwargs_of.get("reward_config"), "trainer.v1.sampler.sampler_kwargs.reward_config"
         )
-        node = kwargs_of.get("filter_groups") or {}
-        self.filter = filter_groups.FilterGroupsSection(
-            enable=bool(node.get("enable", False)),
-            metric=node.get("metric"),
-            max_num_gen_batches=int(node.get("max_num_gen_batches", 0)),
-        )
-        f = self.filter
-        filter_groups.check(f.enable, f.metric, f.max_num_gen_batches, "algorithm.filter_groups")
-        if f.enable and refill_fn is None:
+        self.filter = filter_groups.FilterGroupsSection.of(kwargs_of.get("filter_groups"))
+        self.filter.check("algorithm.filter_groups")
+        if self.filter.enable and refill_fn is None:
             raise ValueError("algorithm.filter_groups needs verl's refill_fn to generate more")
 
     def sample(self, global_steps: int, partition_id: str, batch_size: int) -> tuple[Any, dict]:
@@ -322,7 +309,7 @@ class MMRGroupSampler:
         if not batch.keys:
             return batch, metrics
         if not self.filter.enable or partition_id == "val":
-            rows, _ = scored_rows(batch.keys, *self._finish(batch))
+            rows, _ = self._finish(batch)
             metrics.update(batch_metrics(rows))
             return batch, metrics
         return self._sample_informative(global_steps, batch, metrics, batch_size)
@@ -338,7 +325,7 @@ class MMRGroupSampler:
         collector = filter_groups.Collector(self.filter, batch_size)
         batches: list[tuple[Any, list[dict[str, Any]], list[str]]] = []
         while True:
-            rows, uids = scored_rows(batch.keys, *self._finish(batch))
+            rows, uids = self._finish(batch)
             batches.append((batch, rows, uids))
             collector.add(rows, uids)
             if not collector.wants_more():
@@ -369,8 +356,9 @@ class MMRGroupSampler:
             metrics[DAPO_FILTERED_REWARD_COUNTS_KEY] = dict(collector.flat_values)
         return KVBatchMeta(partition_id=batch.partition_id, keys=keys, tags=tags), metrics
 
-    def _finish(self, batch: Any) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-        """Stage 2 on a sampled batch, written back to TransferQueue; its rewards and infos."""
+    def _finish(self, batch: Any) -> tuple[list[dict[str, Any]], list[str]]:
+        """Stage 2 on a sampled batch, written back to TransferQueue; its reward rows and
+        their uids (`finish_groups`)."""
         import transfer_queue as tq
         from verl.utils.tensordict_utils import get_tensordict
 
@@ -382,7 +370,9 @@ class MMRGroupSampler:
         rm_scores = list(data["rm_scores"].unbind(0))
         extra = [dict(getattr(e, "data", e) or {}) for e in data["extra_fields"]]
         infos = [dict(e.get("reward_extra_info") or {}) for e in extra]
-        rm_scores, infos, _ = finish_groups(batch.keys, rm_scores, infos, self.reward_config)
+        rm_scores, infos, rows, uids = finish_groups(
+            batch.keys, rm_scores, infos, self.reward_config
+        )
         if self.reward_config.length.mode in ("group", "both"):
             for e, info in zip(extra, infos):
                 e["reward_extra_info"] = info
@@ -392,7 +382,7 @@ class MMRGroupSampler:
                 partition_id=batch.partition_id,
                 fields=get_tensordict({"rm_scores": nested, "extra_fields": extra}),
             )
-        return rm_scores, infos
+        return rows, uids
 
     def __getattr__(self, name: str) -> Any:
         # Everything else is verl's buffer (the async trainers poll it between samples).

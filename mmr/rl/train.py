@@ -58,7 +58,7 @@ from mmr.config import ConfigError, config_to_dict, load_config
 from mmr.env_secrets import SECRETS_FILE_ENV, SecretsFileError, load_secrets
 from mmr.metrics import wandb_run_id
 from mmr.rewards.config import RewardConfig
-from mmr.rl import filter_groups
+from mmr.rl.filter_groups import FilterGroupsSection
 
 PINNED_VERL = "0.9.1"
 # The one verl key that carries mmr's reward config (RewardConfig as a nested mapping).
@@ -155,13 +155,8 @@ def _check_sampler_hook(config: DictConfig) -> None:
                 "logs reward/* in verl's v1 sampler hook (trainer.v1.sampler.custom_sampler), "
                 "which this setting bypasses (see mmr/rl/reward.py)"
             )
-    section = OmegaConf.select(config, FILTER_GROUPS_KEY) or {}
-    filter_groups.check(
-        section.get("enable", False),
-        section.get("metric"),
-        section.get("max_num_gen_batches", 0),
-        f"verl.{FILTER_GROUPS_KEY}",
-    )
+    section = FilterGroupsSection.of(OmegaConf.select(config, FILTER_GROUPS_KEY))
+    section.check(f"verl.{FILTER_GROUPS_KEY}")
 
 
 def _reward_wiring() -> dict[str, Any]:

@@ -66,13 +66,23 @@ def test_collector_takes_no_more_than_the_batch():
 
 
 def test_the_section_is_checked_by_key(tmp_path):
+    key = "algorithm.filter_groups"
     with pytest.raises(ConfigError, match=r"algorithm\.filter_groups\.metric.*'seq_final'"):
-        filter_groups.check(True, "seq_final", 0, "algorithm.filter_groups")
+        FilterGroupsSection(True, "seq_final", 0).check(key)
     with pytest.raises(ConfigError, match=r"algorithm\.filter_groups\.metric.*None"):
-        filter_groups.check(True, None, 0, "algorithm.filter_groups")
-    with pytest.raises(ConfigError, match=r"max_num_gen_batches"):
-        filter_groups.check(True, "acc", -1, "algorithm.filter_groups")
-    filter_groups.check(False, None, 0, "algorithm.filter_groups")  # off: nothing to check
+        FilterGroupsSection(True, None, 0).check(key)
+    with pytest.raises(ConfigError, match=r"algorithm\.filter_groups\.max_num_gen_batches.*-1"):
+        FilterGroupsSection(True, "acc", -1).check(key)
+    FilterGroupsSection(False, None, 0).check(key)  # off: nothing to check
+
+    # verl's node (`mmr rl train`, the sampler hook): missing keys take verl's defaults,
+    # values are not coerced, so a wrong one is named.
+    assert FilterGroupsSection.of(None) == FilterGroupsSection()
+    assert FilterGroupsSection.of({"enable": True, "metric": "acc"}).max_num_gen_batches == 0
+    with pytest.raises(ConfigError, match=r"verl\.algorithm\.filter_groups\.max_num_gen_batches"):
+        FilterGroupsSection.of({"enable": True, "metric": "acc", "max_num_gen_batches": "3"}).check(
+            f"verl.{key}"
+        )
 
     # rl local's config: verl's keys, unknown ones rejected by name
     with pytest.raises(ConfigError, match=r"algorithm\.filter_groups\.metrik"):

@@ -26,6 +26,7 @@ from mmr.rl.reward import (
     METRICS,
     MMRGroupSampler,
     MMRRewardManager,
+    batch_metrics,
     finish_groups,
 )
 from mmr.rl.train import RLConfig, compose_verl_config
@@ -239,10 +240,14 @@ def test_a_reward_that_raises_scores_zero_and_is_counted(manager):
 
 def test_batch_gets_score_batch_rewards_with_the_group_term_on_each_last_token(grouped):
     config, data, outs, rows = grouped
-    scores, infos, metrics = finish_groups(
+    scores, infos, sessions, uids = finish_groups(
         _keys(data), rows, [o["reward_extra_info"] for o in outs], _sampler(config).reward_config
     )
+    metrics = batch_metrics(sessions)  # what the sampler hook logs
     expected = _expected(data, config)
+    # One reward row per session (each row here is a session of its own), what DAPO's filter reads.
+    assert uids == [uid for uid, _, _ in GROUPS]
+    assert [r["score"] for r in sessions] == pytest.approx([w["score"] for w in expected], abs=1e-6)
     for row, score, info, want in zip(rows, scores, infos, expected):
         assert score.shape == row.shape  # one reward per response token ...
         assert score[-1].item() == pytest.approx(want["score"], abs=1e-6)  # ... on the last
@@ -270,9 +275,10 @@ def test_batch_gets_score_batch_rewards_with_the_group_term_on_each_last_token(g
 def test_budget_only_mode_leaves_rewards_alone_and_still_logs(tiny_qwen2_5_vl, grouped):
     _, data, outs, rows = grouped
     cfg = _sampler(_verl_config(tiny_qwen2_5_vl)).reward_config  # the recipe: length.mode=budget
-    scores, _, metrics = finish_groups(
+    scores, _, sessions, _ = finish_groups(
         _keys(data), rows, [o["reward_extra_info"] for o in outs], cfg
     )
+    metrics = batch_metrics(sessions)
     assert all(torch.equal(a, b) for a, b in zip(scores, rows)) and set(metrics) == set(METRICS)
     assert metrics["reward/group_length_changed"] == 0
 
@@ -291,9 +297,10 @@ def test_a_judge_that_is_down_neither_raises_nor_stalls(tiny_qwen2_5_vl, tokeniz
     data = _batch(tokenizer, rows)
     start = time.monotonic()
     outs, rm_rows = _stage_one(config, data)
-    scores, infos, metrics = finish_groups(
+    scores, infos, sessions, _ = finish_groups(
         _keys(data), rm_rows, [o["reward_extra_info"] for o in outs], _sampler(config).reward_config
     )
+    metrics = batch_metrics(sessions)
     assert time.monotonic() - start < timeout_s  # less than one judge request's timeout
     assert metrics["reward/judge_fallback"] == 6 and metrics["reward/errors"] == 0
     assert metrics["reward/accuracy"] == 0.0  # fell back to the rules' "not shown correct"

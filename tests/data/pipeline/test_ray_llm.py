@@ -1,0 +1,102 @@
+"""`engine: ray_llm` with a stage's own reply parser: LLM clean (its JSON verdict, parsed
+in the Ray actor and retried there when malformed) run once with engine openai and once
+through ray.data.llm, against the same scripted local server, keeps and drops the same
+rows and counts the same failures. The Ray run is what a user gets from `executor: local`
+(num_proc 1) with `engine: ray_llm`: chat_many starts a local Ray instance of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from unittest import mock
+
+import pyarrow.dataset as ds
+import pytest
+
+from mmr.data.io import write_samples
+from mmr.data.pipeline import ray_executor
+from mmr.data.pipeline.clean import run_clean
+from mmr.data.pipeline.config import PipelineConfig
+from mmr.data.schema import Sample
+from tests.fake_openai import prompt_text
+
+pytest.importorskip("ray")
+
+KEY_ENV, KEY = "MMR_RAY_LLM_TEST_KEY", "sk-ray-llm-test-0123456789"
+RUN_DEPENDENT = ("elapsed_s", "rows_per_s", "output")  # what may differ between two runs
+
+
+def cleaner(body: dict) -> object:
+    text = prompt_text(body).split("Question:")[1].split("Reference answer:")[0]
+    if "Zeichne" in text:
+        return json.dumps({"suitable": False, "reason": "drawing task", "question": ""})
+    if "求" in text:  # the verdict after reasoning the server returns apart
+        verdict = {"suitable": True, "reason": "ok", "question": "Find <image> x."}
+        return ("reasoning", "translate it", json.dumps(verdict))
+    if "broken" in text:
+        return "I think it is fine."  # no JSON: unparsable every time, retried, then failed
+    if "lost" in text:  # parses, but the rewrite lost the image placeholder
+        return json.dumps({"suitable": True, "reason": "", "question": "no placeholder"})
+    if "down" in text:  # an error page that echoes the request's key
+        return ("status", 503, f"overloaded; you sent Authorization: Bearer {KEY}")
+    return json.dumps({"suitable": True, "reason": "ok", "question": "Just reason: 2+2?"})
+
+
+def _run(tmp_path: Path, server, engine: str) -> tuple[dict, Path]:
+    cfg = PipelineConfig(shard_rows=4)  # two shards: two chat_many calls on one instance
+    cfg.clean.llm.enabled = True
+    client = cfg.clean.llm.client
+    client.api_base, client.api_key_env, client.engine = server.base_url, KEY_ENV, engine
+    client.backoff_s, client.retries, client.timeout_s = 0.01, 1, 30
+    out = tmp_path / engine
+    report = run_clean(cfg, tmp_path / "in.parquet", out, quiet=True)
+    return {k: v for k, v in report.items() if k not in RUN_DEPENDENT}, out
+
+
+def _rows(folder: Path) -> list[dict]:
+    return ds.dataset(folder, format="parquet").to_table().to_pylist()
+
+
+def test_llm_clean_through_ray_llm_matches_openai(tmp_path, server, png, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a new local instance, not a cluster
+    rows = [
+        Sample("zh", "s", "求 <image> x 的值", "3", images=[png]),
+        Sample("draw", "s", "Zeichne ein Haus", "-"),
+        Sample("bad", "s", "broken question", "1"),
+        Sample("lost", "s", "lost <image> here", "1", images=[png]),
+        Sample("down", "s", "server down", "1"),
+        Sample("en", "s", "2+2? just give the answer", "4"),
+        Sample("en2", "s", "(3 points) 3+3? answer only", "6"),
+    ]
+    write_samples(tmp_path / "in.parquet", rows)
+    with mock.patch.dict(os.environ, {KEY_ENV: KEY}):
+        server.script = cleaner
+        expected, local = _run(tmp_path, server, "openai")
+        asked = len(server.requests)
+        server.reset()
+        server.script = cleaner
+        try:
+            report, on_ray = _run(tmp_path, server, "ray_llm")
+        finally:
+            ray_executor.shutdown()
+    assert report == expected
+    for folder in ("cleaned", "failed/clean"):
+        assert _rows(on_ray / folder) == _rows(local / folder), folder
+    kept = {r["id"]: r for r in _rows(on_ray / "cleaned")}
+    assert sorted(kept) == ["en", "en2", "zh"]
+    assert kept["zh"]["question"] == "Find <image> x."
+    assert report["filters"] == {"llm": {"unsuitable": 1}}
+    assert report["examples"]["dropped/llm/unsuitable"] == ["draw: drawing task"]
+    assert report["failed_reasons"] == {"cleaner_http_503": 1, "cleaner_malformed_reply": 2}
+    assert sorted(r["id"] for r in _rows(on_ray / "failed" / "clean")) == ["bad", "down", "lost"]
+    # The same policy: 7 requests, each of the 3 failing ones retried once; the key sent in
+    # the header and redacted from everything written.
+    assert len(server.requests) == asked == 7 + 3
+    assert server.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
+    # ...sent by Ray's HTTP stage (aiohttp's own agent), not by the openai engine's client.
+    assert all("aiohttp" in r["headers"]["user-agent"] for r in server.requests)
+    for path in on_ray.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    assert "Bearer [redacted]" in json.dumps(report["examples"])
