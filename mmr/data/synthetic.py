@@ -407,21 +407,27 @@ def check_max_rechecks(max_rechecks: int) -> None:
         raise ValueError(f"max_rechecks must be in 0..{len(RECHECKS)}, got {max_rechecks}")
 
 
+def _task_hash(meta: dict[str, Any], salt: str) -> str:
+    """A hash of what the task shows and asks (its id's content), not of the keys a
+    pipeline adds to meta later (the distill stage's `path`, `teacher`, ...)."""
+    task = {k: meta.get(k) for k in ("kind", "level", "form", "scene", "options")}
+    return hashlib.sha1(f"{salt}/{json.dumps(task, sort_keys=True)}".encode()).hexdigest()
+
+
 def recheck_count(meta: dict[str, Any], max_rechecks: int) -> int:
     """How many re-checks the task's trace gets, 0..max_rechecks: a hash of the task's
-    meta (scene, split, seed, index), so the same task always gets the same count and the
-    count says nothing about the answer or whether a model could find it."""
+    content, so the same task always gets the same count and the count says nothing
+    about the answer or whether a model could find it."""
     check_max_rechecks(max_rechecks)
-    key = hashlib.sha1(b"rechecks/" + json.dumps(meta, sort_keys=True).encode()).hexdigest()
-    return int(key[:8], 16) % (max_rechecks + 1)
+    return int(_task_hash(meta, "rechecks")[:8], 16) % (max_rechecks + 1)
 
 
 def _rechecks(meta: dict[str, Any], max_rechecks: int) -> str:
     count = recheck_count(meta, max_rechecks)
     if not count:
         return ""
-    # The wording, too, from the task (another slice of a hash): varied, and reproducible.
-    seed = hashlib.sha1(b"wording/" + json.dumps(meta, sort_keys=True).encode()).hexdigest()
+    # The wording, too, from the task (another hash): varied, and reproducible.
+    seed = _task_hash(meta, "wording")
     fact = _fact(meta)
     return "".join(" " + t.format(fact) for t in random.Random(seed).sample(RECHECKS, count))
 

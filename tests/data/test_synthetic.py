@@ -173,7 +173,8 @@ def test_rechecks_follow_the_task_hash_not_the_answer(train: list[Sample]) -> No
     for sample in train:
         plain, verbose = teacher_response(sample), teacher_response(sample, max_rechecks=3)
         k = recheck_count(sample.meta, 3)
-        assert k == recheck_count(dict(sample.meta), 3)  # the same task: the same count
+        # The same task: the same count, with what a pipeline adds to meta or not.
+        assert k == recheck_count({**sample.meta, "path": 0, "teacher": "rule-teacher"}, 3)
         assert teacher_response(sample.meta, max_rechecks=3) == verbose
         think, plain_think = verbose.split("</think>")[0], plain.split("</think>")[0]
         # The first sentence(s) and the answer exactly as without re-checks; k sentences more.
