@@ -20,7 +20,8 @@ whole pixel budget (16 merged tokens of Qwen2.5-VL), so nothing is resized away.
 Everything a task shows lives in `meta` (`kind`, `level`, `form`, `scene`, `options`):
 `render(meta)` redraws the image from it, `solve(meta)` gives the answer and
 `teacher_response(meta)` writes a short `<think>` trace that "reads" the scene from it,
-stating the visual fact that decides the answer before deriving the answer from it.
+stating the visual fact that decides the answer before deriving the answer from it
+(`max_rechecks=N`: then 0..N redundant re-checks of that fact, a hash of the task).
 
 `generate_descriptions` draws the same scenes and asks for what they show instead, field by
 field (`describe`: colours, counts, sizes, positions), with `score_description` matching
