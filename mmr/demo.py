@@ -45,6 +45,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -124,6 +125,10 @@ class RLSection:
     verl_config: str = "recipes/demo/tiny_gspo_verl.yaml"  # verl's recipe (`mmr rl train`)
     verl_overrides: list[str] = field(default_factory=list)  # overrides of `verl_config`
     venv: str = ".venv-rl"  # the RL venv (`make setup-rl`; relative: from the repository root)
+    # The overthinking penalty's ablation: GSPO a second time from the same SFT model with
+    # the length term off (reward.length.mode=none), both evaluated: response tokens,
+    # accuracy and the share of empty <think> blocks side by side (`length_ablation`).
+    length_ablation: bool = False
 
     def __post_init__(self) -> None:
         from mmr.config import check_choice
@@ -225,19 +230,16 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     done("headroom")
 
     engine = rl_engine(cfg.rl)
-    if engine == "verl":
-        banner(6, f"GSPO on verl's trainer, vLLM-CPU rollouts ({cfg.rl.verl_config})")
-        rl_on_verl(cfg, out / "sft" / "final", train_file, out / "rl")
-    else:
-        banner(6, f"GSPO, single-process debug engine ({cfg.rl.config})")
-        stage(["rl", "local", "--config", recipe(cfg.rl.config), f"model.path={out / 'sft' / 'final'}",
-               f"data.train_files=[{train_file}]", f"trainer.output_dir={out / 'rl'}",
-               f"trainer.seed={cfg.seed}", *cfg.rl.overrides])  # fmt: skip
+    runs = {"rl": []}  # each GSPO run from the SFT model: its extra overrides
+    if cfg.rl.length_ablation:
+        runs["rl_no_length"] = ["reward.length.mode=none"]
+    for name, extra in runs.items():
+        run_rl(cfg, engine, out / "sft" / "final", train_file, out / name, extra)
     done("rl")
 
     banner(7, "evaluate base, pretrained, SFT and RL on the held-out tasks")
     models = {"base": base, "pretrained": pretrained, "sft": out / "sft" / "final",
-              "rl": out / "rl" / "final"}  # fmt: skip
+              **{name: out / name / "final" for name in runs}}  # fmt: skip
     if not cfg.pretrain.enabled:
         del models["pretrained"]
     results = evaluate_models(cfg, models, test_file, out / "eval")
@@ -281,7 +283,25 @@ def rl_engine(rl: RLSection) -> str:
     return "verl" if rl.engine in ("auto", "verl") else "local"
 
 
-def rl_on_verl(cfg: DemoConfig, model: Path, train_file: Path, rl_dir: Path) -> None:
+def run_rl(
+    cfg: DemoConfig, engine: str, model: Path, train_file: Path, rl_dir: Path, extra: list[str]
+) -> None:
+    """One GSPO run from `model` into rl_dir (final/ is its HF model), on either engine, with
+    `extra` overrides after the recipe's own (mmr's reward keys mean the same in both)."""
+    what = "" if not extra else f" with {' '.join(extra)}"
+    if engine == "verl":
+        banner(6, f"GSPO on verl's trainer, vLLM-CPU rollouts ({cfg.rl.verl_config}){what}")
+        rl_on_verl(cfg, model, train_file, rl_dir, extra)
+    else:
+        banner(6, f"GSPO, single-process debug engine ({cfg.rl.config}){what}")
+        stage(["rl", "local", "--config", recipe(cfg.rl.config), f"model.path={model}",
+               f"data.train_files=[{train_file}]", f"trainer.output_dir={rl_dir}",
+               f"trainer.seed={cfg.seed}", *cfg.rl.overrides, *extra])  # fmt: skip
+
+
+def rl_on_verl(
+    cfg: DemoConfig, model: Path, train_file: Path, rl_dir: Path, extra: Sequence[str] = ()
+) -> None:
     """`mmr rl prepare`, `mmr rl train` (verl's trainer, in the RL venv), `mmr rl merge`
     of its last checkpoint into rl_dir/final."""
     data, ckpts = rl_dir / "data", rl_dir / "checkpoints"
@@ -299,7 +319,7 @@ def rl_on_verl(cfg: DemoConfig, model: Path, train_file: Path, rl_dir: Path) -> 
            f"verl.data.val_files={val}",
            f"verl.trainer.default_local_dir={ckpts}", f"verl.data.seed={cfg.seed}",
            f"verl.actor_rollout_ref.rollout.seed={cfg.seed}",
-           *cfg.rl.verl_overrides], bin_dir=rl_bin, env=env)  # fmt: skip
+           *cfg.rl.verl_overrides, *extra], bin_dir=rl_bin, env=env)  # fmt: skip
     step = (ckpts / "latest_checkpointed_iteration.txt").read_text().strip()
     stage(["rl", "merge", "--checkpoint", str(ckpts / f"global_step_{step}" / "actor"),
            "--out", str(rl_dir / "final")], bin_dir=rl_bin)  # fmt: skip
@@ -585,7 +605,8 @@ def rl_metrics(rl_dir: Path) -> list[dict[str, Any]]:
     for row in _metrics(rl_dir / VERL_METRICS):
         data = row["data"]
         parts = {k: v for k, v in data.items() if k.startswith("reward/")}
-        rows.append({"step": row["step"], "reward": data.get("critic/score/mean"), **parts})
+        rows.append({"step": row["step"], "reward": data.get("critic/score/mean"),
+                     "response_length": data.get("response_length/mean"), **parts})  # fmt: skip
     return rows
 
 
@@ -670,6 +691,9 @@ def summarize_run(
     # Checked where SFT froze something (the card); a run that trains everything has no
     # frozen part to compare, which the summary shows as parts [].
     checks["sft_frozen_parts_bit_identical"] = frozen["bit_identical"] or not frozen["parts"]
+    ablation = length_ablation(results, out)
+    if ablation is not None:
+        checks.update(ablation["checks"])
     checks["all"] = all(checks.values())
     sft_log, rl_log = (
         _metrics(out / "sft" / "metrics.jsonl"),
@@ -682,6 +706,7 @@ def summarize_run(
         sft_pass_at_1=headroom["table"]["all"]["pass@1"] if headroom else None,
         sft_pass_at_n=headroom["table"]["all"]["pass@n"] if headroom else None,
         headroom=headroom,
+        length_ablation=ablation,
         sft_steps=len(sft_log),
         sft_final_loss=sft_log[-1]["train/loss"] if sft_log else None,
         rl_steps=len(rl_log),
@@ -707,6 +732,46 @@ def with_intervals(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]
     return {
         source: {**row, "accuracy_ci95": wilson_interval(row["accuracy"], row["questions"])}
         for source, row in table.items()
+    }
+
+
+SHORTER_BY = 0.2  # the length term's ablation: responses at least this much shorter
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+def empty_think_share(responses: Sequence[str]) -> float:
+    """The share of responses whose <think> block is missing or holds only whitespace."""
+    empty = [not (m := _THINK.search(r)) or not m.group(1).strip() for r in responses]
+    return round(sum(empty) / len(empty), 4) if empty else 0.0
+
+
+def length_ablation(results: dict[str, dict[str, Any]], out: Path) -> dict[str, Any] | None:
+    """GSPO with and without the length term from the same SFT model (rl.length_ablation):
+    accuracy with its 95% interval, mean response tokens, the share of empty <think>
+    blocks; checks that the term shortens responses by SHORTER_BY at an accuracy inside the
+    interval of the run without it, and leaves no more thinking blocks empty."""
+    if "rl_no_length" not in results:
+        return None
+    runs = {}
+    for name in ("rl", "rl_no_length"):
+        row = results[name]["table"]["all"]
+        gens = _metrics(out / "eval" / name / "generations.jsonl")
+        runs[name] = {"accuracy": row["accuracy"],
+                      "accuracy_ci95": wilson_interval(row["accuracy"], row["questions"]),
+                      "mean_response_tokens": row["mean_response_tokens"],
+                      "empty_think_share": empty_think_share([g["response"] for g in gens])}  # fmt: skip
+    on, off = runs["rl"], runs["rl_no_length"]
+    shorter = 1 - on["mean_response_tokens"] / off["mean_response_tokens"]
+    lo, hi = off["accuracy_ci95"]
+    return {
+        "with_length": on,
+        "without_length": off,
+        "shorter_by": round(shorter, 4),
+        "checks": {
+            f"length_term_shortens_by_{SHORTER_BY}": shorter >= SHORTER_BY,
+            "length_term_keeps_accuracy": lo <= on["accuracy"] <= hi or on["accuracy"] > hi,
+            "length_term_keeps_thinking": on["empty_think_share"] <= off["empty_think_share"],
+        },
     }
 
 
@@ -767,6 +832,12 @@ def write_plots(out: Path, results: dict[str, Any], summary: dict[str, Any]) -> 
     accuracy = {name: summary[f"accuracy_{name}"] for name in results}
     bar_plot(out / "accuracy.png", "Held-out accuracy per stage", accuracy,
              hline=("chance", summary["accuracy_chance"]))  # fmt: skip
+    if summary["length_ablation"] is not None:
+        lengths = {f"{name}: mean response tokens": ([r["step"] for r in log],
+                                                     [r.get("response_length") for r in log])
+                   for name, log in ((n, rl_metrics(out / n)) for n in ("rl", "rl_no_length"))}  # fmt: skip
+        line_plot(out / "rl_length.png", "GSPO response length, with and without the length term",
+                  lengths)  # fmt: skip
 
 
 def write_report(
@@ -805,6 +876,7 @@ def write_report(
         "(none: padded batches, data.packing=false).", "",
         "![SFT loss](sft_loss.png) ![GSPO reward](rl_reward.png) ![accuracy](accuracy.png)", "",
         *headroom_lines(s["headroom"]),
+        *ablation_lines(s["length_ablation"]),
         "## Accuracy per task type (held-out, 95% intervals)", "",
         "| data_source | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|",
     ]  # fmt: skip
@@ -822,6 +894,26 @@ def write_report(
 
 def interval(ci: list[float]) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def ablation_lines(a: dict[str, Any] | None) -> list[str]:
+    """report.md's length-ablation section: GSPO with and without the length term."""
+    if a is None:
+        return ["Length ablation: off (rl.length_ablation=false).", ""]
+    lines = ["## The overthinking penalty: GSPO with and without the length term", "",
+             "| run | accuracy (95% interval) | mean response tokens | empty <think> |",
+             "|---|---|---|---|"]  # fmt: skip
+    for label, key in (("with the length term", "with_length"), ("without", "without_length")):
+        r = a[key]
+        lo, hi = r["accuracy_ci95"]
+        lines.append(f"| {label} | {r['accuracy']:.3f} ({lo:.3f}-{hi:.3f}) | "
+                     f"{r['mean_response_tokens']:.1f} | {r['empty_think_share']:.3f} |")  # fmt: skip
+    lines += [
+        "",
+        f"Responses {a['shorter_by']:.1%} shorter with the term. ![length](rl_length.png)",
+        "",
+    ]
+    return lines
 
 
 def headroom_lines(h: dict[str, Any] | None) -> list[str]:

@@ -18,6 +18,7 @@ from mmr.demo import (
     DEFAULT_CONFIG,
     DemoConfig,
     RLSection,
+    empty_think_share,
     main,
     pretrain,
     pretrain_key,
@@ -37,11 +38,13 @@ SMALL = [
     "require_checks=false",
     "pretrain.train=12",
     "pretrain.test=6",
+    "pretrain.kinds=[colour,largest]",
     "pretrain.max_new_tokens=12",
     "pretrain.overrides=[trainer.max_steps=2]",
     "sft.overrides=[trainer.max_steps=3,trainer.save_steps=0]",
     "rl.overrides=[trainer.max_steps=2,trainer.save_steps=0,data.batch_size=2,rollout.n=2,"
-    "rollout.max_new_tokens=12,reward.accuracy.workers=0]",
+    "rollout.max_new_tokens=12,reward.accuracy.workers=0,algorithm.filter_groups.enable=true,"
+    "algorithm.filter_groups.metric=acc,algorithm.filter_groups.max_num_gen_batches=2]",
     "rl.verl_overrides=[verl.trainer.total_training_steps=2,verl.trainer.save_freq=2,"
     "verl.data.max_response_length=12,reward.length.budget_tokens=6,reward.length.max_tokens=12]",
 ]
@@ -66,19 +69,19 @@ def test_demo_small_end_to_end(
         if os.environ.get("CI"):
             pytest.fail(message)  # CI installs it: the demo's verl path must run there
         pytest.skip(message)
-    # local: the card's path (pretraining, then frozen packed SFT); verl: without pretraining,
-    # as the demo runs by default (SFT from the random base model).
+    # local: the demo's default path (pretraining, frozen packed SFT, GSPO twice: with and
+    # without the length term); verl: without pretraining (SFT from the random base model).
     card = engine == "local"
     out, cache = tmp_path / "demo", f"pretrain.cache_dir={tmp_path / 'cache'}"
     argv = [f"output_dir={out}", f"rl.engine={engine}", cache, *SMALL]
     if card:  # the verbose teacher, through the server, the pipeline's filters and SFT
-        argv.append("data.max_rechecks=3")
+        argv += ["data.max_rechecks=3", "rl.length_ablation=true"]
     assert main([*argv, f"pretrain.enabled={str(card).lower()}"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rl_engine"] == engine
     if card:
         assert summary["pretrain_cache"] == "miss" and summary["pretrain"]["steps"] == 2
-        assert set(summary["pretrain"]["per_kind"]) == {"colour", "count", "largest"}
+        assert set(summary["pretrain"]["per_kind"]) == {"colour", "largest"}
     else:
         assert summary["pretrain"] is None and summary["pretrain_description_accuracy"] is None
         assert "accuracy_pretrained" not in summary and not (out / "pretrain").exists()
@@ -124,6 +127,19 @@ def test_demo_small_end_to_end(
         assert "pretrained model: cache miss" in printed
     if engine == "local":
         assert (out / "rl" / "rollouts.jsonl").is_file()
+        # The ablation: a second GSPO run from the same SFT model, the length term off.
+        assert "mode: none" in (out / "rl_no_length" / "config.yaml").read_text()
+        assert "mode: budget" in (out / "rl" / "config.yaml").read_text()
+        ablation = summary["length_ablation"]
+        for key, name in (("with_length", "rl"), ("without_length", "rl_no_length")):
+            gens = [json.loads(x) for x in (out / "eval" / name / "generations.jsonl").open()]
+            assert len(gens) == 8 and ablation[key]["accuracy"] == summary[f"accuracy_{name}"]
+            assert ablation[key]["empty_think_share"] == empty_think_share(
+                [g["response"] for g in gens]
+            )
+        assert set(ablation["checks"]) <= set(summary["checks"])
+        assert "## The overthinking penalty" in report
+        assert (out / "rl_length.png").read_bytes()[:4] == b"\x89PNG"
     else:  # verl's checkpoint, merged to the HF folder that was evaluated
         assert (out / "rl" / "checkpoints" / "global_step_2" / "actor").is_dir()
         assert (out / "rl" / "final" / "config.json").is_file()
@@ -208,6 +224,12 @@ def test_new_keys_are_checked_naming_them(capsys, tmp_path):
     assert "eval.headroom_n" in capsys.readouterr().err
 
 
+def test_empty_think_share():
+    responses = ["<think>The shape is red.</think>\\boxed{red}", "<think> \n</think>\\boxed{1}",
+                 "\\boxed{2}", "<think>\nI count.\n</think> \\boxed{3}"]  # fmt: skip
+    assert empty_think_share(responses) == 0.5 and empty_think_share([]) == 0.0
+
+
 def test_sign_test_p():
     assert sign_test_p(0, 0) == 1.0
     assert sign_test_p(0, 10) == pytest.approx(2 / 1024)
@@ -227,7 +249,7 @@ def test_pretrain_key_follows_what_determines_the_weights(tmp_path: Path):
     same = key()
     assert key() == same and key("pretrain.cache_dir=/elsewhere") == same
     assert key("output_dir=/elsewhere", "tasks.train=64") == same  # later stages: not in it
-    for changed in ("seed=1", "pretrain.train=100", "pretrain.kinds=[colour]",
+    for changed in ("seed=1", "pretrain.train=100", "pretrain.kinds=[count]",
                     "pretrain.overrides=[optim.lr=1e-3]", "eval.batch_size=8"):  # fmt: skip
         assert key(changed) != same, changed
     (base / "model.safetensors").write_bytes(b"other weights")
