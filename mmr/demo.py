@@ -818,6 +818,18 @@ def wilson_interval(p: float, n: int, z: float = Z95) -> list[float]:
     return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
 
 
+SMOOTH = 4  # steps in the reward plot's trailing mean
+
+
+def smoothed(values: Sequence[float | None], window: int) -> list[float | None]:
+    """Trailing mean over the last `window` values (fewer at the start; None skipped)."""
+    out: list[float | None] = []
+    for i in range(len(values)):
+        seen = [v for v in values[max(0, i - window + 1) : i + 1] if v is not None]
+        out.append(sum(seen) / len(seen) if seen else None)
+    return out
+
+
 def write_plots(out: Path, results: dict[str, Any], summary: dict[str, Any]) -> None:
     """sft_loss.png, rl_reward.png (reward and its parts per step), accuracy.png."""
     from mmr.eval.plots import bar_plot, line_plot
@@ -828,6 +840,8 @@ def write_plots(out: Path, results: dict[str, Any], summary: dict[str, Any]) -> 
     rl = rl_metrics(out / "rl")
     keys = ("reward", "reward/accuracy", "reward/format", "reward/length")
     series = {k: ([r["step"] for r in rl], [r.get(k) for r in rl]) for k in keys}
+    series["reward, trailing mean of 4 steps"] = ([r["step"] for r in rl], smoothed(
+        [r.get("reward") for r in rl], SMOOTH))  # fmt: skip
     line_plot(out / "rl_reward.png", "GSPO reward and its parts (train prompts)", series)
     accuracy = {name: summary[f"accuracy_{name}"] for name in results}
     bar_plot(out / "accuracy.png", "Held-out accuracy per stage", accuracy,
@@ -872,8 +886,9 @@ def write_report(
         f"{ok[s['checks']['sft_frozen_parts_bit_identical']]}; it changed "
         f"{fz['trainable_tensors_changed']} of the {fz['trainable_tensors']} trainable tensors", "",
         *(pretrain_lines(cfg, pt) if pt else []),
-        f"SFT: packing efficiency {s['sft_packing_efficiency'] or 0:.3f} "
-        "(none: padded batches, data.packing=false).", "",
+        (f"SFT: packing efficiency {s['sft_packing_efficiency']:.3f} (real tokens / row capacity)."
+         if s["sft_packing_efficiency"] is not None
+         else "SFT: padded batches (data.packing=false)."), "",
         "![SFT loss](sft_loss.png) ![GSPO reward](rl_reward.png) ![accuracy](accuracy.png)", "",
         *headroom_lines(s["headroom"]),
         *ablation_lines(s["length_ablation"]),

@@ -24,6 +24,7 @@ from mmr.demo import (
     pretrain_key,
     rl_venv_bin,
     sign_test_p,
+    smoothed,
     wilson_interval,
 )
 
@@ -222,6 +223,10 @@ def test_new_keys_are_checked_naming_them(capsys, tmp_path):
     assert "data.max_rechecks" in capsys.readouterr().err
     assert main([f"output_dir={tmp_path}", "eval.headroom_n=-1"]) == 2
     assert "eval.headroom_n" in capsys.readouterr().err
+
+
+def test_smoothed_is_a_trailing_mean():
+    assert smoothed([1.0, 3.0, None, 5.0, 7.0], 2) == [1.0, 2.0, 3.0, 5.0, 6.0]
 
 
 def test_empty_think_share():
