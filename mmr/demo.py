@@ -466,8 +466,13 @@ def describe_held_out(cfg: DemoConfig, model: Path, samples: list, folder: Path)
                 "n": len(part)}  # fmt: skip
 
     kinds = sorted({r["kind"] for r in rows})
+    marks: dict[str, list[bool]] = {}  # "kind/field" -> right or not, scene by scene
+    for r in rows:
+        for name, ok in r["fields"].items():
+            marks.setdefault(f"{r['kind']}/{name}", []).append(ok)
+    per_field = {k: round(sum(v) / len(v), 4) for k, v in sorted(marks.items())}
     result = {"per_kind": {k: score([r for r in rows if r["kind"] == k]) for k in kinds},
-              "all": score(rows)}  # fmt: skip
+              "per_field": per_field, "all": score(rows)}  # fmt: skip
     (folder / "descriptions.json").write_text(json.dumps(result, indent=2))
     table = ", ".join(f"{k} {v['fields']:.3f}" for k, v in result["per_kind"].items())
     print(f"held-out description accuracy (fields right): {result['all']['fields']:.3f} ({table}); "
@@ -959,6 +964,9 @@ def pretrain_lines(cfg: DemoConfig, pt: dict[str, Any]) -> list[str]:
         "| scene kind | fields right | scenes with every field right |", "|---|---|---|",
         *(f"| {k} | {v['fields']:.3f} | {v['scenes']:.3f} |"
           for k, v in [*pt["per_kind"].items(), ("all", pt["all"])]), "",
+        *([f"Per field (kind/field: share right): "
+           f"{', '.join(f'{k} {v:.3f}' for k, v in pt['per_field'].items())}.", ""]
+          if pt.get("per_field") else []),  # cache entries before session 7 lack it
     ]  # fmt: skip
 
 

@@ -83,6 +83,9 @@ def test_demo_small_end_to_end(
     if card:
         assert summary["pretrain_cache"] == "miss" and summary["pretrain"]["steps"] == 2
         assert set(summary["pretrain"]["per_kind"]) == {"colour", "largest"}
+        per_field = summary["pretrain"]["per_field"]
+        assert {"colour/colour", "colour/shape", "largest/largest"} <= set(per_field)
+        assert all(0.0 <= v <= 1.0 for v in per_field.values())
     else:
         assert summary["pretrain"] is None and summary["pretrain_description_accuracy"] is None
         assert "accuracy_pretrained" not in summary and not (out / "pretrain").exists()
