@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -56,6 +55,15 @@ from pathlib import Path
 from typing import Any
 
 from mmr.config import ConfigError, config_to_dict, load_config, save_config
+from mmr.demo_report import (
+    VERL_METRICS,
+    print_summary,
+    read_jsonl,
+    rl_metrics,
+    write_plots,
+    write_report,
+)
+from mmr.eval.stats import sign_test_p, wilson_interval
 
 logger = logging.getLogger("mmr.demo")
 
@@ -591,30 +599,6 @@ def sft_headroom(
 # ---- outputs ------------------------------------------------------------------------
 
 
-VERL_METRICS = "verl_metrics.jsonl"  # verl's file logger (`trainer.logger: [.., file]`)
-
-
-def _metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def rl_metrics(rl_dir: Path) -> list[dict[str, Any]]:
-    """Per-step RL metrics of either engine: `step`, `reward` (the mean total) and
-    `reward/<part>`. verl logs the mean total as `critic/score/mean`."""
-    local = _metrics(rl_dir / "metrics.jsonl")
-    if local:
-        return local
-    rows = []
-    for row in _metrics(rl_dir / VERL_METRICS):
-        data = row["data"]
-        parts = {k: v for k, v in data.items() if k.startswith("reward/")}
-        rows.append({"step": row["step"], "reward": data.get("critic/score/mean"),
-                     "response_length": data.get("response_length/mean"), **parts})  # fmt: skip
-    return rows
-
-
 def frozen_check(before: Path, after: Path, sft_dir: Path) -> dict[str, Any]:
     """Whether SFT left the parts its run froze (sft_dir/config.yaml's `model.freeze`)
     bit-identical: every such tensor of `after` equal to `before`'s, compared exactly."""
@@ -649,7 +633,7 @@ def frozen_check(before: Path, after: Path, sft_dir: Path) -> dict[str, Any]:
 
 def run_stats(folder: Path) -> dict[str, Any]:
     """Steps, final loss and packing efficiency of an `mmr sft` run folder."""
-    log = _metrics(folder / "metrics.jsonl")
+    log = read_jsonl(folder / "metrics.jsonl")
     data = folder / "data_stats.json"
     stats = json.loads(data.read_text()) if data.is_file() else {}
     return {
@@ -701,7 +685,7 @@ def summarize_run(
         checks.update(ablation["checks"])
     checks["all"] = all(checks.values())
     sft_log, rl_log = (
-        _metrics(out / "sft" / "metrics.jsonl"),
+        read_jsonl(out / "sft" / "metrics.jsonl"),
         rl_metrics(out / "rl"),
     )
     selected = json.loads((out / "data" / "reports" / "select.json").read_text())
@@ -760,7 +744,7 @@ def length_ablation(results: dict[str, dict[str, Any]], out: Path) -> dict[str, 
     runs = {}
     for name in ("rl", "rl_no_length"):
         row = results[name]["table"]["all"]
-        gens = _metrics(out / "eval" / name / "generations.jsonl")
+        gens = read_jsonl(out / "eval" / name / "generations.jsonl")
         runs[name] = {"accuracy": row["accuracy"],
                       "accuracy_ci95": wilson_interval(row["accuracy"], row["questions"]),
                       "mean_response_tokens": row["mean_response_tokens"],
@@ -786,7 +770,7 @@ def paired_comparison(first: Path, second: Path) -> dict[str, Any]:
     (the discordant ones, all a paired test looks at), and the two-sided sign test's
     p-value that neither is better."""
     right = [
-        {row["id"]: row["accuracy"] == 1 for row in _metrics(folder / "generations.jsonl")}
+        {row["id"]: row["accuracy"] == 1 for row in read_jsonl(folder / "generations.jsonl")}
         for folder in (first, second)
     ]
     only_first = sum(1 for k, ok in right[0].items() if ok and not right[1].get(k, False))
@@ -801,198 +785,6 @@ def paired_comparison(first: Path, second: Path) -> dict[str, Any]:
         "p_value": p,
         "sign_test_p": p,  # the name earlier summaries used
     }
-
-
-def sign_test_p(k: int, n: int) -> float:
-    """Two-sided exact sign test: P(a split at least as uneven as k of n | no difference)."""
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
-Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
-
-
-def wilson_interval(p: float, n: int, z: float = Z95) -> list[float]:
-    """The Wilson score interval [low, high] of a proportion `p` seen on `n` trials (95% by
-    default): unlike p +- z*se it stays inside [0, 1] and is not empty at p = 0 or 1."""
-    if n <= 0:
-        return [0.0, 1.0]
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
-
-
-SMOOTH = 4  # steps in the reward plot's trailing mean
-
-
-def smoothed(values: Sequence[float | None], window: int) -> list[float | None]:
-    """Trailing mean over the last `window` values (fewer at the start; None skipped)."""
-    out: list[float | None] = []
-    for i in range(len(values)):
-        seen = [v for v in values[max(0, i - window + 1) : i + 1] if v is not None]
-        out.append(sum(seen) / len(seen) if seen else None)
-    return out
-
-
-def write_plots(out: Path, results: dict[str, Any], summary: dict[str, Any]) -> None:
-    """sft_loss.png, rl_reward.png (reward and its parts per step), accuracy.png."""
-    from mmr.eval.plots import bar_plot, line_plot
-
-    sft = _metrics(out / "sft" / "metrics.jsonl")
-    line_plot(out / "sft_loss.png", "SFT loss",
-              {"train/loss": ([r["step"] for r in sft], [r["train/loss"] for r in sft])})  # fmt: skip
-    rl = rl_metrics(out / "rl")
-    keys = ("reward", "reward/accuracy", "reward/format", "reward/length")
-    series = {k: ([r["step"] for r in rl], [r.get(k) for r in rl]) for k in keys}
-    series["reward, trailing mean of 4 steps"] = ([r["step"] for r in rl], smoothed(
-        [r.get("reward") for r in rl], SMOOTH))  # fmt: skip
-    line_plot(out / "rl_reward.png", "GSPO reward and its parts (train prompts)", series)
-    accuracy = {name: summary[f"accuracy_{name}"] for name in results}
-    bar_plot(out / "accuracy.png", "Held-out accuracy per stage", accuracy,
-             hline=("chance", summary["accuracy_chance"]))  # fmt: skip
-    if summary["length_ablation"] is not None:
-        lengths = {f"{name}: mean response tokens": ([r["step"] for r in log],
-                                                     [r.get("response_length") for r in log])
-                   for name, log in ((n, rl_metrics(out / n)) for n in ("rl", "rl_no_length"))}  # fmt: skip
-        line_plot(out / "rl_length.png", "GSPO response length, with and without the length term",
-                  lengths)  # fmt: skip
-
-
-def write_report(
-    out: Path, cfg: DemoConfig, results: dict[str, Any], summary: dict[str, Any]
-) -> None:
-    """report.md: what ran, the numbers, the per-task table, the plots."""
-    s, pt, fz = summary, summary["pretrain"], summary["sft_frozen"]
-    ok = {True: "yes", False: "**no**"}
-    pretrained = (
-        f"pretraining {pt['steps']} steps (cache {pt['cache']})" if pt else "no pretraining"
-    )
-    lines = [
-        "# mmr demo report", "",
-        f"Seed {cfg.seed}; {cfg.tasks.train} train tasks, {cfg.tasks.test} held-out test tasks; "
-        f"{pretrained}; {s['sft_samples']} curated SFT samples; {s['sft_steps']} SFT steps "
-        f"(final loss {s['sft_final_loss']:.3f}); {s['rl_steps']} GSPO steps; "
-        f"{s['total_seconds']:.0f} s in all.", "",
-        "| model | accuracy | 95% interval | format | mean response tokens |",
-        "|---|---|---|---|---|",
-        *(f"| {n} | {s[f'accuracy_{n}']:.3f} | {interval(s[f'accuracy_ci95_{n}'])} | "
-          f"{s[f'format_{n}']:.3f} | {s[f'mean_response_tokens_{n}']:.1f} |" for n in results),
-        f"| chance (best constant answer per task type) | {s['accuracy_chance']:.3f} | | | |", "",
-        f"- SFT beats the base model by >= {MARGIN}: {ok[s['checks']['sft_beats_base_by_0.2']]}",
-        f"- SFT beats chance by >= {MARGIN}: {ok[s['checks']['sft_beats_chance_by_0.2']]}",
-        f"- RL not worse than SFT beyond chance (sign test, p < {ALPHA} fails): "
-        f"{ok[s['checks']['rl_not_worse_than_sft']]} (of {s['rl_vs_sft']['tasks']} tasks, "
-        f"{s['rl_vs_sft']['discordant']} discordant: only RL right on "
-        f"{s['rl_vs_sft']['rl_only_right']}, only SFT on {s['rl_vs_sft']['sft_only_right']}; "
-        f"p = {s['rl_vs_sft']['p_value']:.3f})",
-        f"- SFT left its frozen parts ({', '.join(fz['parts']) or 'none'}: {fz['parameters']:,} "
-        f"parameters in {fz['tensors']} tensors) bit-identical: "
-        f"{ok[s['checks']['sft_frozen_parts_bit_identical']]}; it changed "
-        f"{fz['trainable_tensors_changed']} of the {fz['trainable_tensors']} trainable tensors", "",
-        *(pretrain_lines(cfg, pt) if pt else []),
-        (f"SFT: packing efficiency {s['sft_packing_efficiency']:.3f} (real tokens / row capacity)."
-         if s["sft_packing_efficiency"] is not None
-         else "SFT: padded batches (data.packing=false)."), "",
-        "![SFT loss](sft_loss.png) ![GSPO reward](rl_reward.png) ![accuracy](accuracy.png)", "",
-        *headroom_lines(s["headroom"]),
-        *ablation_lines(s["length_ablation"]),
-        "## Accuracy per task type (held-out, 95% intervals)", "",
-        "| data_source | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|",
-    ]  # fmt: skip
-    for src in [k for k in next(iter(results.values()))["table"] if k != "all"]:
-        rows = [s["per_source"][n][src] for n in results]
-        cells = [f"{r['accuracy']:.3f} {interval(r['accuracy_ci95'])}" for r in rows]
-        lines.append(f"| {src} | " + " | ".join(cells) + " |")
-    lines += ["", "## Files", "",
-              "data/reports/*.json (pipeline counts), sft/metrics.jsonl, rl/metrics.jsonl, "
-              "rl/rollouts.jsonl, eval/<model>/generations.jsonl and accuracy.md, "
-              "pretrain/descriptions.jsonl (held-out descriptions, field by field), "
-              f"timings per stage in summary.json: {s['seconds']}."]  # fmt: skip
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-
-
-def interval(ci: list[float]) -> str:
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
-
-
-def ablation_lines(a: dict[str, Any] | None) -> list[str]:
-    """report.md's length-ablation section: GSPO with and without the length term."""
-    if a is None:
-        return ["Length ablation: off (rl.length_ablation=false).", ""]
-    lines = ["## The overthinking penalty: GSPO with and without the length term", "",
-             "| run | accuracy (95% interval) | mean response tokens | empty <think> |",
-             "|---|---|---|---|"]  # fmt: skip
-    for label, key in (("with the length term", "with_length"), ("without", "without_length")):
-        r = a[key]
-        lo, hi = r["accuracy_ci95"]
-        lines.append(f"| {label} | {r['accuracy']:.3f} ({lo:.3f}-{hi:.3f}) | "
-                     f"{r['mean_response_tokens']:.1f} | {r['empty_think_share']:.3f} |")  # fmt: skip
-    lines += [
-        "",
-        f"Responses {a['shorter_by']:.1%} shorter with the term. ![length](rl_length.png)",
-        "",
-    ]
-    return lines
-
-
-def headroom_lines(h: dict[str, Any] | None) -> list[str]:
-    """report.md's headroom section: SFT's pass@1 and pass@n per kind."""
-    if h is None:
-        return ["SFT headroom: off (eval.headroom_n=0).", ""]
-    n = h["n"]
-    return [
-        f"## SFT headroom: {n} answers per held-out task, temperature {h['temperature']}", "",
-        f"pass@1 is their mean accuracy, pass@{n} the share of tasks any of them gets right: "
-        "GSPO turns the gap into pass@1; a kind without one leaves RL nothing to learn. "
-        "95% intervals over tasks.", "",
-        f"| data_source | tasks | pass@1 | pass@{n} | gap |", "|---|---|---|---|---|",
-        *(f"| {src} | {r['tasks']} | {r['pass@1']:.3f} {interval(r['pass@1_ci95'])} | "
-          f"{r['pass@n']:.3f} {interval(r['pass@n_ci95'])} | {r['pass@n'] - r['pass@1']:+.3f} |"
-          for src, r in h["table"].items()), "",
-    ]  # fmt: skip
-
-
-def pretrain_lines(cfg: DemoConfig, pt: dict[str, Any]) -> list[str]:
-    """report.md's pretraining section."""
-    return [
-        "## Pretraining (perception, every part trainable)", "",
-        f"{pt['steps']} steps on {cfg.pretrain.train} scene descriptions (final loss "
-        f"{pt['final_loss'] or float('nan'):.3f}, packing efficiency "
-        f"{pt['packing_efficiency'] or 0:.3f}); cache {pt['cache']} ({pt['key']}). Held-out "
-        f"descriptions of {pt['all']['n']} scenes, exact match per field:", "",
-        "| scene kind | fields right | scenes with every field right |", "|---|---|---|",
-        *(f"| {k} | {v['fields']:.3f} | {v['scenes']:.3f} |"
-          for k, v in [*pt["per_kind"].items(), ("all", pt["all"])]), "",
-        *([f"Per field (kind/field: share right): "
-           f"{', '.join(f'{k} {v:.3f}' for k, v in pt['per_field'].items())}.", ""]
-          if pt.get("per_field") else []),  # cache entries before session 7 lack it
-    ]  # fmt: skip
-
-
-def print_summary(summary: dict[str, Any], out: Path) -> None:
-    s = summary
-    pretrained = (
-        f"pretrained {s['accuracy_pretrained']:.3f}, " if "accuracy_pretrained" in s else ""
-    )
-    print(f"\n[mmr demo] held-out accuracy: base {s['accuracy_base']:.3f}, "
-          f"{pretrained}SFT {s['accuracy_sft']:.3f}, "
-          f"RL {s['accuracy_rl']:.3f}, "
-          f"chance {s['accuracy_chance']:.3f}; checks: "
-          f"{'all pass' if s['checks']['all'] else s['checks']}")  # fmt: skip
-    paired, n = s["rl_vs_sft"], (s["headroom"] or {}).get("n")
-    head = f"SFT pass@1 {s['sft_pass_at_1']:.3f}, pass@{n} {s['sft_pass_at_n']:.3f}; " if n else ""
-    print(f"[mmr demo] {head}RL vs SFT: {paired['discordant']} of {paired['tasks']} tasks "
-          f"discordant, sign test p = {paired['p_value']:.3f}")  # fmt: skip
-    described = s["pretrain_description_accuracy"]
-    print(f"[mmr demo] pretrained (cache {s['pretrain_cache']}): held-out description "
-          f"accuracy {'n/a' if described is None else f'{described:.3f}'}; SFT froze "
-          f"{', '.join(s['sft_frozen']['parts']) or 'nothing'} (bit-identical: "
-          f"{s['sft_frozen']['bit_identical']}), packing efficiency "
-          f"{s['sft_packing_efficiency'] or 0:.3f}")  # fmt: skip
-    print(f"[mmr demo] {out}/summary.json, report.md, sft_loss.png, rl_reward.png, accuracy.png "
-          f"({s['total_seconds']:.0f} s)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -23,10 +23,8 @@ from mmr.demo import (
     pretrain,
     pretrain_key,
     rl_venv_bin,
-    sign_test_p,
-    smoothed,
-    wilson_interval,
 )
+from mmr.eval.stats import sign_test_p, smoothed, wilson_interval
 
 SMALL = [
     "tasks.train=12",
