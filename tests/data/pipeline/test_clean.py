@@ -67,6 +67,19 @@ def test_clean_stage_drops_corrupt_images_and_counts(tmp_path, png):
     assert report["info"] == {"image_resized": 1, "image_rgb": 1, "text_cleaned": 2}
 
 
+def llm_clean_rows(png: bytes) -> list[Sample]:
+    """One row per verdict a scripted cleaner gives (the scripts key on these texts): a
+    rewrite, unsuitable, unparsable, a rewrite losing `<image>`, a server error, suitable."""
+    return [
+        Sample("zh", "s", "求 <image> x 的值", "3", images=[png]),
+        Sample("draw", "s", "Zeichne ein Haus", "-"),
+        Sample("bad", "s", "broken question", "1"),
+        Sample("lost", "s", "lost <image> here", "1", images=[png]),
+        Sample("down", "s", "server down", "1"),
+        Sample("en", "s", "2+2? just give the answer", "4"),
+    ]
+
+
 def test_llm_cleaner_verdicts(tmp_path, server, png):
     def cleaner(body):
         text = prompt_text(body).split("Question:")[1].split("Reference answer:")[0]
@@ -83,15 +96,7 @@ def test_llm_cleaner_verdicts(tmp_path, server, png):
         return json.dumps({"suitable": True, "reason": "ok", "question": "Just reason: 2+2?"})
 
     server.script = cleaner
-    rows = [
-        Sample("zh", "s", "求 <image> x 的值", "3", images=[png]),
-        Sample("draw", "s", "Zeichne ein Haus", "-"),
-        Sample("bad", "s", "broken question", "1"),
-        Sample("lost", "s", "lost <image> here", "1", images=[png]),
-        Sample("down", "s", "server down", "1"),
-        Sample("en", "s", "2+2? just give the answer", "4"),
-    ]
-    write_samples(tmp_path / "in.parquet", rows)
+    write_samples(tmp_path / "in.parquet", llm_clean_rows(png))
     cfg = PipelineConfig()
     cfg.clean.llm.enabled = True
     cfg.clean.llm.client.api_base = server.base_url

@@ -19,6 +19,7 @@ from mmr.data.pipeline import ray_executor
 from mmr.data.pipeline.clean import run_clean
 from mmr.data.pipeline.config import PipelineConfig
 from mmr.data.schema import Sample
+from tests.data.pipeline.test_clean import llm_clean_rows
 from tests.fake_openai import prompt_text
 
 pytest.importorskip("ray")
@@ -60,15 +61,7 @@ def _rows(folder: Path) -> list[dict]:
 
 def test_llm_clean_through_ray_llm_matches_openai(tmp_path, server, png, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a new local instance, not a cluster
-    rows = [
-        Sample("zh", "s", "求 <image> x 的值", "3", images=[png]),
-        Sample("draw", "s", "Zeichne ein Haus", "-"),
-        Sample("bad", "s", "broken question", "1"),
-        Sample("lost", "s", "lost <image> here", "1", images=[png]),
-        Sample("down", "s", "server down", "1"),
-        Sample("en", "s", "2+2? just give the answer", "4"),
-        Sample("en2", "s", "(3 points) 3+3? answer only", "6"),
-    ]
+    rows = [*llm_clean_rows(png), Sample("en2", "s", "(3 points) 3+3? answer only", "6")]
     write_samples(tmp_path / "in.parquet", rows)
     with mock.patch.dict(os.environ, {KEY_ENV: KEY}):
         server.script = cleaner
