@@ -43,6 +43,8 @@ EXTRAS = {
     "dev": [
         "pytest>=8",
         "pytest-timeout",
+        # `make test` runs on two workers (tests/conftest.py groups the files).
+        "pytest-xdist",
         "ruff==0.17.6",
         "uv==0.13.9",
         "pandas",
