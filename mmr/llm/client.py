@@ -46,6 +46,7 @@ __all__ = [
     "MalformedReply",
     "StatusError",
     "classify",
+    "endpoint_fault",
     "load_prompt",
     "redact",
     "reply_text",
@@ -157,6 +158,15 @@ def classify(err: BaseException, timeout_s: float, secrets: Iterable[str] = ()) 
         reason = "connection"
     # Redact before cutting: a cut through the key would leave its first part behind.
     return reason, redact(message, secrets)[:200]
+
+
+def endpoint_fault(reason: str | None) -> bool:
+    """Whether a failure `classify` named says the endpoint is unreachable or unhealthy
+    (refused or dropped connections, no reply in time, HTTP 5xx or 429), so another replica
+    of the model may answer: a reply `parse` rejects or a 4xx would fail there too."""
+    if reason in ("connection", "timeout", "http_429"):
+        return True
+    return reason is not None and reason.startswith("http_5")
 
 
 def _first_cause(err: BaseException) -> BaseException:

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from mmr.llm import Client, Endpoint, MalformedReply, redact
+from mmr.llm import Client, Endpoint, MalformedReply, endpoint_fault, redact
 from tests.fake_openai import FakeOpenAIServer, prompt_text
 
 SECRET = "sk-test-SECRET-0123456789abcdef"
@@ -101,3 +101,11 @@ def test_a_dropped_connection_is_not_a_timeout(server):
     server.script = lambda body: ("sleep", 3.0)
     (result, _) = _chat(server, _ask("q"))
     assert result.error == "timeout"
+
+
+def test_endpoint_faults_are_the_endpoints_not_the_requests():
+    # What ChatClient fails over to another replica: an endpoint down, slow or overloaded.
+    for reason in ("connection", "timeout", "http_500", "http_503", "http_429"):
+        assert endpoint_fault(reason), reason
+    for reason in (None, "malformed_reply", "http_400", "http_404", "skipped"):
+        assert not endpoint_fault(reason), reason

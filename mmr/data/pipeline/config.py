@@ -8,8 +8,10 @@ says where shards run (`local`: this machine's process pool, `num_proc`; `ray`: 
 a Ray cluster, section `ray`), which changes nothing in what a stage writes. Every model
 is reached through an OpenAI-compatible `ClientConfig` (vLLM or SGLang servers), its
 requests sent by mmr's client in the shard's process (`engine: openai`) or as a Ray Data job
-through `ray.data.llm`'s HTTP processor (`engine: ray_llm`); either balances `api_bases`. API keys
-never live here: a client reads the environment variable named by `api_key_env`.
+through `ray.data.llm`'s HTTP processor (`engine: ray_llm`). `api_bases` are replicas of the
+model: `openai` balances them by load and fails a request over to another when one is down,
+`ray_llm` deals the requests to them in turn. API keys never live here: a client reads the
+environment variable named by `api_key_env`.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class ClientConfig:
     backoff_s: float = 1.0  # first retry delay; doubles each retry
     extra_body: dict[str, Any] = field(default_factory=dict)  # merged into each request body
     engine: str = "openai"  # openai (asyncio, in the shard's process) | ray_llm (ray.data.llm)
-    api_bases: list[str] = field(default_factory=list)  # more endpoints of this model (replicas)
+    api_bases: list[str] = field(default_factory=list)  # more replicas of this model, balanced
 
     def __post_init__(self) -> None:
         check_choice("client.engine", self.engine, ENGINES)

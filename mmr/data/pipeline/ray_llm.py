@@ -3,10 +3,15 @@
 
     results = chat_many(endpoints, [messages, ...], [parse, ...], body)   # one ChatResult each
 
-The requests become a dataset; each endpoint (several serving one model are balanced: the
-requests are dealt to them in turn) gets a processor that `ray.data.llm.build_processor`
-builds from an `HttpRequestProcessorConfig`: one actor per endpoint, placed anywhere on the
-cluster, sending with Ray's request code (JSON body, headers, response read). The job runs
+The requests become a dataset; each endpoint gets a processor that
+`ray.data.llm.build_processor` builds from an `HttpRequestProcessorConfig`: one actor per
+endpoint, placed anywhere on the cluster, sending with Ray's request code (JSON body,
+headers, response read). Several endpoints serving one model are dealt the requests in
+turn before the job starts, not by load as engine openai balances them, and a request is
+not failed over to another: each endpoint's processor is a pipeline of its own over its own
+rows (Ray Data cannot feed two pipelines from one stream), and one processor over every
+endpoint would need its actor to send to several URLs, where Ray's request code sends to
+the one it was built with. The job runs
 on the Ray cluster this process is connected to (a shard task's, under `executor: ray`),
 else the one RAY_ADDRESS names, else a new local instance. Each call (one per shard and
 model) is one job: a few seconds to start its actors, small next to a shard of teacher

@@ -1,53 +1,140 @@
-"""The OpenAI-compatible client against a real local server: order, concurrency, retries,
-failures reported (never raised), reasoning folded back into <think>."""
+"""The OpenAI-compatible client against real local servers: order, concurrency, retries,
+failures reported (never raised), reasoning folded back into <think>, replicas balanced by
+load with failover."""
 
 from __future__ import annotations
+
+import contextlib
+import logging
+import socket
 
 import pytest
 
 from mmr.data.pipeline.client import ChatClient, MalformedReply, user_message
 from mmr.data.pipeline.config import ClientConfig
 from mmr.data.schema import Sample
+from mmr.llm.server import OpenAIServer
 from tests.fake_openai import image_count, prompt_text
 
 
 def _client(server, **kw) -> ChatClient:
-    cfg = ClientConfig(api_base=server.base_url, model="teacher", backoff_s=0.01, **kw)
-    return ChatClient(cfg)
+    kw = {"api_base": server.base_url, "model": "teacher", "backoff_s": 0.01, **kw}
+    return ChatClient(ClientConfig(**kw))
 
 
 def _ask(text: str):
     return [{"role": "user", "content": text}]
 
 
+def _echo(body) -> str:
+    return "echo " + prompt_text(body)
+
+
+def _number(text: str) -> int:
+    if not text.isdigit():
+        raise MalformedReply("no number")
+    return int(text)
+
+
+@contextlib.contextmanager
+def _replica(script, latency_s: float = 0.0):
+    """A second server of the same model, beside the session's `server`."""
+    replica = OpenAIServer(script).start()
+    replica.latency_s = latency_s
+    try:
+        yield replica
+    finally:
+        replica.stop()
+
+
+def _nobody_listens() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
 def test_replies_in_order_with_bounded_concurrency(server):
     server.latency_s = 0.05
     server.script = lambda body: "echo " + prompt_text(body)
-    results = _client(server, concurrency=4).chat_many([_ask(f"q{i}") for i in range(16)])
+    client = _client(server, concurrency=4)
+    results = client.chat_many([_ask(f"q{i}") for i in range(16)])
     assert [r.text for r in results] == [f"echo q{i}" for i in range(16)]
     assert server.max_in_flight <= 4
+    assert [(s.served, s.failovers) for s in client.stats] == [(16, 0)]
     body = server.bodies[0]
     assert body["model"] == "teacher" and body["max_tokens"] == 16384
 
 
-def test_replicas_share_the_requests_each_with_its_own_bound(server):
-    from mmr.llm.server import OpenAIServer
+def test_replicas_share_the_requests_by_load_each_with_its_own_bound(server, caplog):
+    server.script, server.latency_s = _echo, 0.2  # a slow replica
+    with _replica(_echo, latency_s=0.01) as fast, caplog.at_level(logging.INFO):
+        client = _client(server, concurrency=2, api_bases=[fast.base_url])
+        results = client.chat_many([_ask(f"q{i}") for i in range(40)])
+    # Answered in order; the fast replica took the next request whenever it had a free
+    # slot, so it served most (the slow one about 6 in the time), each within its bound.
+    assert [r.text for r in results] == [f"echo q{i}" for i in range(40)]
+    slow, quick = len(server.requests), len(fast.requests)
+    assert slow + quick == 40 and slow >= 2 and quick > 2 * slow
+    assert [(s.served, s.failovers) for s in client.stats] == [(slow, 0), (quick, 0)]
+    assert server.max_in_flight <= 2 and fast.max_in_flight <= 2
+    assert server.max_in_flight + fast.max_in_flight > 2  # both served at once
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "mmr.data.pipeline.client"]
+    assert f"{server.base_url} served {slow} (0 failed over)" in line
+    assert f"{fast.base_url} served {quick} (0 failed over)" in line
 
-    replica = OpenAIServer(lambda body: "replica " + prompt_text(body)).start()
-    try:
-        server.latency_s = replica.latency_s = 0.05
-        server.script = lambda body: "echo " + prompt_text(body)
-        client = _client(server, concurrency=3, api_bases=[replica.base_url])
-        results = client.chat_many([_ask(f"q{i}") for i in range(12)])
-    finally:
-        replica.stop()
-    # Dealt in turn, answered in order, at most `concurrency` in flight at each endpoint.
-    assert [r.text for r in results] == [
-        f"{'echo' if i % 2 == 0 else 'replica'} q{i}" for i in range(12)
+
+@pytest.mark.parametrize("down", ["refused", "http_503", "http_429"])
+def test_a_replica_that_is_down_fails_over_to_the_other(server, down):
+    server.script = _echo
+    status = 429 if down == "http_429" else 503
+    with _replica(lambda body: ("status", status)) as sick:
+        first = _nobody_listens() if down == "refused" else sick.base_url
+        client = _client(server, api_base=first, api_bases=[server.base_url], concurrency=2,
+                         retries=1)  # fmt: skip
+        results = client.chat_many([_ask(f"q{i}") for i in range(20)])
+    # Every request answered, by the replica that is up, each asked there once.
+    assert [r.text for r in results] == [f"echo q{i}" for i in range(20)]
+    assert len(server.requests) == 20
+    dead, alive = client.stats
+    assert dead.served == 0 and dead.failovers >= 2  # it took at least one per slot
+    assert (alive.served, alive.failovers) == (20, 0)
+    if down != "refused":  # each request it failed had its retries there first
+        assert len(sick.requests) == 2 * dead.failovers
+
+
+def test_a_request_every_replica_fails_is_reported_once_redacted(server, monkeypatch, caplog):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-123")
+    server.script = lambda body: ("status", 503, "overloaded, key sk-secret-123")
+    with _replica(server.script) as other, caplog.at_level(logging.INFO):
+        client = _client(server, api_bases=[other.base_url], concurrency=2, retries=1)
+        results = client.chat_many([_ask(f"q{i}") for i in range(6)])
+    # Tried at both replicas (each with its retries), then failed as a single endpoint fails.
+    assert [r.error for r in results] == ["http_503"] * 6
+    assert all("overloaded" in r.detail and "sk-secret" not in r.detail for r in results)
+    assert len(server.requests) == len(other.requests) == 6 * 2
+    assert sum(s.failovers for s in client.stats) == sum(s.served for s in client.stats) == 6
+    assert "sk-secret" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "bad, reason", [("nonsense", "malformed_reply"), (("status", 400), "http_400")]
+)
+def test_a_bad_reply_is_not_sent_to_another_replica(server, bad, reason):
+    server.script = lambda body: "42"
+    with _replica(lambda body: bad) as wrong:
+        client = _client(server, api_bases=[wrong.base_url], concurrency=2, retries=1)
+        results = client.chat_many([_ask(f"q{i}") for i in range(8)], parse=_number)
+    # The request's fault, not the endpoint's: it would fail at any replica.
+    failed = [r for r in results if r.error]
+    assert len(failed) >= 2 and {r.error for r in failed} == {reason}
+    assert all(r.value == 42 for r in results if not r.error)
+    assert [(s.served, s.failovers) for s in client.stats] == [
+        (8 - len(failed), 0),
+        (len(failed), 0),
     ]
-    assert len(server.requests) == len(replica.requests) == 6
-    assert server.max_in_flight <= 3 and replica.max_in_flight <= 3
-    assert replica.max_in_flight + server.max_in_flight > 3  # both served at once
+    assert len(server.requests) == 8 - len(failed)  # none asked again at the good replica
+    assert len(wrong.requests) == 2 * len(failed)
 
 
 def test_failures_are_retried_then_reported(server):
@@ -80,13 +167,7 @@ def test_failures_are_retried_then_reported(server):
 def test_parse_rejections_are_retried(server):
     replies = iter(["nonsense", "42"])
     server.script = lambda body: next(replies)
-
-    def parse(text):
-        if not text.isdigit():
-            raise MalformedReply("no number")
-        return int(text)
-
-    (result,) = _client(server, retries=1).chat_many([_ask("n?")], parse=parse)
+    (result,) = _client(server, retries=1).chat_many([_ask("n?")], parse=_number)
     assert result.value == 42 and len(server.requests) == 2
 
 
