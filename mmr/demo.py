@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -543,7 +544,7 @@ def stage(args: list[str], bin_dir: Path | None = None, env: dict[str, str] | No
     """Run `mmr ARGS` as a subprocess (its progress bars go straight to the terminal), with
     this interpreter or the `mmr` of another venv's `bin_dir`."""
     command = [str(bin_dir / "mmr")] if bin_dir else [sys.executable, "-m", "mmr.cli"]
-    print(" ".join([*command, *args]), flush=True)
+    print(shlex.join([*command, *args]), flush=True)  # a command to copy and rerun
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), **(env or {})}  # fmt: skip
     subprocess.run([*command, *args], check=True, env=env)

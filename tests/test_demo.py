@@ -5,7 +5,6 @@ learns is the full demo's business (its checks), not this test's."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,10 @@ from mmr.data.synthetic import recheck_count, teacher_response
 from mmr.demo import (
     DEFAULT_CONFIG,
     DemoConfig,
-    RLSection,
     empty_think_share,
     main,
     pretrain,
     pretrain_key,
-    rl_venv_bin,
 )
 from mmr.eval.stats import sign_test_p, smoothed, wilson_interval
 
@@ -58,94 +55,42 @@ def _no_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.mark.timeout(1800)  # the verl run: Ray, vLLM-CPU and FSDP start-up on 2 cores
-@pytest.mark.parametrize("engine", ["local", "verl"])
-def test_demo_small_end_to_end(
-    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, engine: str
-) -> None:
-    if engine == "verl" and not (rl_venv_bin(RLSection()) / "mmr").is_file():
-        message = "the RL venv (.venv-rl) is not installed: run `make setup-rl`"
-        if os.environ.get("CI"):
-            pytest.fail(message)  # CI installs it: the demo's verl path must run there
-        pytest.skip(message)
-    # local: the demo's default path (pretraining, frozen packed SFT, GSPO twice: with and
-    # without the length term); verl: without pretraining (SFT from the random base model).
-    card = engine == "local"
+def test_demo_small_end_to_end(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The demo's default path (pretraining, frozen packed SFT, GSPO twice: with and without
+    # the length term) on the debug engine. The same demo with GSPO on verl is the first run
+    # of tests/rl/test_verl_train.py (one launch of verl's trainer for both tests).
     out, cache = tmp_path / "demo", f"pretrain.cache_dir={tmp_path / 'cache'}"
-    argv = [f"output_dir={out}", f"rl.engine={engine}", cache, *SMALL]
-    if card:  # the verbose teacher, through the server, the pipeline's filters and SFT
-        argv += ["data.max_rechecks=3", "rl.length_ablation=true"]
-    assert main([*argv, f"pretrain.enabled={str(card).lower()}"]) == 0
+    argv = [f"output_dir={out}", "rl.engine=local", cache, *SMALL]
+    # the verbose teacher, through the server, the pipeline's filters and SFT
+    argv += ["data.max_rechecks=3", "rl.length_ablation=true", "pretrain.enabled=true"]
+    assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["rl_engine"] == engine
-    if card:
-        assert summary["pretrain_cache"] == "miss" and summary["pretrain"]["steps"] == 2
-        assert set(summary["pretrain"]["per_kind"]) == {"colour", "largest"}
-        per_field = summary["pretrain"]["per_field"]
-        assert {"colour/colour", "colour/shape", "largest/largest"} <= set(per_field)
-        assert all(0.0 <= v <= 1.0 for v in per_field.values())
-    else:
-        assert summary["pretrain"] is None and summary["pretrain_description_accuracy"] is None
-        assert "accuracy_pretrained" not in summary and not (out / "pretrain").exists()
-    # SFT froze the vision tower and the projector, and they are bit-identical afterwards.
-    assert summary["sft_frozen"]["parts"] == ["vision_tower", "projector"]
-    assert summary["sft_frozen"]["bit_identical"] and summary["sft_frozen"]["tensors"] > 0
-    assert summary["checks"]["sft_frozen_parts_bit_identical"]
-    assert summary["sft_frozen"]["trainable_tensors_changed"] > 0
-    for key in KEYS if card else [k for k in KEYS if "pretrain" not in k]:
-        assert 0.0 <= summary[key] <= (1.0 if key.startswith(("acc", "format")) else 12.0), key
-    assert summary["sft_steps"] == 3 and summary["rl_steps"] == 2
-    assert summary["sft_samples"] == 12  # every teacher trace verified and selected
-    _check_statistics(
-        out, summary, list(KEYS if card else [k for k in KEYS if "pretrain" not in k])
+    check_demo_outputs(out, summary, capsys.readouterr().out, engine="local", rl_steps=2)
+    assert summary["pretrain_cache"] == "miss" and summary["pretrain"]["steps"] == 2
+    assert set(summary["pretrain"]["per_kind"]) == {"colour", "largest"}
+    per_field = summary["pretrain"]["per_field"]
+    assert {"colour/colour", "colour/shape", "largest/largest"} <= set(per_field)
+    assert all(0.0 <= v <= 1.0 for v in per_field.values())
+    selected = list(read_samples(out / "data" / "selected"))
+    assert sorted(s.response for s in selected) == sorted(
+        teacher_response(s.meta, max_rechecks=3) for s in selected
     )
-    if card:
-        selected = list(read_samples(out / "data" / "selected"))
-        assert sorted(s.response for s in selected) == sorted(
-            teacher_response(s.meta, max_rechecks=3) for s in selected
-        )
-        assert {recheck_count(s.meta, 3) for s in selected} != {0}
-    assert set(summary["per_source"]["sft"]) >= {
-        "synthetic/colour",
-        "synthetic/count",
-        "synthetic/largest",
-        "all",
-    }
-    for png in ("sft_loss.png", "rl_reward.png", "accuracy.png"):
-        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert {recheck_count(s.meta, 3) for s in selected} != {0}
+    assert (out / "rl" / "rollouts.jsonl").is_file()
+    # The ablation: a second GSPO run from the same SFT model, the length term off.
+    assert "mode: none" in (out / "rl_no_length" / "config.yaml").read_text()
+    assert "mode: budget" in (out / "rl" / "config.yaml").read_text()
+    ablation = summary["length_ablation"]
     report = (out / "report.md").read_text()
-    assert "| sft |" in report and "![accuracy](accuracy.png)" in report
-    assert (
-        "## SFT headroom: 2 answers per held-out task" in report and "| pass@1 | pass@2 |" in report
-    )
-    assert f"| all | 8 | {summary['sft_pass_at_1']:.3f} [" in report
-    assert f"{summary['rl_vs_sft']['discordant']} discordant" in report
-    for name in ("base", "pretrained", "sft", "rl") if card else ("base", "sft", "rl"):
-        assert len((out / "eval" / name / "generations.jsonl").read_text().splitlines()) == 8
-    printed = capsys.readouterr().out
-    assert "held-out accuracy" in printed
-    if card:
-        assert len((out / "pretrain" / "descriptions.jsonl").read_text().splitlines()) == 6
-        assert "pretrained model: cache miss" in printed
-    if engine == "local":
-        assert (out / "rl" / "rollouts.jsonl").is_file()
-        # The ablation: a second GSPO run from the same SFT model, the length term off.
-        assert "mode: none" in (out / "rl_no_length" / "config.yaml").read_text()
-        assert "mode: budget" in (out / "rl" / "config.yaml").read_text()
-        ablation = summary["length_ablation"]
-        for key, name in (("with_length", "rl"), ("without_length", "rl_no_length")):
-            gens = [json.loads(x) for x in (out / "eval" / name / "generations.jsonl").open()]
-            assert len(gens) == 8 and ablation[key]["accuracy"] == summary[f"accuracy_{name}"]
-            assert ablation[key]["empty_think_share"] == empty_think_share(
-                [g["response"] for g in gens]
-            )
-        assert set(ablation["checks"]) <= set(summary["checks"])
-        assert "## The overthinking penalty" in report
-        assert (out / "rl_length.png").read_bytes()[:4] == b"\x89PNG"
-    else:  # verl's checkpoint, merged to the HF folder that was evaluated
-        assert (out / "rl" / "checkpoints" / "global_step_2" / "actor").is_dir()
-        assert (out / "rl" / "final" / "config.json").is_file()
-        return
+    for key, name in (("with_length", "rl"), ("without_length", "rl_no_length")):
+        gens = [json.loads(x) for x in (out / "eval" / name / "generations.jsonl").open()]
+        assert len(gens) == 8 and ablation[key]["accuracy"] == summary[f"accuracy_{name}"]
+        assert ablation[key]["empty_think_share"] == empty_think_share(
+            [g["response"] for g in gens]
+        )
+    assert set(ablation["checks"]) <= set(summary["checks"])
+    assert "## The overthinking penalty" in report
+    assert (out / "rl_length.png").read_bytes()[:4] == b"\x89PNG"
     # The same inputs again: the pretraining stage comes from the cache, without training.
     cfg = load_config(DemoConfig, str(DEFAULT_CONFIG), [cache, *SMALL, "pretrain.enabled=true"])
     with monkeypatch.context() as m:
@@ -163,6 +108,50 @@ def test_demo_small_end_to_end(
     (stranger / "notes.txt").write_text("keep me")
     assert main([f"output_dir={stranger}", *SMALL]) == 2
     assert (stranger / "notes.txt").read_text() == "keep me"
+
+
+def check_demo_outputs(
+    out: Path, summary: dict, printed: str, *, engine: str, rl_steps: int, train_tasks: int = 12
+) -> None:
+    """What every small demo run writes, whichever engine ran GSPO (pretraining on for the
+    debug engine's run, off for verl's)."""
+    card = summary["pretrain"] is not None
+    keys = [k for k in KEYS if card or "pretrain" not in k]
+    assert summary["rl_engine"] == engine
+    if not card:
+        assert summary["pretrain_description_accuracy"] is None
+        assert "accuracy_pretrained" not in summary and not (out / "pretrain").exists()
+    # SFT froze the vision tower and the projector, and they are bit-identical afterwards.
+    assert summary["sft_frozen"]["parts"] == ["vision_tower", "projector"]
+    assert summary["sft_frozen"]["bit_identical"] and summary["sft_frozen"]["tensors"] > 0
+    assert summary["checks"]["sft_frozen_parts_bit_identical"]
+    assert summary["sft_frozen"]["trainable_tensors_changed"] > 0
+    for key in keys:
+        assert 0.0 <= summary[key] <= (1.0 if key.startswith(("acc", "format")) else 12.0), key
+    assert summary["sft_steps"] == 3 and summary["rl_steps"] == rl_steps
+    assert summary["sft_samples"] == train_tasks  # every teacher trace verified and selected
+    _check_statistics(out, summary, keys)
+    assert set(summary["per_source"]["sft"]) >= {
+        "synthetic/colour",
+        "synthetic/count",
+        "synthetic/largest",
+        "all",
+    }
+    for png in ("sft_loss.png", "rl_reward.png", "accuracy.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    report = (out / "report.md").read_text()
+    assert "| sft |" in report and "![accuracy](accuracy.png)" in report
+    assert (
+        "## SFT headroom: 2 answers per held-out task" in report and "| pass@1 | pass@2 |" in report
+    )
+    assert f"| all | 8 | {summary['sft_pass_at_1']:.3f} [" in report
+    assert f"{summary['rl_vs_sft']['discordant']} discordant" in report
+    for name in ("base", "pretrained", "sft", "rl") if card else ("base", "sft", "rl"):
+        assert len((out / "eval" / name / "generations.jsonl").read_text().splitlines()) == 8
+    assert "held-out accuracy" in printed
+    if card:
+        assert len((out / "pretrain" / "descriptions.jsonl").read_text().splitlines()) == 6
+        assert "pretrained model: cache miss" in printed
 
 
 def _check_statistics(out: Path, summary: dict, keys: list[str]) -> None:

