@@ -364,8 +364,23 @@ def _think(meta: dict[str, Any]) -> str:
                 f"The {x} bar is {_units(values[x])} tall and the {y} bar is "
                 f"{_units(values[y])} tall. {values[x]} - {values[y]} = {answer}."
             )
-        return f"The {form} bar is {_pick(meta)}, which is option {answer}."
-    return f"The largest shape is {_pick(meta)}, which is option {answer}."
+        return f"The {form} bar is {_pick(meta)}. {_lookup(meta)}"
+    return f"The largest shape is {_pick(meta)}. {_lookup(meta)}"
+
+
+def _lookup(meta: dict[str, Any]) -> str:
+    """The option letter, found by reading the options in order up to the picked colour.
+
+    "which is option C" right after the colour asks a model to find that colour among the
+    options and emit the letter before it in one token; the demo's tiny model never learned
+    it (it named the largest shape's colour right in 95% of held-out tasks and the letter at
+    chance, issue 16). Read out one by one, each step is a copy from the prompt and a yes/no
+    comparison with the colour already named, and the letter is the one just written.
+    """
+    answer = solve(meta)
+    read = [f"option {letter} is {colour}" for letter, colour in zip(LETTERS, meta["options"])]
+    read = ", ".join(read[: LETTERS.index(answer) + 1])
+    return f"O{read[1:]}. So the answer is {answer}."
 
 
 # Redundant re-checks a long-CoT teacher writes, each restating the deciding fact. The

@@ -157,8 +157,15 @@ def test_traces_state_the_deciding_fact_before_the_answer(train: list[Sample]) -
     for sample in train:
         meta, think = sample.meta, sample.response.split("</think>")[0]
         if meta.get("options"):
-            colour = meta["options"]["ABCD".index(sample.answer)]
-            assert think.index(colour) < think.index(f"option {sample.answer}"), think
+            # The colour first, then the options read out in order up to the answer's.
+            k = "ABCD".index(sample.answer)
+            colour, read = meta["options"][k], think.lower()
+            steps = [f"option {x} is {c}".lower() for x, c in zip("ABCD", meta["options"])]
+            assert read.index(colour) < read.index(steps[0]), think
+            assert (
+                ", ".join(steps[: k + 1]) + f". so the answer is {sample.answer.lower()}." in read
+            )
+            assert k == 3 or steps[k + 1] not in read, think
         elif meta["kind"] == "colour":
             assert think.endswith(f" is {sample.answer}."), think
         elif meta["kind"] == "count":
