@@ -111,7 +111,14 @@ def test_demo_small_end_to_end(tmp_path: Path, capsys, monkeypatch: pytest.Monke
 
 
 def check_demo_outputs(
-    out: Path, summary: dict, printed: str, *, engine: str, rl_steps: int, train_tasks: int = 12
+    out: Path,
+    summary: dict,
+    printed: str,
+    *,
+    engine: str,
+    rl_steps: int,
+    train_tasks: int = 12,
+    sft_steps: int = 3,
 ) -> None:
     """What every small demo run writes, whichever engine ran GSPO (pretraining on for the
     debug engine's run, off for verl's)."""
@@ -128,7 +135,7 @@ def check_demo_outputs(
     assert summary["sft_frozen"]["trainable_tensors_changed"] > 0
     for key in keys:
         assert 0.0 <= summary[key] <= (1.0 if key.startswith(("acc", "format")) else 12.0), key
-    assert summary["sft_steps"] == 3 and summary["rl_steps"] == rl_steps
+    assert summary["sft_steps"] == sft_steps and summary["rl_steps"] == rl_steps
     assert summary["sft_samples"] == train_tasks  # every teacher trace verified and selected
     _check_statistics(out, summary, keys)
     assert set(summary["per_source"]["sft"]) >= {
