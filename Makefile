@@ -96,10 +96,10 @@ format: setup
 # The verl tests (tests/rl/test_verl_*.py, `-k verl`) run verl's real trainer from the RL
 # venv; the fixes for verl's bugs are tested under both venvs' transformers releases.
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
-# Two workers, each running whole test files, verl's end-to-end file first (tests/conftest.py);
-# `make test PYTEST_WORKERS=` runs them serially.
 # Serial by default until the Ray executor test stops counting one extra retried request
-# under two workers (a slow reply timed out and was asked again); `make test PYTEST_WORKERS="-n 2 --dist loadfile --no-loadscope-reorder"` runs two.
+# under two workers (a slow reply timed out and was asked again). Two workers, each running
+# whole test files, verl's end-to-end file first (tests/conftest.py):
+#   make test PYTEST_WORKERS="-n 2 --dist loadfile --no-loadscope-reorder"
 PYTEST_WORKERS ?=
 test: lint setup-rl
 	$(TEST_ENV) $(BIN)/pytest -q --durations=15 $(PYTEST_WORKERS) tests; \
