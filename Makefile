@@ -96,11 +96,9 @@ format: setup
 # The verl tests (tests/rl/test_verl_*.py, `-k verl`) run verl's real trainer from the RL
 # venv; the fixes for verl's bugs are tested under both venvs' transformers releases.
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
-# Serial by default until the Ray executor test stops counting one extra retried request
-# under two workers (a slow reply timed out and was asked again). Two workers, each running
-# whole test files, verl's end-to-end file first (tests/conftest.py):
-#   make test PYTEST_WORKERS="-n 2 --dist loadfile --no-loadscope-reorder"
-PYTEST_WORKERS ?=
+# Two workers, each running whole test files (module fixtures built once), verl's end-to-end
+# file first (tests/conftest.py): CI ~20 min against ~29 serial. Serial: PYTEST_WORKERS=
+PYTEST_WORKERS ?= -n 2 --dist loadfile --no-loadscope-reorder
 test: lint setup-rl
 	$(TEST_ENV) $(BIN)/pytest -q --durations=15 $(PYTEST_WORKERS) tests; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; rc=0; fi; exit $$rc
