@@ -283,6 +283,8 @@ class Client:
             if on_failure is not None:
                 on_failure(reason, detail)
             if attempt < ep.retries:
+                if proceed is not None and not proceed():  # no backoff before an attempt not made
+                    return ChatResult(error="skipped", detail=detail)
                 await asyncio.sleep(ep.backoff_s * 2**attempt)
         return ChatResult(error=reason, detail=detail)
 
