@@ -18,10 +18,28 @@ a slow one. A request whose attempts at one replica ended in an error that blame
 endpoint (`connection`, `timeout`, HTTP 5xx or 429: `mmr.llm.client.endpoint_fault`) is
 sent to one that has not failed it yet, and reported failed only when none is left; a
 reply `parse` rejects or another 4xx is the request's fault and is not sent elsewhere.
+
+A replica that keeps failing is rested by a circuit breaker: `breaker_failures` endpoint
+faults in a row (failed attempts, retries included; any reply resets the count) open it, and
+its requests in flight stop retrying there and fail over at once. No request goes to it for
+`breaker_cooldown_s`; then one request probes it: a reply closes the breaker, an endpoint
+fault opens it again. So a dead replica costs a few attempts, and a hanging one about one
+`timeout_s`, not each request's `timeout_s x (retries + 1)`. No request is lost to a breaker:
+while every replica it may still go to is open, it waits for the first cooldown to end. A
+failed probe fails the waiting requests too: one for which each replica has either failed
+it or failed a probe in this call is reported failed, with that probe's reason. So with
+every replica down a call ends after about one cooldown and one probe each, rather than
+failing one request per cooldown. The breakers live as long as the process (one per replica
+URL), not one call: stages make a ChatClient and call `chat_many` once per shard, and a
+replica found dead in one shard should not be found dead again, at the same cost, in each
+of the next. With one endpoint there is nowhere to fail over to, and nothing changes: no
+breaker.
+
 `ChatClient.stats` says what each replica did in the last call (also logged at INFO when
 there are several). With `engine: ray_llm` the same requests, with the same retry policy
-and results, go out as a Ray Data job through `ray.data.llm` (`mmr.data.pipeline.ray_llm`),
-dealt to the replicas in turn before the job starts and not failed over.
+and results, go out as a Ray Data job through `ray.data.llm` (`mmr.data.pipeline.ray_llm`):
+dealt to the replicas in turn before the job starts, those an endpoint fault failed run
+again as another job at replicas they have not tried (failover by passes; no breaker).
 
 What this module adds to `mmr.llm`: the config section, the request defaults (sampling
 settings, `extra_body`), a synchronous front, the balancing over replicas, and the messages
@@ -39,6 +57,7 @@ import collections
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +70,7 @@ from mmr.llm import client as llm
 from mmr.llm.client import ChatResult, MalformedReply, Parse
 
 __all__ = [
+    "Breaker",
     "ChatClient",
     "ChatResult",
     "EndpointStats",
@@ -58,6 +78,7 @@ __all__ = [
     "load_prompt",
     "make_client",
     "render",
+    "reset_breakers",
     "user_message",
 ]
 
@@ -110,6 +131,44 @@ class EndpointStats:
     base_url: str  # without user:password@ or a query, which could hold a secret
     served: int = 0  # requests whose result it gave back, failures included
     failovers: int = 0  # requests it failed as unreachable or unhealthy, sent to another
+    opened: int = 0  # times its circuit breaker opened (faults in a row, or a failed probe)
+
+
+@dataclass
+class Breaker:
+    """One replica's circuit breaker (engine openai, several replicas; see the module)."""
+
+    failures: int = 0  # endpoint faults in a row at this replica (failed attempts)
+    open_until: float | None = None  # open: no new request before this time.monotonic()
+    probe: object | None = None  # once the cooldown is over: the one request trying it
+
+    def admits(self, probe: object | None) -> bool:
+        """Whether a request (holding `probe` if it is the probe) may make an attempt."""
+        return self.open_until is None or (probe is not None and probe is self.probe)
+
+    def close(self) -> None:
+        """The replica answered: requests flow again."""
+        self.failures, self.open_until, self.probe = 0, None, None
+
+    def fault(self, threshold: int, cooldown_s: float, probe: object | None) -> bool:
+        """Count an endpoint fault; True when it opens the breaker: the `threshold`-th in a
+        row while closed, or the probe's. Late faults of requests sent before it opened
+        do not extend the cooldown."""
+        self.failures += 1
+        probing = probe is not None and probe is self.probe
+        if threshold and (probing or (self.open_until is None and self.failures >= threshold)):
+            self.open_until, self.probe = time.monotonic() + cooldown_s, None
+            return True
+        return False
+
+
+# Per process and replica URL, not per ChatClient: stages make one client per shard.
+_BREAKERS: dict[str, Breaker] = {}
+
+
+def reset_breakers() -> None:
+    """Forget what every replica's breaker learnt (tests; a process that knows better)."""
+    _BREAKERS.clear()
 
 
 def _public(url: str) -> str:
@@ -131,7 +190,7 @@ class ChatClient:
             )
         self.url = base.rstrip("/") + "/chat/completions"
         self.endpoint = llm.Endpoint.of(cfg, base_url=base, model=cfg.model)
-        # The replicas of the model, balanced by load (see `_balance`).
+        # The replicas of the model, balanced by load (see `_Balance`).
         self.endpoints = [self.endpoint]
         self.endpoints += [llm.Endpoint.of(cfg, base_url=b, model=cfg.model) for b in cfg.api_bases]
         self.stats: list[EndpointStats] = []  # per replica, of the last chat_many (engine openai)
@@ -180,76 +239,193 @@ class ChatClient:
                 results = list(await asyncio.gather(*jobs))
                 self.stats[0].served = len(results)
                 return results
-            results = await _balance(clients, requests, parsers, body, self.stats)
+            if self.cfg.breaker_failures:
+                breakers = [_BREAKERS.setdefault(e.base_url, Breaker()) for e in self.endpoints]
+            else:  # off: breakers of this call alone, which never open
+                breakers = [Breaker() for _ in self.endpoints]
+            balance = _Balance(clients, requests, parsers, body, self.stats, breakers, self.cfg)
+            results = await balance.run()
         log.info(
             "%d requests to %s: %s",
             len(requests),
             self.cfg.model,
             ", ".join(
-                f"{s.base_url} served {s.served} ({s.failovers} failed over)" for s in self.stats
+                f"{s.base_url} served {s.served} ({s.failovers} failed over, "
+                f"breaker opened {s.opened}x)"
+                for s in self.stats
             ),
         )
         return results
 
 
-async def _balance(
-    clients: list[llm.Client],
-    requests: Sequence[Messages],
-    parsers: list[Parse | None],
-    body: dict,
-    stats: list[EndpointStats],
-) -> list[ChatResult]:
+async def _wait(changed: asyncio.Condition, timeout_s: float | None) -> None:
+    """Wait (holding `changed`) until woken, or `timeout_s` at most: a cooldown that ends
+    wakes nobody."""
+    if timeout_s is None:
+        await changed.wait()
+        return
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(changed.wait(), timeout_s)
+
+
+class _Balance:
     """Each request through one of `clients`, replicas of one model, pulled by load:
     `concurrency` workers per endpoint, each taking the next request when its last one is
     done, so a replica's share follows its speed. A request an endpoint failed as
     unreachable or unhealthy goes back to be taken first by one that has not failed it.
+    A worker takes nothing while its replica's breaker is open, and only the probe once
+    the cooldown is over (the rules are in the module docstring).
 
     A worker holds its slot through the client's retries and their backoff: a replica that
     is failing takes fewer new requests meanwhile, which is the point."""
-    results: list[ChatResult | None] = [None] * len(requests)
-    fresh = collections.deque(range(len(requests)))
-    handed_on: list[int] = []  # failed over, waiting for an endpoint that has not failed them
-    tried: list[set[int]] = [set() for _ in requests]
-    changed = asyncio.Condition()
-    left = len(requests)
 
-    def take(k: int) -> int | None:
-        for j, i in enumerate(handed_on):
-            if k not in tried[i]:
-                return handed_on.pop(j)
-        return fresh.popleft() if fresh else None
+    def __init__(
+        self,
+        clients: list[llm.Client],
+        requests: Sequence[Messages],
+        parsers: list[Parse | None],
+        body: dict,
+        stats: list[EndpointStats],
+        breakers: list[Breaker],
+        cfg: ClientConfig,
+    ) -> None:
+        self.clients, self.requests, self.parsers, self.body = clients, requests, parsers, body
+        self.stats, self.breakers, self.cfg = stats, breakers, cfg
+        self.results: list[ChatResult | None] = [None] * len(requests)
+        self.fresh = collections.deque(range(len(requests)))
+        self.handed_on: list[int] = []  # failed over, waiting for a replica not failing them
+        self.tried: list[set[int]] = [set() for _ in requests]
+        self.down: set[int] = set()  # replicas whose probe failed in this call, still open
+        self.changed = asyncio.Condition()
+        self.left = len(requests)
+        for breaker in breakers:  # a probe of a call cut short (an exception) never returns
+            breaker.probe = None
 
-    async def worker(k: int) -> None:
-        nonlocal left
+    async def run(self) -> list[ChatResult]:
+        workers = [
+            asyncio.ensure_future(self._worker(k))
+            for k, client in enumerate(self.clients)
+            for _ in range(client.endpoint.concurrency)
+        ]
+        try:
+            await asyncio.gather(*workers)
+        finally:  # a worker that raised (a bug) must not leave the others waiting
+            for task in workers:
+                task.cancel()
+        return self.results  # type: ignore[return-value]
+
+    async def _worker(self, k: int) -> None:
         while True:
-            async with changed:
-                # Nothing to take now, but a request in flight elsewhere may fail over here.
-                while (i := take(k)) is None:
-                    if left == 0:
+            async with self.changed:
+                # Nothing to take now, but a request in flight elsewhere may fail over here,
+                # or this replica's cooldown may end.
+                while (taken := self._take(k)) is None:
+                    if self.left == 0:
                         return
-                    await changed.wait()
-            tried[i].add(k)
-            result = await clients[k].chat(requests[i], parsers[i], **body)
-            async with changed:
-                if llm.endpoint_fault(result.error) and len(tried[i]) < len(clients):
-                    stats[k].failovers += 1
-                    handed_on.append(i)
-                else:
-                    stats[k].served += 1
-                    results[i], left = result, left - 1
-                changed.notify_all()
+                    await _wait(self.changed, self._cooldown_left(k))
+            i, probe = taken
+            self.tried[i].add(k)
+            result, probe_failed, cut = await self._ask(k, i, probe)
+            async with self.changed:
+                self._settle(k, i, result, probe_failed, cut)
+                self.changed.notify_all()
 
-    workers = [
-        asyncio.ensure_future(worker(k))
-        for k, client in enumerate(clients)
-        for _ in range(client.endpoint.concurrency)
-    ]
-    try:
-        await asyncio.gather(*workers)
-    finally:  # a worker that raised (a bug) must not leave the others waiting
-        for task in workers:
-            task.cancel()
-    return results  # type: ignore[return-value]
+    def _take(self, k: int) -> tuple[int, object | None] | None:
+        """The next request for replica `k` with its probe token (None: not the probe), or
+        None: nothing for it, or its breaker is open (or half-open with a probe out)."""
+        breaker = self.breakers[k]
+        if breaker.open_until is not None and (
+            breaker.probe is not None or time.monotonic() < breaker.open_until
+        ):
+            return None
+        i = next((j for j in self.handed_on if k not in self.tried[j]), None)
+        if i is not None:
+            self.handed_on.remove(i)
+        elif self.fresh:
+            i = self.fresh.popleft()
+        else:
+            return None
+        if breaker.open_until is None:
+            return i, None
+        breaker.probe = object()
+        return i, breaker.probe
+
+    def _cooldown_left(self, k: int) -> float | None:
+        breaker = self.breakers[k]
+        if breaker.open_until is None or breaker.probe is not None:
+            return None
+        left = breaker.open_until - time.monotonic()
+        return left if left > 0 else None  # over: only a request handed on can wake it
+
+    async def _ask(self, k: int, i: int, probe: object | None) -> tuple[ChatResult, bool, bool]:
+        """Request `i` at replica `k`: (its result, whether it was the probe and failed,
+        whether the breaker cut its retries short). Every attempt is counted by the breaker;
+        none is made while it is open (a request is taken only where it admits one, with
+        nothing awaited before the first attempt, so a cut comes after a failed attempt)."""
+        breaker, cfg, last = self.breakers[k], self.cfg, ["", ""]
+        probe_failed = False
+
+        def on_failure(reason: str, detail: str) -> None:
+            nonlocal probe_failed
+            last[:] = reason, detail
+            if not llm.endpoint_fault(reason):
+                breaker.close()  # it answered (a reply `parse` rejects, a 4xx): it is up
+                return
+            probe_failed = probe is not None and probe is breaker.probe
+            was_closed = breaker.open_until is None
+            if breaker.fault(cfg.breaker_failures, cfg.breaker_cooldown_s, probe):
+                self.stats[k].opened += 1
+                if was_closed:
+                    log.warning(
+                        "%s: %d endpoint faults in a row (last: %s); no requests for %s s",
+                        self.stats[k].base_url, breaker.failures, reason, cfg.breaker_cooldown_s,
+                    )  # fmt: skip
+
+        result = await self.clients[k].chat(
+            self.requests[i],
+            self.parsers[i],
+            proceed=lambda: breaker.admits(probe),
+            on_failure=on_failure,
+            **self.body,
+        )
+        if result.error is None:
+            breaker.close()
+        cut = result.error == "skipped"
+        if cut:  # the breaker opened: its last failure here is the request's
+            result = ChatResult(error=last[0], detail=last[1])
+        return result, probe_failed, cut
+
+    def _settle(self, k: int, i: int, result: ChatResult, probe_failed: bool, cut: bool) -> None:
+        """Request `i`'s result from replica `k`: final, or handed on to another replica."""
+        if probe_failed:
+            self.down.add(k)
+        elif self.breakers[k].open_until is None:
+            self.down.discard(k)
+        if (cut or llm.endpoint_fault(result.error)) and not self._hopeless(i):
+            self.stats[k].failovers += 1
+            self.handed_on.append(i)
+        else:
+            self._finish(k, i, result)
+        if not probe_failed:
+            return
+        # Replica k is still down: so is every request waiting that only it could answer.
+        waiting, self.handed_on = self.handed_on, []
+        if len(self.down) == len(self.clients):
+            waiting += self.fresh
+            self.fresh.clear()
+        for j in waiting:
+            if self._hopeless(j):
+                self._finish(k, j, ChatResult(error=result.error, detail=result.detail))
+            else:
+                self.handed_on.append(j)
+
+    def _hopeless(self, i: int) -> bool:
+        """Whether every replica has failed request `i` or failed a probe in this call."""
+        return len(self.tried[i] | self.down) == len(self.clients)
+
+    def _finish(self, k: int, i: int, result: ChatResult) -> None:
+        self.stats[k].served += 1
+        self.results[i], self.left = result, self.left - 1
 
 
 def make_client(cfg: ClientConfig, name: str) -> ChatClient:

@@ -9,9 +9,10 @@ a Ray cluster, section `ray`), which changes nothing in what a stage writes. Eve
 is reached through an OpenAI-compatible `ClientConfig` (vLLM or SGLang servers), its
 requests sent by mmr's client in the shard's process (`engine: openai`) or as a Ray Data job
 through `ray.data.llm`'s HTTP processor (`engine: ray_llm`). `api_bases` are replicas of the
-model: `openai` balances them by load and fails a request over to another when one is down,
-`ray_llm` deals the requests to them in turn. API keys never live here: a client reads the
-environment variable named by `api_key_env`.
+model: `openai` balances them by load, fails a request over to another when one is down and
+rests a replica that keeps failing (`breaker_*`), `ray_llm` deals the requests to them in turn
+and runs those a down replica failed again at another. API keys never live here: a client
+reads the environment variable named by `api_key_env`.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class ClientConfig:
     extra_body: dict[str, Any] = field(default_factory=dict)  # merged into each request body
     engine: str = "openai"  # openai (asyncio, in the shard's process) | ray_llm (ray.data.llm)
     api_bases: list[str] = field(default_factory=list)  # more replicas of this model, balanced
+    breaker_failures: int = 3  # endpoint faults in a row that open a replica's breaker (0: off)
+    breaker_cooldown_s: float = 30.0  # how long an open replica rests before a request probes it
 
     def __post_init__(self) -> None:
         check_choice("client.engine", self.engine, ENGINES)
@@ -70,6 +73,8 @@ class ClientConfig:
         positive("client.timeout_s", self.timeout_s)
         positive("client.retries", self.retries, zero_ok=True)
         positive("client.max_tokens", self.max_tokens)
+        positive("client.breaker_failures", self.breaker_failures, zero_ok=True)
+        positive("client.breaker_cooldown_s", self.breaker_cooldown_s)
 
 
 @dataclass

@@ -169,9 +169,9 @@ def fingerprint(**parts: Any) -> str:
 
 
 # Settings that change how fast a stage runs, not what it writes: a resumed run may change them.
-# (`engine` and `api_bases`: how and to how many replicas of the model requests are sent.)
+# (`engine`, `api_bases`, `breaker_*`: how and to how many replicas of the model requests go.)
 _RUNTIME_KEYS = {"concurrency", "timeout_s", "retries", "backoff_s", "num_proc", "device"}
-_RUNTIME_KEYS |= {"engine", "api_bases"}
+_RUNTIME_KEYS |= {"engine", "api_bases", "breaker_failures", "breaker_cooldown_s"}
 
 
 def _without_runtime(value: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mmr.data.pipeline.client import reset_breakers
 from tests.fake_openai import FakeOpenAIServer
 
 
@@ -26,6 +27,9 @@ def _no_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # A developer's own endpoint settings must not leak into the tests.
     for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL_NAME", "USE_LLM_JUDGE"):
         monkeypatch.delenv(name, raising=False)
+    # Replicas' circuit breakers live as long as the process: one test's dead replica (or a
+    # port a later server reuses) must not rest another test's.
+    reset_breakers()
 
 
 @pytest.fixture(scope="session")

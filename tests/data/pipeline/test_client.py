@@ -1,15 +1,17 @@
 """The OpenAI-compatible client against real local servers: order, concurrency, retries,
 failures reported (never raised), reasoning folded back into <think>, replicas balanced by
-load with failover."""
+load with failover, and a circuit breaker that rests a replica that is down."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import socket
+import time
 
 import pytest
 
+from mmr.config import ConfigError
 from mmr.data.pipeline.client import ChatClient, MalformedReply, user_message
 from mmr.data.pipeline.config import ClientConfig
 from mmr.data.schema import Sample
@@ -80,8 +82,8 @@ def test_replicas_share_the_requests_by_load_each_with_its_own_bound(server, cap
     assert server.max_in_flight <= 2 and fast.max_in_flight <= 2
     assert server.max_in_flight + fast.max_in_flight > 2  # both served at once
     (line,) = [r.getMessage() for r in caplog.records if r.name == "mmr.data.pipeline.client"]
-    assert f"{server.base_url} served {slow} (0 failed over)" in line
-    assert f"{fast.base_url} served {quick} (0 failed over)" in line
+    assert f"{server.base_url} served {slow} (0 failed over, breaker opened 0x)" in line
+    assert f"{fast.base_url} served {quick} (0 failed over, breaker opened 0x)" in line
 
 
 @pytest.mark.parametrize("down", ["refused", "http_503", "http_429"])
@@ -90,8 +92,9 @@ def test_a_replica_that_is_down_fails_over_to_the_other(server, down):
     status = 429 if down == "http_429" else 503
     with _replica(lambda body: ("status", status)) as sick:
         first = _nobody_listens() if down == "refused" else sick.base_url
+        # Failover alone: no breaker resting the replica that is down (tests below).
         client = _client(server, api_base=first, api_bases=[server.base_url], concurrency=2,
-                         retries=1)  # fmt: skip
+                         retries=1, breaker_failures=0)  # fmt: skip
         results = client.chat_many([_ask(f"q{i}") for i in range(20)])
     # Every request answered, by the replica that is up, each asked there once.
     assert [r.text for r in results] == [f"echo q{i}" for i in range(20)]
@@ -107,7 +110,8 @@ def test_a_request_every_replica_fails_is_reported_once_redacted(server, monkeyp
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-123")
     server.script = lambda body: ("status", 503, "overloaded, key sk-secret-123")
     with _replica(server.script) as other, caplog.at_level(logging.INFO):
-        client = _client(server, api_bases=[other.base_url], concurrency=2, retries=1)
+        client = _client(server, api_bases=[other.base_url], concurrency=2, retries=1,
+                         breaker_failures=0)  # fmt: skip
         results = client.chat_many([_ask(f"q{i}") for i in range(6)])
     # Tried at both replicas (each with its retries), then failed as a single endpoint fails.
     assert [r.error for r in results] == ["http_503"] * 6
@@ -135,6 +139,101 @@ def test_a_bad_reply_is_not_sent_to_another_replica(server, bad, reason):
     ]
     assert len(server.requests) == 8 - len(failed)  # none asked again at the good replica
     assert len(wrong.requests) == 2 * len(failed)
+
+
+@pytest.mark.parametrize("down", ["refused", "http_503"])
+def test_the_breaker_rests_a_dead_replica_across_calls(server, down):
+    server.script = _echo
+    with _replica(lambda body: ("status", 503)) as sick:
+        first = _nobody_listens() if down == "refused" else sick.base_url
+        cfg = {"api_base": first, "api_bases": [server.base_url], "concurrency": 2,
+               "retries": 2, "breaker_failures": 2}  # fmt: skip
+        client = _client(server, **cfg)
+        results = client.chat_many([_ask(f"q{i}") for i in range(40)])
+        asked_sick = len(sick.requests)
+        # The next shard's call, with a client of its own as a stage makes: the breaker
+        # is still open (30 s), so the dead replica is not found dead again.
+        again = _client(server, **cfg)
+        later = again.chat_many([_ask(f"r{i}") for i in range(10)])
+    assert [r.text for r in results] == [f"echo q{i}" for i in range(40)]
+    assert [r.text for r in later] == [f"echo r{i}" for i in range(10)]
+    assert len(server.requests) == 50
+    # Its two slots' first attempts (and at most one retry, sent before the second
+    # failure came back) opened it, which cut their retries short: not 40 x (1 + 2).
+    dead, alive = client.stats
+    assert (dead.served, dead.failovers, dead.opened) == (0, 2, 1)
+    assert (alive.served, alive.opened) == (40, 0)
+    if down == "http_503":
+        assert 2 <= asked_sick <= 3 and len(sick.requests) == asked_sick
+    assert [(s.served, s.failovers, s.opened) for s in again.stats] == [(0, 0, 0), (10, 0, 0)]
+
+
+def test_a_hanging_replica_costs_one_timeout_not_every_retry(server):
+    server.script = _echo
+    with _replica(lambda body: ("sleep", 5.0)) as hung:
+        client = _client(hung, api_bases=[server.base_url], concurrency=2, retries=2,
+                         timeout_s=1.0, breaker_failures=2)  # fmt: skip
+        results = client.chat_many([_ask(f"q{i}") for i in range(10)])
+    assert [r.text for r in results] == [f"echo q{i}" for i in range(10)]
+    # Its two requests timed out once each (one may have sent a retry before the other's
+    # timeout opened the breaker) and went to the other replica: about 1 s, where their
+    # retries there would have taken 3 x 1 s. (Counted, not timed: on a loaded machine a
+    # call's time says little; timeout_s is not shorter for the same reason, or the good
+    # replica would miss it too.)
+    assert 2 <= len(hung.requests) <= 3
+    assert [(s.failovers, s.opened) for s in client.stats] == [(2, 1), (0, 0)]
+
+
+def test_a_probe_after_the_cooldown_closes_the_breaker(server):
+    server.script, server.latency_s = _echo, 0.05  # busy long enough for two cooldowns
+    seen: list[float] = []
+
+    def recovering(body):  # down for its first 3 requests, then up
+        seen.append(time.monotonic())
+        return ("status", 503) if len(seen) <= 3 else _echo(body)
+
+    with _replica(recovering) as sick:
+        # One slot each, no retries: one request at a time, one attempt each, at the replica.
+        client = _client(sick, api_bases=[server.base_url], concurrency=1, retries=0,
+                         breaker_failures=2, breaker_cooldown_s=0.3)  # fmt: skip
+        results = client.chat_many([_ask(f"q{i}") for i in range(30)])
+    assert [r.text for r in results] == [f"echo q{i}" for i in range(30)]
+    # Two faults opened it; after 0.3 s one request probed it and failed (opened again);
+    # after another 0.3 s the next probe was answered, and it served the rest with the other.
+    sick_stats, alive = client.stats
+    assert (sick_stats.opened, sick_stats.failovers) == (2, 3)
+    assert seen[2] - seen[1] >= 0.3 and seen[3] - seen[2] >= 0.3
+    assert sick_stats.served == len(seen) - 3 >= 1
+    assert sick_stats.served + alive.served == 30 == sick_stats.served + len(server.requests)
+
+
+def test_requests_every_replica_leaves_down_fail_after_one_probe_each(server, caplog):
+    server.script = lambda body: ("status", 503, "first is down")
+    with _replica(lambda body: ("status", 503, "second is down")) as other:
+        client = _client(server, api_bases=[other.base_url], concurrency=2, retries=1,
+                         breaker_failures=2, breaker_cooldown_s=0.2)  # fmt: skip
+        start = time.monotonic()
+        results = client.chat_many([_ask(f"q{i}") for i in range(20)])
+        elapsed = time.monotonic() - start
+    # Each opened, rested 0.2 s, failed its probe: no request is left that a replica might
+    # answer, so every one is reported with the reason it would have met - not one request
+    # per cooldown, nor every request tried at each replica with its retries.
+    assert {r.error for r in results} == {"http_503"}
+    assert all("is down" in r.detail for r in results)
+    assert 0.2 <= elapsed < 10  # a cooldown waited; no hang (10 s: a loaded machine)
+    for replica in (server, other):  # 2 (or 3) opening it, then one probe: not ~20
+        assert 3 <= len(replica.requests) <= 4
+    assert [s.opened for s in client.stats] == [2, 2]
+    assert sum(s.served for s in client.stats) == 20
+    assert "endpoint faults in a row (last: http_503)" in caplog.text
+
+
+def test_breaker_keys_are_checked():
+    assert ClientConfig(breaker_failures=0).breaker_failures == 0  # 0: off
+    with pytest.raises(ConfigError, match=r"'client.breaker_failures' must be >= 0"):
+        ClientConfig(breaker_failures=-1)
+    with pytest.raises(ConfigError, match=r"'client.breaker_cooldown_s' must be > 0"):
+        ClientConfig(breaker_cooldown_s=0)
 
 
 def test_failures_are_retried_then_reported(server):
