@@ -7,15 +7,21 @@ The requests become a dataset; each endpoint gets a processor that
 `ray.data.llm.build_processor` builds from an `HttpRequestProcessorConfig`: one actor per
 endpoint, placed anywhere on the cluster, sending with Ray's request code (JSON body,
 headers, response read). Several endpoints serving one model are dealt the requests in
-turn before the job starts, not by load as engine openai balances them, and a request is
-not failed over to another: each endpoint's processor is a pipeline of its own over its own
-rows (Ray Data cannot feed two pipelines from one stream), and one processor over every
-endpoint would need its actor to send to several URLs, where Ray's request code sends to
-the one it was built with. The job runs
-on the Ray cluster this process is connected to (a shard task's, under `executor: ray`),
-else the one RAY_ADDRESS names, else a new local instance. Each call (one per shard and
-model) is one job: a few seconds to start its actors, small next to a shard of teacher
-requests, large for a handful of fast ones.
+turn before the job starts, not by load as engine openai balances them: each endpoint's
+processor is a pipeline of its own over its own rows (Ray Data cannot feed two pipelines
+from one stream), and one processor over every endpoint would need its actor to send to
+several URLs, where Ray's request code sends to the one it was built with. So failover is
+by passes, not within a job: when the job is done, the requests an endpoint failed with an
+endpoint fault (`connection`, `timeout`, HTTP 5xx or 429: `mmr.llm.client.endpoint_fault`)
+and that have an endpoint they have not tried are dealt to such endpoints, in turn, and run
+again as another job; and so on until none is left (at most one pass per endpoint). Only
+then is a request reported failed, with the same ChatResult (its last failure) as engine
+openai gives. A dead endpoint still takes its share of the first pass, each request with
+all its retries, and there is no circuit breaker: each pass is dealt before it starts. The
+jobs run on the Ray cluster this process is connected to (a shard task's, under `executor:
+ray`), else the one RAY_ADDRESS names, else a new local instance. Each call (one per shard
+and model) is one job, plus one per failover pass: a few seconds each to start its actors,
+small next to a shard of teacher requests, large for a handful of fast ones.
 
 What mmr changes, and why:
 - Ray's HTTP stage gives up on a whole batch (the job fails) when one request keeps failing,
@@ -37,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -44,10 +51,11 @@ from typing import Any
 from ray.llm._internal.batch.stages.http_request_stage import HttpRequestUDF
 
 from mmr.data.pipeline import ray_executor
-from mmr.llm.client import ChatResult, Client, Endpoint, Parse, StatusError
+from mmr.llm.client import ChatResult, Client, Endpoint, Parse, StatusError, endpoint_fault
 
 __all__ = ["chat_many"]
 
+log = logging.getLogger(__name__)
 Messages = list[dict[str, Any]]
 # The failure of the attempt running in this task, as aiohttp saw it (Ray's stage keeps
 # only the exception's type name; rows run in tasks of their own, attempts one by one).
@@ -130,18 +138,54 @@ def chat_many(
     parsers: Sequence[Parse | None],
     body: dict[str, Any],
 ) -> list[ChatResult]:
-    """One ChatResult per request, in order: request `i` goes to endpoint `i % n`."""
+    """One ChatResult per request, in order. Request `i` goes to endpoint `i % n` first;
+    then, pass after pass, those an endpoint fault failed go to endpoints they have not
+    tried, each pass one more job."""
     import ray
-    from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
     ray_executor.connect(os.environ.get("RAY_ADDRESS"))
     ray.data.DataContext.get_current().enable_progress_bars = False
+    results: list[ChatResult | None] = [None] * len(requests)
+    tried: list[set[int]] = [set() for _ in requests]
+    dealt = {i: i % len(endpoints) for i in range(len(requests))}
+    while dealt:
+        for i, result in _job(endpoints, dealt, requests, parsers, body).items():
+            results[i] = result
+            tried[i].add(dealt[i])
+        dealt = _failover(results, tried, len(endpoints))  # type: ignore[arg-type]
+        if dealt:
+            log.info("failover pass: %d requests to replicas they have not tried", len(dealt))
+    return results  # type: ignore[return-value]
+
+
+def _failover(results: list[ChatResult], tried: list[set[int]], n: int) -> dict[int, int]:
+    """The next pass: each request an endpoint fault failed (`endpoint_fault`), dealt in
+    turn to the endpoints it has not tried; none when every one has failed it."""
+    dealt: dict[int, int] = {}
+    for i, result in enumerate(results):
+        untried = [e for e in range(n) if e not in tried[i]]
+        if untried and endpoint_fault(result.error):
+            dealt[i] = untried[len(dealt) % len(untried)]
+    return dealt
+
+
+def _job(
+    endpoints: Sequence[Endpoint],
+    dealt: dict[int, int],
+    requests: Sequence[Messages],
+    parsers: Sequence[Parse | None],
+    body: dict[str, Any],
+) -> dict[int, ChatResult]:
+    """One Ray Data job: request `i` sent to endpoint `dealt[i]`; its ChatResult by `i`."""
+    import ray
+    from ray.data.llm import HttpRequestProcessorConfig, build_processor
+
     outputs = []
     for e, endpoint in enumerate(endpoints):
         rows = [
-            {"i": i, "payload": json.dumps({"messages": m, **body})}
-            for i, m in enumerate(requests)
-            if i % len(endpoints) == e
+            {"i": i, "payload": json.dumps({"messages": requests[i], **body})}
+            for i, to in dealt.items()
+            if to == e
         ]
         if not rows:
             continue
@@ -171,13 +215,13 @@ def chat_many(
         }
         outputs.append(processor(ray.data.from_items(rows)))
     dataset = outputs[0].union(*outputs[1:]) if len(outputs) > 1 else outputs[0]
-    results: list[ChatResult | None] = [None] * len(requests)
+    results: dict[int, ChatResult] = {}
     for row in dataset.iter_rows():
         i = row["i"]
         text, parse = row["text"], parsers[i]
         value = parse(text) if (parse is not None and row["error"] is None) else text
         results[i] = ChatResult(text=text, value=value, error=row["error"], detail=row["detail"])
-    missing = [i for i, r in enumerate(results) if r is None]
+    missing = sorted(set(dealt) - set(results))
     if missing:  # Ray Data returns every row or raises; a gap would be a bug here
         raise RuntimeError(f"ray.data.llm returned no row for requests {missing[:5]}")
-    return results  # type: ignore[return-value]
+    return results

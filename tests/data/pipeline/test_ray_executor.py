@@ -2,8 +2,9 @@
 same outputs as the local executor for collect -> clean -> distill -> select with the
 demo's teacher server, the Ray run sending distill's requests through ray.data.llm
 (`engine: ray_llm`) to two endpoints, one failing request answered with HTTP 500 and one
-hanging, and dedup's embeddings computed in Ray tasks; a driver killed mid-stage then run again, and a worker node killed mid-stage,
-both end with every input row written once."""
+hanging (each tried at both, the second in a failover pass), and dedup's embeddings
+computed in Ray tasks; a driver killed mid-stage then run again, and a worker node killed
+mid-stage, both end with every input row written once."""
 
 from __future__ import annotations
 
@@ -154,9 +155,12 @@ def test_local_and_ray_executors_write_the_same_outputs(tmp_path, server, cluste
     assert on_ray_asked.keys() == asked.keys() and len(asked) == 11  # 11 questions
     failing = [key for key in asked if any(image in key for image in failing_images)]
     assert len(failing) == 2  # the 500 and the hung question
-    for counts in (asked, on_ray_asked):
-        assert all(counts[key] == 2 * 2 for key in failing)  # 2 paths x (1 + retries=1)
-        assert all(2 <= n <= 2 * 2 for n in counts.values())  # 2 paths, each retried at most once
+    # 2 paths x (1 + retries=1), at the one endpoint; on Ray at both, the second in a
+    # failover pass (an HTTP 500 and a timeout are the endpoint's fault).
+    assert all(asked[key] == 2 * 2 for key in failing)
+    assert all(on_ray_asked[key] == 2 * 2 * 2 for key in failing)
+    for counts in (asked, on_ray_asked):  # 2 paths, each retried at most once
+        assert all(2 <= counts[key] <= 2 * 2 for key in counts if key not in failing)
     assert len(server.requests) > 0 and len(replica.requests) > 0
     assert replica.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
     for path in [*(on_ray / "reports").iterdir(), *(on_ray / "failed" / "distill").iterdir()]:

@@ -2,7 +2,8 @@
 in the Ray actor and retried there when malformed) run once with engine openai and once
 through ray.data.llm, against the same scripted local server, keeps and drops the same
 rows and counts the same failures. The Ray run is what a user gets from `executor: local`
-(num_proc 1) with `engine: ray_llm`: chat_many starts a local Ray instance of its own."""
+(num_proc 1) with `engine: ray_llm`: chat_many starts a local Ray instance of its own.
+Replicas: a request a replica failed as down runs again at the other in a second pass."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import pytest
 from mmr.data.io import write_samples
 from mmr.data.pipeline import ray_executor
 from mmr.data.pipeline.clean import run_clean
-from mmr.data.pipeline.config import PipelineConfig
+from mmr.data.pipeline.client import ChatClient
+from mmr.data.pipeline.config import ClientConfig, PipelineConfig
 from mmr.data.schema import Sample
+from mmr.llm.server import OpenAIServer
 from tests.data.pipeline.test_clean import llm_clean_rows
 from tests.fake_openai import prompt_text
 
@@ -93,3 +96,28 @@ def test_llm_clean_through_ray_llm_matches_openai(tmp_path, server, png, monkeyp
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
     assert "Bearer [redacted]" in json.dumps(report["examples"])
+
+
+def test_requests_a_down_replica_failed_run_again_at_another(server, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a new local instance, not a cluster
+    # q5 fails at both replicas; every other request is answered by the good one.
+    server.script = lambda body: ("status", 503) if prompt_text(body) == "q5" else "ok"
+    sick = OpenAIServer(lambda body: ("status", 503, "replica down")).start()
+    cfg = ClientConfig(api_base=sick.base_url, api_bases=[server.base_url], engine="ray_llm",
+                       retries=1, backoff_s=0.01, timeout_s=30)  # fmt: skip
+    requests = [[{"role": "user", "content": f"q{i}"}] for i in range(6)]
+    try:
+        results = ChatClient(cfg).chat_many(requests)
+    finally:
+        sick.stop()
+        ray_executor.shutdown()
+    assert [r.text for r in results[:5]] == ["ok"] * 5
+    assert results[5].error == "http_503" and "replica down" in results[5].detail
+    # Pass 1 dealt q0, q2, q4 to the sick replica and q1, q3, q5 to the good one, each
+    # request with its retry where it failed; pass 2 sent each failed one to the other.
+    assert _asked(sick) == sorted(["q0", "q2", "q4", "q5"] * 2)
+    assert _asked(server) == ["q0", "q1", "q2", "q3", "q4", "q5", "q5"]
+
+
+def _asked(replica: OpenAIServer) -> list[str]:
+    return sorted(prompt_text(body) for body in replica.bodies)
