@@ -32,6 +32,12 @@ reserved for test) and a draw that lands in the other split is drawn again, so n
 gives the same task in both. Task i of a split draws from `Random(f"{seed}/{split}/{i}")`,
 so the splits also use disjoint seeds. Both splits have the same distribution (i.i.d., not
 compositional held-out), which is what comparing accuracies before and after training needs.
+Answers are balanced: of the draws of task i, the first whose answer is among the least
+given so far for its kind, level and form is kept (else the least given one found), so each
+count, option letter or colour comes up about equally often. A model that answers one
+constant (a collapsed policy) then scores 1/k on a k-answer kind, and no more: on unbalanced
+draws it could gain accuracy by moving its constant to the commonest answer, which is
+learning the label prior, not the task.
 
     python -m mmr.data.synthetic --n 200 --split train --out runs/demo/tasks_train.parquet
 """
@@ -590,16 +596,27 @@ def _scenes(
     if not kinds or not set(kinds) <= set(KINDS) or not levels or not set(levels) <= {1, 2, 3}:
         raise ValueError(f"kinds must come from {KINDS} and levels from {LEVELS}")
     seen: set[str] = set()
+    answers: dict[str, Counter[str]] = defaultdict(Counter)  # per kind/level/form, so far
     for i in range(n):
         kind, level = kinds[i % len(kinds)], levels[i // len(kinds) % len(levels)]
         rng = random.Random(f"{seed}/{split}/{i}")
+        best: tuple[int, str, dict[str, Any]] | None = None
         for _ in range(1000):
             meta = {"kind": kind, "level": level, "options": None, **_SAMPLERS[kind](rng, level)}
             key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()
-            if _split_of(key) == split and key not in seen:
+            if _split_of(key) != split or key in seen:
+                continue
+            # Balanced answers: the draw is kept when its answer is among the least given so
+            # far for its kind/level/form (or new); else the least given one found is kept.
+            used = answers[f"{kind}/{level}/{meta['form']}"]
+            if best is None or used[solve(meta)] < best[0]:
+                best = (used[solve(meta)], key, meta)
+            if best[0] <= min(used.values(), default=0):
                 break
-        else:
+        if best is None:
             raise RuntimeError(f"no new {split} task of kind {kind} level {level} in 1000 draws")
+        _, key, meta = best
+        answers[f"{kind}/{level}/{meta['form']}"][solve(meta)] += 1
         seen.add(key)
         meta.update(image_size=[SIZE, SIZE], split=split, seed=seed, index=i)
         yield key, meta

@@ -8,13 +8,17 @@ A record is one response with its question id, data_source, ground truth, the re
 parts (`score`, `accuracy`, `format`, `extracted_answer`, `decided_by`, ...) and its token
 count. The table has, per `data_source` and for `all`: questions, responses, accuracy
 (mean over responses), pass@n (a question counts when any of its n responses is right),
-format, mean response tokens, truncated and no-answer shares, judge fallbacks and errors.
+format, mean response tokens, truncated and no-answer shares, judge fallbacks, errors, and
+top_answer: the share of answers that equal the most common extracted answer (`all`: the
+mean of the sources', weighted by responses). A top_answer near 1 on a source whose gold
+answers vary is a model that answers one constant (a collapsed policy), whatever its
+accuracy: on a source with k balanced answers that constant scores 1/k.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,7 @@ __all__ = ["accuracy_table", "format_table", "score_generations", "write_report"
 REWARD_KEYS = ("score", "accuracy", "format", "length", "judge", "judge_fallback",
                "extracted_answer", "decided_by", "error")  # fmt: skip
 COLUMNS = ("questions", "responses", "accuracy", "pass@n", "format", "mean_response_tokens",
-           "truncated", "no_answer", "judge_fallback", "errors")  # fmt: skip
+           "truncated", "no_answer", "judge_fallback", "errors", "top_answer")  # fmt: skip
 
 
 def score_generations(
@@ -72,7 +76,15 @@ def _row(records: list[Mapping[str, Any]]) -> dict[str, Any]:
         "no_answer": s["no_answer"] / max(n, 1),
         "judge_fallback": s["judge_fallback"],
         "errors": s["errors"],
+        "top_answer": top_answer_share(records),
     }
+
+
+def top_answer_share(records: Sequence[Mapping[str, Any]]) -> float:
+    """The share of records whose extracted answer is the most common one (no answer counts
+    as an answer of its own, so a model that never answers is collapsed too)."""
+    answers = Counter(str(r.get("extracted_answer")).strip() for r in records)
+    return answers.most_common(1)[0][1] / len(records) if records else 0.0
 
 
 def accuracy_table(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -83,6 +95,10 @@ def accuracy_table(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, 
         groups[str(r.get("data_source") or "unknown")].append(r)
     table = {source: _row(groups[source]) for source in sorted(groups)}
     table["all"] = _row(records)
+    # One constant across sources says nothing; the sources' shares, weighted, do.
+    table["all"]["top_answer"] = sum(
+        row["top_answer"] * row["responses"] for row in table.values() if row is not table["all"]
+    ) / max(len(records), 1)
     return table
 
 

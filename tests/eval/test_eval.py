@@ -45,6 +45,26 @@ def test_teacher_responses_score_one_and_wrong_ones_zero() -> None:
     assert format_table(table).splitlines()[0].startswith("| data_source | questions")
 
 
+def test_top_answer_shows_a_model_that_answers_one_constant() -> None:
+    # 8 count tasks with answers 1-4, twice each: a collapsed model answers "2" to every one
+    # and still scores 1/4; a model that reads the image answers each its own.
+    samples = [s for s in generate_tasks(80, split="test", kinds=["count"], levels=[1])]
+    by_answer = {a: [s for s in samples if s.answer == a][:2] for a in "1234"}
+    samples = [s for pair in by_answer.values() for s in pair]
+    constant = score_generations(_items(samples, ["<think>two</think> \\boxed{2}"] * 8), FAST)
+    reading = score_generations(_items(samples, [teacher_response(s) for s in samples]), FAST)
+    collapsed, varied = accuracy_table(constant), accuracy_table(reading)
+    assert collapsed["synthetic/count"]["top_answer"] == 1.0
+    assert collapsed["synthetic/count"]["accuracy"] == 0.25
+    assert varied["synthetic/count"]["top_answer"] == 0.25
+    # `all` weighs each source's share by its responses, never one constant across sources.
+    colour = generate_tasks(4, split="test", kinds=["colour"], levels=[1])
+    mixed = constant + score_generations(_items(colour, ["\\boxed{2}"] * 4), FAST)
+    assert accuracy_table(mixed)["all"]["top_answer"] == 1.0
+    assert accuracy_table(reading + constant)["all"]["top_answer"] == (0.25 * 8 + 8) / 16
+    assert "top_answer" in format_table(collapsed).splitlines()[0]
+
+
 def test_backend_and_temperature_rules() -> None:
     assert resolve_backend("hf") == "hf"
     with pytest.raises(ValueError, match="backend"):
