@@ -110,6 +110,16 @@ def write_report(
         rows = [s["per_source"][n][src] for n in results]
         cells = [f"{r['accuracy']:.3f} {interval(r['accuracy_ci95'])}" for r in rows]
         lines.append(f"| {src} | " + " | ".join(cells) + " |")
+    lines += [
+        "", "## Answer spread (held-out)", "",
+        "The share of each model's answers that equal its commonest one (`top_answer`): near 1 "
+        "where the gold answers vary is a model answering one constant, which scores 1/k on a "
+        "kind of k balanced answers whatever it was trained on.", "",
+        "| data_source | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|",
+        *(f"| {src} | " + " | ".join(f"{s['per_source'][n][src]['top_answer']:.3f}"
+                                     for n in results) + " |"
+          for src in next(iter(results.values()))["table"] if src != "all"),
+    ]  # fmt: skip
     lines += ["", "## Files", "",
               "data/reports/*.json (pipeline counts), sft/metrics.jsonl, rl/metrics.jsonl, "
               "rl/rollouts.jsonl, eval/<model>/generations.jsonl and accuracy.md, "

@@ -153,6 +153,14 @@ def check_demo_outputs(
     )
     assert f"| all | 8 | {summary['sft_pass_at_1']:.3f} [" in report
     assert f"{summary['rl_vs_sft']['discordant']} discordant" in report
+    # Each model's answer spread per kind, read from its eval table.
+    count = summary["per_source"]["rl"]["synthetic/count"]
+    assert 1 / count["responses"] <= count["top_answer"] <= 1.0
+    assert "## Answer spread (held-out)" in report
+    assert (
+        f"| synthetic/count | {summary['per_source']['base']['synthetic/count']['top_answer']:.3f} |"
+        in report
+    )
     for name in ("base", "pretrained", "sft", "rl") if card else ("base", "sft", "rl"):
         assert len((out / "eval" / name / "generations.jsonl").read_text().splitlines()) == 8
     assert "held-out accuracy" in printed

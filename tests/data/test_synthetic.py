@@ -248,6 +248,21 @@ def test_kinds_and_levels_are_balanced_and_recorded(train: list[Sample]) -> None
         generate_tasks(1, kinds=["nope"])
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_answers_are_balanced_so_a_constant_scores_one_in_k(split: str) -> None:
+    # The demo's kinds: each count, option letter and colour equally often (+-1) within a
+    # kind/level/form, so a policy that collapses to one answer gains nothing over 1/k.
+    tasks = generate_tasks(600, split=split, kinds=["colour", "count", "largest"], levels=[1])
+    for kind, k in (("colour", 6), ("count", 4), ("largest", 4)):
+        answers = Counter(s.answer for s in tasks if s.meta["kind"] == kind)
+        assert len(answers) == k and max(answers.values()) - min(answers.values()) <= 1, answers
+        assert chance_accuracy([s for s in tasks if s.meta["kind"] == kind]) <= 1 / k + 0.01
+    # A longer call still extends a shorter one: balancing depends on the draws before only.
+    assert [s.id for s in generate_tasks(60, split=split)] == [
+        s.id for s in generate_tasks(90, split=split)[:60]
+    ]
+
+
 def test_levels_bring_values_closer(train: list[Sample]) -> None:
     for sample in train:
         meta = sample.meta
