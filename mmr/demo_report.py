@@ -106,7 +106,8 @@ def write_report(
         "## Accuracy per task type (held-out, 95% intervals)", "",
         "| data_source | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|",
     ]  # fmt: skip
-    for src in [k for k in next(iter(results.values()))["table"] if k != "all"]:
+    sources = [k for k in next(iter(results.values()))["table"] if k != "all"]
+    for src in sources:
         rows = [s["per_source"][n][src] for n in results]
         cells = [f"{r['accuracy']:.3f} {interval(r['accuracy_ci95'])}" for r in rows]
         lines.append(f"| {src} | " + " | ".join(cells) + " |")
@@ -118,7 +119,7 @@ def write_report(
         "| data_source | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|",
         *(f"| {src} | " + " | ".join(f"{s['per_source'][n][src]['top_answer']:.3f}"
                                      for n in results) + " |"
-          for src in next(iter(results.values()))["table"] if src != "all"),
+          for src in sources),
     ]  # fmt: skip
     lines += ["", "## Files", "",
               "data/reports/*.json (pipeline counts), sft/metrics.jsonl, rl/metrics.jsonl, "

@@ -600,7 +600,7 @@ def _scenes(
     for i in range(n):
         kind, level = kinds[i % len(kinds)], levels[i // len(kinds) % len(levels)]
         rng = random.Random(f"{seed}/{split}/{i}")
-        best: tuple[int, str, dict[str, Any]] | None = None
+        best: tuple[int, str, dict[str, Any], Counter[str], str] | None = None
         for _ in range(1000):
             meta = {"kind": kind, "level": level, "options": None, **_SAMPLERS[kind](rng, level)}
             key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()
@@ -608,15 +608,15 @@ def _scenes(
                 continue
             # Balanced answers: the draw is kept when its answer is among the least given so
             # far for its kind/level/form (or new); else the least given one found is kept.
-            used = answers[f"{kind}/{level}/{meta['form']}"]
-            if best is None or used[solve(meta)] < best[0]:
-                best = (used[solve(meta)], key, meta)
+            used, answer = answers[f"{kind}/{level}/{meta['form']}"], solve(meta)
+            if best is None or used[answer] < best[0]:
+                best = (used[answer], key, meta, used, answer)
             if best[0] <= min(used.values(), default=0):
                 break
         if best is None:
             raise RuntimeError(f"no new {split} task of kind {kind} level {level} in 1000 draws")
-        _, key, meta = best
-        answers[f"{kind}/{level}/{meta['form']}"][solve(meta)] += 1
+        _, key, meta, used, answer = best
+        used[answer] += 1
         seen.add(key)
         meta.update(image_size=[SIZE, SIZE], split=split, seed=seed, index=i)
         yield key, meta

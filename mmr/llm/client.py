@@ -268,8 +268,10 @@ class Client:
         ep = self.endpoint
         reason, detail = "", ""
         for attempt in range(ep.retries + 1):
-            if proceed is not None and not proceed():
+            if proceed is not None and not proceed():  # asked before the backoff, too
                 return ChatResult(error="skipped", detail=detail or "the caller stopped asking")
+            if attempt:
+                await asyncio.sleep(ep.backoff_s * 2 ** (attempt - 1))
             async with self._sem:
                 if proceed is not None and not proceed():  # it changed while this one waited
                     return ChatResult(error="skipped", detail=detail or "the caller stopped")
@@ -282,10 +284,6 @@ class Client:
                     reason, detail = classify(err, ep.timeout_s, self._secrets)
             if on_failure is not None:
                 on_failure(reason, detail)
-            if attempt < ep.retries:
-                if proceed is not None and not proceed():  # no backoff before an attempt not made
-                    return ChatResult(error="skipped", detail=detail)
-                await asyncio.sleep(ep.backoff_s * 2**attempt)
         return ChatResult(error=reason, detail=detail)
 
     async def _create(self, messages: Messages, body: dict[str, Any]) -> Any:
