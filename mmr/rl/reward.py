@@ -84,7 +84,7 @@ from mmr.config import config_from_dict
 from mmr.rewards.compose import add_group_length
 from mmr.rewards.config import RewardConfig
 from mmr.rl import advantage, filter_groups
-from mmr.rl.train import REWARD_CONFIG_KEY
+from mmr.rl.train import POLL_INTERVAL_S, REWARD_CONFIG_KEY, poll_interval_of
 
 logger = logging.getLogger(__name__)
 # verl's trainer imports this module for mmr's sampler: the recipes' `mmr_grpo` estimator
@@ -288,12 +288,16 @@ class MMRGroupSampler:
     ) -> None:
         from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
 
+        kwargs_of = sampler_kwargs or {}
         buffer_cls = ReplayBuffer if trainer_mode == "sync" else ReplayBufferAsync
         self.buffer = buffer_cls(
-            trainer_mode=trainer_mode, sampler_kwargs=sampler_kwargs, refill_fn=refill_fn, **kwargs
+            trainer_mode=trainer_mode,
+            sampler_kwargs=sampler_kwargs,
+            refill_fn=refill_fn,
+            poll_interval=poll_interval_of(kwargs_of.get("poll_interval_s", POLL_INTERVAL_S)),
+            **kwargs,
         )
         self.refill_fn = refill_fn
-        kwargs_of = sampler_kwargs or {}
         self.reward_config = reward_config_of(
             kwargs_of.get("reward_config"), "trainer.v1.sampler.sampler_kwargs.reward_config"
         )

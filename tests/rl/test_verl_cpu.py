@@ -30,6 +30,10 @@ def test_verl_platform_is_mmrs_cpu_platform_without_an_accelerator():
     device.manual_seed(3)
     assert torch.equal(a, torch.rand(2))
     assert os.environ["VERL_ENGINE_DEVICE"] == "cuda"  # verl's override for its FSDP engine
+    # TransferQueue's thread cap within the physical cores: no WARNING at every put and get.
+    import psutil
+
+    assert 1 <= int(os.environ["TQ_NUM_THREADS"]) <= min(8, psutil.cpu_count(logical=False))
 
 
 def test_verl_cpu_gloo_backend_and_vllm_metadata():
