@@ -702,6 +702,7 @@ def summarize_run(
         rl_steps=len(rl_log),
         rl_engine=engine,
         rl_final_reward=rl_log[-1]["reward"] if rl_log else None,
+        rl_sampled_reward=sampled_reward_trend(rl_log),
         sft_samples=selected.get("rows_out", selected.get("out")),
         pretrain={**described, **run_stats(out / "pretrain")} if cfg.pretrain.enabled else None,
         pretrain_cache=described["cache"],
@@ -715,6 +716,26 @@ def summarize_run(
     )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def sampled_reward_trend(log: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The GSPO train reward over every sampled rollout (`reward/sampled`, before the group
+    filter: the policy's own), the mean of the first quarter of the steps against the last
+    quarter; None where the log has no such metric."""
+    rows = [r for r in log if r.get("reward/sampled") is not None]
+    if len(rows) < 4:
+        return None
+    q = len(rows) // 4
+
+    def mean(part: Sequence[dict[str, Any]], key: str) -> float:
+        return round(sum(float(r.get(key, 0.0)) for r in part) / len(part), 4)
+
+    first, last = rows[:q], rows[-q:]
+    return {"steps": q, "first": mean(first, "reward/sampled"),
+            "last": mean(last, "reward/sampled"),
+            "rise": round(mean(last, "reward/sampled") - mean(first, "reward/sampled"), 4),
+            "first_accuracy": mean(first, "reward/sampled_accuracy"),
+            "last_accuracy": mean(last, "reward/sampled_accuracy")}  # fmt: skip
 
 
 def with_intervals(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

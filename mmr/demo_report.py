@@ -51,6 +51,11 @@ def write_plots(out: Path, results: dict[str, Any], summary: dict[str, Any]) -> 
     series = {k: ([r["step"] for r in rl], [r.get(k) for r in rl]) for k in keys}
     series["reward, trailing mean of 4 steps"] = ([r["step"] for r in rl], smoothed(
         [r.get("reward") for r in rl], SMOOTH))  # fmt: skip
+    # The trained batch's reward is biased by the group filter (all-same groups dropped);
+    # the mean over every sampled rollout is the policy's own (`reward/sampled`).
+    if any(r.get("reward/sampled") is not None for r in rl):
+        series["every sampled rollout, trailing mean of 4 steps"] = ([r["step"] for r in rl],
+            smoothed([r.get("reward/sampled") for r in rl], SMOOTH))  # fmt: skip
     line_plot(out / "rl_reward.png", "GSPO reward and its parts (train prompts)", series)
     accuracy = {name: summary[f"accuracy_{name}"] for name in results}
     bar_plot(out / "accuracy.png", "Held-out accuracy per stage", accuracy,
@@ -61,6 +66,18 @@ def write_plots(out: Path, results: dict[str, Any], summary: dict[str, Any]) -> 
                    for name, log in ((n, rl_metrics(out / n)) for n in ("rl", "rl_no_length"))}  # fmt: skip
         line_plot(out / "rl_length.png", "GSPO response length, with and without the length term",
                   lengths)  # fmt: skip
+
+
+def trend_lines(trend: dict[str, Any] | None) -> list[str]:
+    """report.md's line on the GSPO train reward over every sampled rollout."""
+    if not trend:
+        return []
+    return [
+        f"GSPO train reward over every sampled rollout (before the group filter), mean of the "
+        f"first {trend['steps']} steps -> the last {trend['steps']}: {trend['first']:.3f} -> "
+        f"{trend['last']:.3f} ({trend['rise']:+.3f}); its accuracy part "
+        f"{trend['first_accuracy']:.3f} -> {trend['last_accuracy']:.3f}.", "",
+    ]  # fmt: skip
 
 
 def write_report(
@@ -101,6 +118,7 @@ def write_report(
          if s["sft_packing_efficiency"] is not None
          else "SFT: padded batches (data.packing=false)."), "",
         "![SFT loss](sft_loss.png) ![GSPO reward](rl_reward.png) ![accuracy](accuracy.png)", "",
+        *trend_lines(s["rl_sampled_reward"]),
         *headroom_lines(s["headroom"]),
         *ablation_lines(s["length_ablation"]),
         "## Accuracy per task type (held-out, 95% intervals)", "",

@@ -146,6 +146,13 @@ def check_demo_outputs(
     }
     for png in ("sft_loss.png", "rl_reward.png", "accuracy.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # Both engines log the reward of every sampled rollout (before the group filter).
+    from mmr.demo_report import rl_metrics
+
+    log = rl_metrics(out / "rl")
+    assert len(log) == rl_steps and all(0 <= r["reward/sampled_accuracy"] <= 1 for r in log)
+    assert all(r["reward/sampled"] >= 0 for r in log)
+    assert summary["rl_sampled_reward"] is None  # a trend needs 4 steps
     report = (out / "report.md").read_text()
     assert "| sft |" in report and "![accuracy](accuracy.png)" in report
     assert (
@@ -228,6 +235,18 @@ def test_new_keys_are_checked_naming_them(capsys, tmp_path):
     assert "data.max_rechecks" in capsys.readouterr().err
     assert main([f"output_dir={tmp_path}", "eval.headroom_n=-1"]) == 2
     assert "eval.headroom_n" in capsys.readouterr().err
+
+
+def test_sampled_reward_trend_compares_the_first_and_last_quarter():
+    from mmr.demo import sampled_reward_trend
+
+    log = [{"step": i, "reward": 0.5, "reward/sampled": 0.1 * i,
+            "reward/sampled_accuracy": 0.05 * i} for i in range(1, 9)]  # fmt: skip
+    trend = sampled_reward_trend(log)
+    assert trend == {"steps": 2, "first": 0.15, "last": 0.75, "rise": 0.6,
+                     "first_accuracy": 0.075, "last_accuracy": 0.375}  # fmt: skip
+    assert sampled_reward_trend(log[:3]) is None
+    assert sampled_reward_trend([{"step": 1, "reward": 0.5}] * 8) is None  # an older log
 
 
 def test_smoothed_is_a_trailing_mean():

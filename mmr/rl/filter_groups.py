@@ -88,6 +88,23 @@ def flat_groups(values: Sequence[float], groups: Sequence[Hashable]) -> list[Has
     return list(dict.fromkeys(g for g, flat in zip(groups, rows) if flat))
 
 
+def sampled_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The policy's reward on the step's prompts, before any filter: the mean total
+    (`reward/sampled`) and accuracy part (`reward/sampled_accuracy`) over every rollout
+    generated for the step, in every generation batch (each is a fresh draw of prompts).
+    The trained batch's own `reward` is biased once all-same groups are dropped (it stays
+    near the middle of the reward range whatever the policy does); this is the curve that
+    shows whether the policy improves. Equal to the batch's with the filter off."""
+    if not rows:
+        return {}
+    return {
+        "reward/sampled": float(np.mean([float(row["score"]) for row in rows])),
+        "reward/sampled_accuracy": float(
+            np.mean([float(row.get("accuracy", 0.0)) for row in rows])
+        ),
+    }
+
+
 class Collector:
     """One step's groups across its generation batches: which to train on, and the tally.
 

@@ -29,7 +29,8 @@ functions, imported, never rewritten; checkpoints are `mmr.checkpoint`'s, as SFT
 
 Outputs in `trainer.output_dir`: config.yaml, data_stats.json, metrics.jsonl (per step:
 `reward`, `reward/<part>`, judge fallbacks, errors, `response/length`, `loss`, `clip_fraction`,
-`lr`, `grad_norm`, timings; with the filter `train/gen_batches`, `train/groups_filtered`,
+`lr`, `grad_norm`, timings, `reward/sampled` and `reward/sampled_accuracy` (over every
+rollout generated, before the filter); with the filter `train/gen_batches`, `train/groups_filtered`,
 `train/groups_flat_kept`), rollouts.jsonl (each response, its score, parts and advantage),
 checkpoints/step_N (resume: `trainer.resume=auto`) and final/ (an HF folder).
 """
@@ -404,7 +405,9 @@ def collect_rollouts(
     model: Any, processor: Any, prompts: list[Prompt], state: TrainerState, cfg: LocalRLConfig,
     device: torch.device, times: dict[str, float],
 ) -> tuple[Rollouts, list[dict[str, Any]], dict[str, float]]:  # fmt: skip
-    """The step's rollouts, their reward rows and the filter's metrics (`train/gen_batches`,
+    """The step's rollouts, their reward rows and the step's sampling metrics: the
+    reward of every rollout generated (`reward/sampled`, `reward/sampled_accuracy`:
+    `filter_groups.sampled_metrics`) and the filter's (`train/gen_batches`,
     `train/groups_filtered`, `train/groups_flat_kept`; none when it is off). With
     `algorithm.filter_groups` each generation batch is the next `data.batch_size` prompts,
     until the batch has that many groups that differ (`mmr.rl.filter_groups`); `times`
@@ -423,11 +426,11 @@ def collect_rollouts(
         parts.append((rollouts, rows))
         if collector is not None:
             collector.add(rows, rollouts.groups)
-    if collector is None:
-        return parts[0][0], parts[0][1], {}
-    metrics = collector.metrics("train/")
-    every = Rollouts.concat([r for r, _ in parts])
     all_rows = [row for _, rows in parts for row in rows]
+    if collector is None:
+        return parts[0][0], parts[0][1], filter_groups.sampled_metrics(all_rows)
+    metrics = {**collector.metrics("train/"), **filter_groups.sampled_metrics(all_rows)}
+    every = Rollouts.concat([r for r, _ in parts])
     keep = [i for _, g in collector.chosen() for i, h in enumerate(every.groups) if h == g]
     return every.select(keep), [all_rows[i] for i in keep], metrics
 

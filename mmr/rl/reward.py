@@ -314,7 +314,7 @@ class MMRGroupSampler:
             return batch, metrics
         if not self.filter.enable or partition_id == "val":
             rows, _ = self._finish(batch)
-            metrics.update(batch_metrics(rows))
+            metrics.update(batch_metrics(rows), **filter_groups.sampled_metrics(rows))
             return batch, metrics
         return self._sample_informative(global_steps, batch, metrics, batch_size)
 
@@ -355,7 +355,8 @@ class MMRGroupSampler:
         if drop:
             tq.kv_clear(partition_id=batch.partition_id, keys=drop)
         tally = collector.metrics("reward/")
-        metrics.update(batch_metrics(final_rows), **tally)
+        every = [row for _, rows, _ in batches for row in rows]
+        metrics.update(batch_metrics(final_rows), **tally, **filter_groups.sampled_metrics(every))
         if collector.flat_values:  # verl logs it as its DAPO table (wandb)
             metrics[DAPO_FILTERED_REWARD_COUNTS_KEY] = dict(collector.flat_values)
         return KVBatchMeta(partition_id=batch.partition_id, keys=keys, tags=tags), metrics

@@ -92,3 +92,13 @@ def test_the_section_is_checked_by_key(tmp_path):
     cfg = load_config(LocalRLConfig, None, ["algorithm.filter_groups.enable=true",
                       "algorithm.filter_groups.metric=acc"])  # fmt: skip
     assert cfg.algorithm.filter_groups == FilterGroupsSection(True, "acc", 0)
+
+
+def test_sampled_metrics_average_every_rollout_given():
+    from mmr.rl.filter_groups import sampled_metrics
+
+    rows = [{"score": 1.0, "accuracy": 1.0}, {"score": 0.1, "accuracy": 0.0},
+            {"score": 0.1}, {"score": 0.6, "accuracy": 1.0}]  # fmt: skip
+    out = sampled_metrics(rows)
+    assert out == {"reward/sampled": pytest.approx(0.45), "reward/sampled_accuracy": 0.5}
+    assert sampled_metrics([]) == {}

@@ -476,9 +476,19 @@ def test_filter_groups_stops_at_max_num_gen_batches(tmp_path, inputs):
     state, times = local.TrainerState(seed=0), {"rollout": 0.0, "reward": 0.0}
     rollouts, rows, metrics = local.collect_rollouts(model, processor, prompts, state, cfg,
                                                      device, times)  # fmt: skip
-    assert metrics == {"train/gen_batches": 2.0, "train/groups_filtered": 2.0,
-                       "train/groups_flat_kept": 2.0}  # fmt: skip
+    assert {k: v for k, v in metrics.items() if k.startswith("train/")} == {
+        "train/gen_batches": 2.0, "train/groups_filtered": 2.0, "train/groups_flat_kept": 2.0}  # fmt: skip
+    # The reward of every rollout sampled (16: both batches, not only the 8 trained on).
+    assert metrics["reward/sampled_accuracy"] == 0.0
+    assert set(metrics) == {"train/gen_batches", "train/groups_filtered",
+                            "train/groups_flat_kept", "reward/sampled", "reward/sampled_accuracy"}  # fmt: skip
     assert state.position == 4  # two generation batches of 2 prompts drawn
     assert rollouts.groups == ["0"] * 4 + ["1"] * 4  # the first batch's groups fill it
     assert len(rows) == 8 and {r["accuracy"] for r in rows} == {0.0}
     assert times["rollout"] > 0 and times["reward"] > 0
+    # Filter off: the batch is everything sampled, and its mean is `reward/sampled`.
+    cfg.algorithm.filter_groups.enable = False
+    _, rows, metrics = local.collect_rollouts(model, processor, prompts, state, cfg, device, times)
+    assert len(rows) == 8 and metrics == {
+        "reward/sampled": pytest.approx(float(np.mean([r["score"] for r in rows]))),
+        "reward/sampled_accuracy": 0.0}  # fmt: skip

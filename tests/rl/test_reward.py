@@ -391,6 +391,9 @@ def test_sampler_hook_writes_group_rewards_into_transfer_queue(grouped, transfer
             assert extra["reward_extra_info"]["length"] == pytest.approx(want["length"])
         n = len(expected)
         assert metrics["reward/length"] == pytest.approx(sum(r["length"] for r in expected) / n)
+        # With the filter off every sampled rollout is trained on: the same means.
+        assert metrics["reward/sampled"] == pytest.approx(sum(r["score"] for r in expected) / n)
+        assert metrics["reward/sampled_accuracy"] == pytest.approx(metrics["reward/accuracy"])
         # What verl's advantage step reads next (PPOTrainer._compute_advantage): the new totals.
         padded = tq.kv_batch_get(
             keys=batch.keys, partition_id="train", select_fields=["response_mask", "rm_scores"]
@@ -452,5 +455,11 @@ def test_sampler_hook_drops_all_same_groups_and_refills_through_verls_buffer(
             keys=batch.keys, partition_id="train", select_fields=["extra_fields"]
         )["extra_fields"]]  # fmt: skip
         assert metrics["reward/format"] == pytest.approx(sum(formats) / len(formats))
+        # `reward/sampled` is over every rollout generated, the dropped groups included: a
+        # refill stored the same rollouts again, so both cases give one copy's mean.
+        expected = _expected(data, config)
+        assert metrics["reward/sampled"] == pytest.approx(
+            sum(r["score"] for r in expected) / len(expected)
+        )
     finally:
         _clear(tq)
