@@ -224,16 +224,34 @@ def keep_wandb_run(verl_config: DictConfig) -> str | None:
         trainer.resume_mode == "auto" and find_latest_ckpt_path(ckpt_dir) is not None
     )
     run_id = wandb_run_id(ckpt_dir, resuming=resuming)
-    wandb_env = {"WANDB_RUN_ID": run_id, "WANDB_RESUME": "allow"}
+    to_workers(verl_config, {"WANDB_RUN_ID": run_id, "WANDB_RESUME": "allow"})
+    return run_id
+
+
+def to_workers(verl_config: DictConfig, env: dict[str, str]) -> None:
+    """Environment variables for every verl worker: into `ray_kwargs.ray_init.runtime_env.
+    env_vars` (verl merges it into its workers' runtime env; on a running cluster they do
+    not inherit this process's environment) and into this process's (a local Ray started
+    here inherits it)."""
     ray_init = verl_config.ray_kwargs.ray_init
     with open_dict(ray_init):
         if ray_init.get("runtime_env") is None:
             ray_init.runtime_env = {}
     with open_dict(ray_init.runtime_env):
         env_vars = ray_init.runtime_env.get("env_vars") or {}
-        ray_init.runtime_env.env_vars = {**env_vars, **wandb_env}
-    os.environ.update(wandb_env)  # and a local Ray started by this process inherits them
-    return run_id
+        ray_init.runtime_env.env_vars = {**env_vars, **env}
+    os.environ.update(env)
+
+
+def pass_freeze_vision_tower(verl_config: DictConfig) -> bool:
+    """verl's `actor_rollout_ref.actor.freeze_vision_tower`, which verl 0.9.1 reads nowhere,
+    handed to the workers, where mmr's fix C (`mmr.rl.verl_fixes`) freezes the vision
+    tower and projector; "0" when false, so a value left in the shell does not leak in."""
+    from mmr.rl.verl_fixes import FREEZE_ENV
+
+    on = bool(OmegaConf.select(verl_config, "actor_rollout_ref.actor.freeze_vision_tower"))
+    to_workers(verl_config, {FREEZE_ENV: "1" if on else "0"})
+    return on
 
 
 def run(verl_config: DictConfig) -> None:
@@ -267,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(OmegaConf.to_yaml(verl_config, resolve=False))
         return 0
     keep_wandb_run(verl_config)
+    pass_freeze_vision_tower(verl_config)
     run(verl_config)
     return 0
 

@@ -1,4 +1,4 @@
-"""Fixes for two bugs in verl 0.9.1's Qwen2.5-VL actor update, on GPU and CPU alike.
+"""Fixes for three bugs in verl 0.9.1's Qwen2.5-VL actor update, on GPU and CPU alike.
 
 Loaded on `import verl` by mmr's verl plugin (`mmr.rl.verl_plugin`), in every verl
 process (the driver and each Ray worker import verl before they build a model). Each
@@ -30,11 +30,22 @@ B. Equal-length batches with 3-D (mrope) position ids. verl stacks a text row on
    Upstream: verl issue #7899, PR #7901 (both open, 2026-12-01).
    `engine_workers.py:45` and `engine/base.py:27` import the function by name; they are
    imported after `import verl` has run this plugin, so they bind the fixed one.
+C. `actor_rollout_ref.actor.freeze_vision_tower` does nothing. verl 0.9.1's actor config
+   has the key (verl/workers/config/actor.py:161) but no code reads it: its FSDP engine
+   (verl/workers/engine/fsdp/transformer_impl.py, `_build_module`) trains the vision tower
+   whatever it says, silently. `mmr rl train` reads the key on the driver and hands it to
+   every worker as `FREEZE_ENV` (in Ray's runtime env, as it does wandb's run id); the fix
+   wraps `FSDPEngine._build_module` and, where it is set, freezes the vision tower and
+   the projector (Qwen-VL's `visual`, merger included: `mmr.models.freeze_modules`,
+   the parts SFT's `model.freeze` names) before FSDP wraps the model, so the optimizer
+   steps nothing there and the rollout weights of those parts stay the SFT model's.
+   No upstream issue found (2026-12-07).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -42,6 +53,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 FIXED_IN = "0.9.1"  # the verl release whose code these fixes were checked against
+# Fix C: "1" where verl's `actor.freeze_vision_tower` is true (`mmr rl train` sets it).
+FREEZE_ENV = "MMR_VERL_FREEZE_VISION_TOWER"
+FROZEN_PARTS = ("vision_tower", "projector")
 
 
 def text_only_input_embeds(original: Any) -> Any:
@@ -128,8 +142,29 @@ def equal_length_position_ids(original: Any) -> Any:
     return maybe_fix_3d_position_ids
 
 
+def frozen_vision_tower(original: Any) -> Any:
+    """Fix C: verl's `FSDPEngine._build_module`, then (where `FREEZE_ENV` is "1") the vision
+    tower and projector frozen, before FSDP wraps the module."""
+
+    def _build_module(self: Any, *args: Any, **kwargs: Any) -> Any:
+        module = original(self, *args, **kwargs)
+        if os.environ.get(FREEZE_ENV) == "1":
+            from mmr.models.registry import freeze_modules
+
+            counts = freeze_modules(module, FROZEN_PARTS)
+            logger.info(
+                "actor.freeze_vision_tower: %s frozen (%d parameters; %d trainable)",
+                ", ".join(FROZEN_PARTS), counts.frozen, counts.trainable,
+            )  # fmt: skip
+        return module
+
+    _build_module._mmr_fix = "C"
+    _build_module._mmr_original = original
+    return _build_module
+
+
 def install() -> list[str]:
-    """Install fixes A and B into verl's modules; return the names of those installed."""
+    """Install fixes A, B and C into verl's modules; return the names of those installed."""
     import verl
 
     if verl.__version__ != FIXED_IN:
@@ -151,4 +186,9 @@ def install() -> list[str]:
     if not hasattr(fix_b, "_mmr_fix"):
         tensordict_utils.maybe_fix_3d_position_ids = equal_length_position_ids(fix_b)
     installed.append("B")
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
+
+    if not hasattr(FSDPEngine._build_module, "_mmr_fix"):
+        FSDPEngine._build_module = frozen_vision_tower(FSDPEngine._build_module)
+    installed.append("C")
     return installed

@@ -8,10 +8,12 @@ installs, in this order:
 0. `mmr.env_secrets`: the API keys of the file named by `MMR_SECRETS_FILE` (shared storage),
    so that wandb in verl's TaskRunner and the judge in the reward workers find them without
    the keys travelling in the Ray job's runtime env (which `ray job list` shows).
-1. `mmr.rl.verl_fixes`: fixes for two bugs of verl 0.9.1's Qwen2.5-VL actor update
-   (text-only micro-batches; equal-length batches of 3-D position ids), on every platform.
-2. `mmr.rl.verl_cpu`: a CPU platform for verl and its CPU workarounds, active only where
+1. `mmr.rl.verl_cpu`: a CPU platform for verl and its CPU workarounds, active only where
    there is no accelerator (never on a GPU machine).
+2. `mmr.rl.verl_fixes`: fixes for three bugs of verl 0.9.1's Qwen2.5-VL actor update
+   (text-only micro-batches; equal-length batches of 3-D position ids; an ignored
+   `actor.freeze_vision_tower`), on every platform. After the platform: importing verl's
+   FSDP engine (fix C) makes verl settle its device, which must see the platform first.
 3. `mmr.rl.advantage`: the `mmr_grpo` advantage estimator (verl's GRPO, exactly 0 on a
    group whose rewards are all equal), registered with verl's `register_adv_est`.
 
@@ -34,17 +36,17 @@ except Exception:
     logger.warning("mmr: the secrets file was not read", exc_info=True)
 
 try:
-    from mmr.rl import verl_fixes
-
-    INSTALLED["fixes"] = verl_fixes.install()
-except Exception:
-    logger.warning("mmr: verl fixes not installed", exc_info=True)
-try:
     from mmr.rl import verl_cpu
 
     INSTALLED["cpu_platform"] = verl_cpu.install()
 except Exception:
     logger.warning("mmr: verl's CPU platform not installed", exc_info=True)
+try:  # after the platform: fix C imports verl's FSDP engine, which settles verl's device
+    from mmr.rl import verl_fixes
+
+    INSTALLED["fixes"] = verl_fixes.install()
+except Exception:
+    logger.warning("mmr: verl fixes not installed", exc_info=True)
 try:
     from mmr.rl import advantage
 

@@ -7,6 +7,7 @@ and the sampler hook verl would call.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -346,3 +347,20 @@ def test_keep_wandb_run_leaves_runs_without_wandb_and_a_given_id_alone(tmp_path,
     monkeypatch.setenv("WANDB_RUN_ID", "given")
     assert keep_wandb_run(_wandb_config(ckpts)) is None and not ckpts.exists()
     assert os.environ["WANDB_RUN_ID"] == "given"
+
+
+def test_freeze_vision_tower_reaches_the_workers_environment(monkeypatch):
+    # verl 0.9.1 reads actor.freeze_vision_tower nowhere; mmr's fix C reads FREEZE_ENV.
+    from mmr.rl.train import pass_freeze_vision_tower
+    from mmr.rl.verl_fixes import FREEZE_ENV
+
+    key = "verl.actor_rollout_ref.actor.freeze_vision_tower"
+    for value, want in (("true", "1"), ("false", "0")):
+        monkeypatch.setenv(FREEZE_ENV, "stale")
+        cfg = load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml", [f"{key}={value}"])
+        config = compose_verl_config(cfg)
+        assert pass_freeze_vision_tower(config) is (want == "1")
+        assert config.ray_kwargs.ray_init.runtime_env.env_vars[FREEZE_ENV] == want
+        assert os.environ[FREEZE_ENV] == want
+    tiny = load_config(RLConfig, RECIPES / "demo" / "tiny_gspo_verl.yaml")
+    assert tiny.verl["actor_rollout_ref"]["actor"]["freeze_vision_tower"] is True  # as SFT

@@ -67,14 +67,18 @@ def test_verl_cpu_platform_refuses_a_machine_with_a_gpu(monkeypatch):
 
 def test_verl_plain_import_loads_mmrs_plugin_in_a_fresh_process():
     # What every Ray worker does: `import verl` alone loads the plugin (entry point).
+    # The device verl settles on is the platform's: fix C imports verl's FSDP engine, which
+    # settles it, so the plugin installs the platform first.
     code = (
         "import sys, verl; m = sys.modules.get('mmr.rl.verl_plugin'); "
-        "print(m is not None and m.INSTALLED.get('fixes'), m and m.INSTALLED.get('cpu_platform'))"
+        "from verl.utils.device import get_device_name; "
+        "print(m is not None and m.INSTALLED.get('fixes'), m and m.INSTALLED.get('cpu_platform'), "
+        "get_device_name())"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/"
     ).stdout
-    assert out.split() == ["['A',", "'B']", "True"]
+    assert out.split() == ["['A',", "'B',", "'C']", "True", "cpu"]
     off = subprocess.run(
         [sys.executable, "-c", "import sys, verl; print('mmr.rl.verl_plugin' in sys.modules)"],
         capture_output=True,

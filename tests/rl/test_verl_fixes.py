@@ -11,7 +11,7 @@ import pickle
 
 import pytest
 import torch
-import verl  # noqa: F401  (loads mmr's plugin through verl's entry point)
+import verl  # loads mmr's plugin through verl's entry point; used below
 import verl.models.transformers.qwen2_vl as qwen2_vl
 import verl.utils.tensordict_utils as tu
 from tensordict import TensorDict
@@ -22,7 +22,7 @@ from mmr.rl import verl_fixes, verl_plugin
 
 def test_verl_plugin_loads_the_fixes_on_import_verl():
     # Loaded by verl itself (entry point group verl.plugins), not by this test.
-    assert verl_plugin.INSTALLED["fixes"] == ["A", "B"]
+    assert verl_plugin.INSTALLED["fixes"] == ["A", "B", "C"]
     assert qwen2_vl._get_input_embeds._mmr_fix == "A"
     assert tu.maybe_fix_3d_position_ids._mmr_fix == "B"
     # Modules that import the function by name bind the fixed one.
@@ -146,3 +146,37 @@ def test_verl_fix_b_keeps_verls_own_case():
     tu.maybe_fix_3d_position_ids(td)
     assert [t.tolist() for t in td["position_ids"].unbind()] == [s.tolist() for s in samples]
     assert not verl_fixes.rows_are_ragged(transfer_queue_batch(samples)["position_ids"])
+
+
+# ---- C: actor.freeze_vision_tower is read nowhere -----------------------------------------
+
+
+def test_verl_bug_c_freeze_vision_tower_is_read_nowhere():
+    # verl 0.9.1's actor config has the key; no module of verl reads it.
+    from pathlib import Path
+
+    from verl.workers.config.actor import ActorConfig
+
+    assert "freeze_vision_tower" in ActorConfig.__dataclass_fields__
+    root = Path(verl.__file__).parent
+    readers = [p.relative_to(root).as_posix() for p in root.rglob("*.py")
+               if "freeze_vision_tower" in p.read_text(errors="replace")]  # fmt: skip
+    assert readers == ["workers/config/actor.py"]
+
+
+def test_verl_fix_c_freezes_the_tower_and_projector_where_the_key_is_set(
+    tiny_qwen2_5_vl, monkeypatch
+):
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
+
+    assert FSDPEngine._build_module._mmr_fix == "C"
+    build = verl_fixes.frozen_vision_tower(
+        lambda self: AutoModelForImageTextToText.from_pretrained(tiny_qwen2_5_vl)
+    )
+    monkeypatch.setenv(verl_fixes.FREEZE_ENV, "1")
+    module = build(None)
+    frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
+    visual = {n for n, _ in module.named_parameters() if ".visual." in f".{n}"}
+    assert frozen == visual and visual  # the tower and its merger (the projector), no more
+    monkeypatch.setenv(verl_fixes.FREEZE_ENV, "0")
+    assert all(p.requires_grad for p in build(None).parameters())

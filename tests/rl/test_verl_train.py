@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.rl.verl_run import ENV, MAIN_BIN, RECIPE, RL_BIN, require_rl_venv, run
 from tests.test_demo import SMALL, check_demo_outputs
@@ -231,3 +232,19 @@ def test_verl_run_merges_to_a_loadable_hf_folder(verl_runs):
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] > ids.shape[1]
+
+
+def test_verl_run_keeps_the_frozen_vision_tower_bit_identical(verl_runs):
+    # The tiny recipe sets actor.freeze_vision_tower (verl 0.9.1 ignores it; mmr's fix C):
+    # four steps later the tower and projector are still SFT's, the language model is not.
+    from transformers import AutoModelForImageTextToText
+
+    def weights(path):
+        model = AutoModelForImageTextToText.from_pretrained(path)
+        return {n: p.detach() for n, p in model.named_parameters()}
+
+    sft = weights(verl_runs["root"] / "demo" / "sft" / "final")
+    rl = weights(verl_runs["merged"])
+    visual = [n for n in sft if ".visual." in f".{n}"]
+    assert visual and all(torch.equal(sft[n], rl[n]) for n in visual)
+    assert any(not torch.equal(sft[n], rl[n]) for n in sft if n not in visual)
