@@ -138,6 +138,9 @@ class RLSection:
     # the length term off (reward.length.mode=none), both evaluated: response tokens,
     # accuracy and the share of empty <think> blocks side by side (`length_ablation`).
     length_ablation: bool = False
+    # The task kinds GSPO's prompts are drawn from (the train tasks of these kinds; empty:
+    # all of tasks.kinds). RL data is curated apart from SFT's, as in OpenMMReasoner.
+    kinds: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from mmr.config import check_choice
@@ -171,6 +174,16 @@ class DemoConfig:
     sft: StageSection = field(default_factory=lambda: StageSection("recipes/demo/tiny_sft.yaml"))
     rl: RLSection = field(default_factory=RLSection)
     eval: EvalSection = field(default_factory=EvalSection)
+
+    def __post_init__(self) -> None:
+        from mmr.config import ConfigError
+
+        unknown = [k for k in self.rl.kinds if k not in self.tasks.kinds]
+        if unknown:
+            raise ConfigError(
+                f"config key 'rl.kinds' names {unknown}, which tasks.kinds "
+                f"({', '.join(self.tasks.kinds)}) does not generate"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,8 +255,9 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     runs = {"rl": []}  # each GSPO run from the SFT model: its extra overrides
     if cfg.rl.length_ablation:
         runs["rl_no_length"] = ["reward.length.mode=none"]
+    prompts = rl_prompts(cfg, train_file, out / "tasks_rl.parquet")
     for name, extra in runs.items():
-        run_rl(cfg, engine, out / "sft" / "final", train_file, out / name, extra)
+        run_rl(cfg, engine, out / "sft" / "final", prompts, out / name, extra)
     done("rl")
 
     banner(7, "evaluate base, pretrained, SFT and RL on the held-out tasks")
@@ -517,6 +531,23 @@ def write_tasks(cfg: DemoConfig, out: Path) -> tuple[Path, Path]:
     chance = chance_accuracy(generate_tasks(cfg.tasks.test, split="test", **kw))
     print(f"{cfg.tasks.train} train and {cfg.tasks.test} test tasks; chance accuracy {chance:.3f}")
     return train, test
+
+
+def rl_prompts(cfg: DemoConfig, train_file: Path, path: Path) -> Path:
+    """GSPO's prompts: the train tasks of `rl.kinds` (written to `path`), or all of them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if not cfg.rl.kinds or set(cfg.rl.kinds) >= set(cfg.tasks.kinds):
+        return train_file
+    table = pq.read_table(train_file)
+    sources = pa.array([f"synthetic/{kind}" for kind in cfg.rl.kinds])
+    kept = table.filter(pc.is_in(table["source"], value_set=sources))
+    pq.write_table(kept, path)
+    print(f"GSPO prompts: the {kept.num_rows} of {table.num_rows} train tasks of kinds "
+          f"{', '.join(cfg.rl.kinds)} (rl.kinds) -> {path}")  # fmt: skip
+    return path
 
 
 def curate(cfg: DemoConfig, train_file: Path, data_dir: Path) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 import mmr.demo
@@ -151,6 +152,10 @@ def check_demo_outputs(
 
     log = rl_metrics(out / "rl")
     assert len(log) == rl_steps and all(0 <= r["reward/sampled_accuracy"] <= 1 for r in log)
+    # GSPO's prompts are the train tasks of rl.kinds (the recipe: colour and largest).
+    assert summary["config"]["rl"]["kinds"] == ["colour", "largest"]
+    rl_tasks = pq.read_table(out / "tasks_rl.parquet").column("source").to_pylist()
+    assert set(rl_tasks) == {"synthetic/colour", "synthetic/largest"}
     assert all(r["reward/sampled"] >= 0 for r in log)
     assert summary["rl_sampled_reward"] is None  # a trend needs 4 steps
     report = (out / "report.md").read_text()
@@ -235,6 +240,25 @@ def test_new_keys_are_checked_naming_them(capsys, tmp_path):
     assert "data.max_rechecks" in capsys.readouterr().err
     assert main([f"output_dir={tmp_path}", "eval.headroom_n=-1"]) == 2
     assert "eval.headroom_n" in capsys.readouterr().err
+    assert main([f"output_dir={tmp_path}", "rl.kinds=[colour,bars]"]) == 2
+    assert "'rl.kinds' names ['bars']" in capsys.readouterr().err
+
+
+def test_rl_prompts_are_the_train_tasks_of_rl_kinds(tmp_path):
+    from mmr.data.synthetic import write_synthetic
+    from mmr.demo import DemoConfig, rl_prompts
+
+    train = write_synthetic(tmp_path / "train.parquet", 30, split="train", seed=0,
+                            kinds=["colour", "count", "largest"], levels=[1],
+                            with_response=False)  # fmt: skip
+    cfg = load_config(DemoConfig, None, ["rl.kinds=[largest,colour]"])
+    prompts = rl_prompts(cfg, train, tmp_path / "rl.parquet")
+    every, kept = pq.read_table(train).to_pylist(), pq.read_table(prompts).to_pylist()
+    want = [r for r in every if r["source"] in ("synthetic/colour", "synthetic/largest")]
+    assert kept == want and 0 < len(kept) < len(every)  # in order, whole rows
+    for kinds in ("[]", "[count,largest,colour]"):  # every kind: the train file itself
+        cfg = load_config(DemoConfig, None, [f"rl.kinds={kinds}"])
+        assert rl_prompts(cfg, train, tmp_path / "x.parquet") == train
 
 
 def test_sampled_reward_trend_compares_the_first_and_last_quarter():
