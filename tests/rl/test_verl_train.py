@@ -245,6 +245,9 @@ def test_verl_run_keeps_the_frozen_vision_tower_bit_identical(verl_runs):
 
     sft = weights(verl_runs["root"] / "demo" / "sft" / "final")
     rl = weights(verl_runs["merged"])
+    # verl's merger saves bf16 (mmr/rl/merge.py): SFT's fp32 weights, cast as it casts.
+    assert {p.dtype for p in rl.values()} == {torch.bfloat16}
+    sft = {n: p.to(torch.bfloat16) for n, p in sft.items()}
     visual = [n for n in sft if ".visual." in f".{n}"]
     assert visual and all(torch.equal(sft[n], rl[n]) for n in visual)
     assert any(not torch.equal(sft[n], rl[n]) for n in sft if n not in visual)
