@@ -762,12 +762,10 @@ def sampled_reward_trend(log: Sequence[dict[str, Any]]) -> dict[str, Any] | None
     def mean(part: Sequence[dict[str, Any]], key: str) -> float:
         return round(sum(float(r.get(key, 0.0)) for r in part) / len(part), 4)
 
-    first, last = rows[:q], rows[-q:]
-    return {"steps": q, "first": mean(first, "reward/sampled"),
-            "last": mean(last, "reward/sampled"),
-            "rise": round(mean(last, "reward/sampled") - mean(first, "reward/sampled"), 4),
-            "first_accuracy": mean(first, "reward/sampled_accuracy"),
-            "last_accuracy": mean(last, "reward/sampled_accuracy")}  # fmt: skip
+    first, last = mean(rows[:q], "reward/sampled"), mean(rows[-q:], "reward/sampled")
+    return {"steps": q, "first": first, "last": last, "rise": round(last - first, 4),
+            "first_accuracy": mean(rows[:q], "reward/sampled_accuracy"),
+            "last_accuracy": mean(rows[-q:], "reward/sampled_accuracy")}  # fmt: skip
 
 
 def with_intervals(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -469,11 +469,13 @@ def _resolve_config(config: Any, overrides: Any) -> RewardConfig:
         # Called once per rollout: the key is the mapping as given (a DictConfig resolved,
         # OmegaConf's cheap path); OmegaConf.create runs only on a miss.
         given = (
-            OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else config
+            OmegaConf.to_container(config, resolve=True)
+            if OmegaConf.is_config(config)
+            else dict(config)
         )
         key: tuple = ("mapping", json.dumps(given, sort_keys=True, default=str), overrides)
-        if key not in _CONFIGS:
-            plain = OmegaConf.to_container(OmegaConf.create(dict(config)), resolve=True)
+        if key not in _CONFIGS:  # interpolations in a plain mapping resolved here
+            plain = OmegaConf.to_container(OmegaConf.create(given), resolve=True)
             merged = OmegaConf.merge(plain, parse_overrides(overrides))
             _CONFIGS[key] = config_from_dict(RewardConfig, merged, "compute_score's config=")
         return _CONFIGS[key]
