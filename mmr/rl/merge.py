@@ -4,24 +4,30 @@
 
 verl's FSDP checkpoints hold sharded weights (`model_world_size_W_rank_R.pt`) plus the HF
 config, tokenizer and processor under `huggingface/`. verl's `FSDPModelMerger` merges the
-shards and saves the model (in bf16) with its tokenizer and processor; mmr then checks what users
+shards and saves the model with its tokenizer and processor; mmr then checks what users
 need from the result before they evaluate or serve it: the model loads with its family's
 `from_pretrained`, the processor loads as the family's processor (not a bare tokenizer),
 and the chat template is there. A missing piece fails with what is missing.
 
-verl's merger unpickles the rank shards with `weights_only=False`
-(verl/model_merger/fsdp_model_merger.py:168), so a crafted checkpoint could run code. mmr
-first loads every shard with `weights_only=True` (memory-mapped: no copy) and refuses a
-shard that holds anything but tensors, before verl's merger reads it.
+Two parts of verl's merger are replaced, by a subclass (`dtype_keeping_merger()`):
+- it unpickles the rank shards with `weights_only=False`
+  (verl/model_merger/fsdp_model_merger.py, `_load_rank_zero_state_dict` and
+  `_load_and_merge_state_dicts`), so a crafted checkpoint could run code. mmr loads them with
+  `weights_only=True`, after refusing (by name) a shard that holds anything but tensors;
+- it casts every weight to bf16, whatever the actor trained in: an fp32 run (the CPU recipes)
+  came out rounded. mmr keeps the checkpoint's dtype and writes it into config.json.
+The merging itself (DTensor placements, replicated buffers) is verl's own code.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
@@ -29,7 +35,6 @@ CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 def merge_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Merge a verl FSDP actor checkpoint into an HF folder and verify it loads."""
     from verl.model_merger.base_model_merger import ModelMergerConfig
-    from verl.model_merger.fsdp_model_merger import FSDPModelMerger
 
     ckpt, out = Path(checkpoint), Path(out_dir)
     hf_dir = ckpt / "huggingface"
@@ -46,13 +51,14 @@ def merge_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
         target_dir=str(out),
         hf_model_config_path=str(hf_dir),
     )
-    merger = FSDPModelMerger(config)
+    merger = dtype_keeping_merger()(config)
     merger.merge_and_save()
     merger.cleanup()
     # verl saves the processor; the chat template file may sit only in huggingface/.
     for name in CHAT_TEMPLATE_FILES:
         if (hf_dir / name).is_file() and not (out / name).is_file():
             shutil.copy2(hf_dir / name, out / name)
+    record_dtype(out, merger.dtype)
     verify_hf_folder(out)
     # transformers 5 saved one processor_config.json; pre-5 transformers and older vLLM read
     # the image processor from its own file, as mmr's exported folders carry it.
@@ -61,6 +67,70 @@ def merge_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
 
     write_preprocessor_config(load_processor(out), out)
     return out
+
+
+def dtype_keeping_merger() -> type:
+    """`DtypeKeepingMerger`, built on first use: verl is imported where a merge runs."""
+    import torch
+    from torch.distributed.tensor import DTensor
+    from verl.model_merger.fsdp_model_merger import FSDPModelMerger, merge_non_dtensor_shards
+
+    class DtypeKeepingMerger(FSDPModelMerger):
+        """verl's FSDP merger, loading shards as plain tensors and keeping their dtype."""
+
+        dtype: torch.dtype | None = None
+
+        def _shard(self, world_size: int, rank: int) -> dict:
+            path = Path(self.config.local_dir) / f"model_world_size_{world_size}_rank_{rank}.pt"
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+        def _load_rank_zero_state_dict(self, world_size: int) -> dict:
+            return self._shard(world_size, 0)
+
+        def _load_and_merge_state_dicts(
+            self, world_size: int, total_shards: int, mesh_shape: tuple, mesh_dim_names: tuple
+        ) -> dict[str, torch.Tensor]:
+            if len(mesh_shape) != 1:
+                raise NotImplementedError("FSDP + TP checkpoints are not supported (nor by verl)")
+            shards = [self._shard(world_size, rank) for rank in range(total_shards)]
+            merged: dict[str, torch.Tensor] = {}
+            for key in list(shards[0]):
+                parts = [shard.pop(key) for shard in shards]
+                if isinstance(parts[0], DTensor):
+                    placements = tuple(parts[0].placements)
+                    if mesh_dim_names[0] in ("dp", "ddp"):  # replicated over dp: dropped
+                        placements = placements[1:]
+                    local = [part._local_tensor for part in parts]
+                    merged[key] = self._merge_by_placement(local, placements[0])
+                else:
+                    merged[key] = merge_non_dtensor_shards(key, parts)
+            floats = {t.dtype for t in merged.values() if t.is_floating_point()}
+            self.dtype = max(floats, key=lambda d: torch.finfo(d).bits) if floats else None
+            return merged
+
+    return DtypeKeepingMerger
+
+
+def record_dtype(out: Path, dtype: Any) -> None:
+    """config.json names the dtype the weights were saved in (verl's merger writes
+    bfloat16 there, the dtype it builds the model in), so `dtype="auto"` loads them as
+    saved."""
+    if dtype is None:
+        return
+    name = str(dtype).removeprefix("torch.")
+    path = out / "config.json"
+    config = json.loads(path.read_text())
+
+    def put(node: dict) -> None:
+        for key in ("dtype", "torch_dtype"):
+            if key in node:
+                node[key] = name
+        for value in node.values():
+            if isinstance(value, dict):
+                put(value)
+
+    put(config)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def check_shards_are_tensors(ckpt: Path) -> None:

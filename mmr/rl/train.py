@@ -131,7 +131,52 @@ def compose_verl_config(cfg: RLConfig) -> DictConfig:
             "verl/trainer/config/_generated_ppo_trainer.yaml)"
         ) from None
     _check_sampler_hook(merged)
+    honour_fsdp_dtype(merged)
     return merged
+
+
+FSDP_ENGINE_TARGET = "verl.workers.config.FSDPEngineConfig"
+
+
+def honour_fsdp_dtype(config: DictConfig, path: str = "") -> list[str]:
+    """Make every FSDP engine's `dtype` the compute dtype it is documented to be.
+
+    verl 0.9.1 documents `fsdp_config.dtype` as the mixed-precision param dtype, but its FSDP
+    engine reads only `fsdp_config.mixed_precision` and, where that is unset, computes in
+    bf16 (verl/workers/engine/fsdp/transformer_impl.py, `_build_fsdp_module`, and the
+    autocast of `forward_step`): `dtype: float32` changed nothing. mmr writes the section's
+    `dtype` into `mixed_precision.param_dtype` (reduce and buffer fp32, verl's defaults)
+    where the recipe sets no `mixed_precision`; verl's default `dtype` (bfloat16) gives
+    verl's own behaviour. A `mixed_precision.param_dtype` that contradicts `dtype` is a
+    ConfigError naming both keys. Returns the paths of the sections written."""
+    from verl.utils.torch_dtypes import PrecisionType
+
+    written: list[str] = []
+    for key in list(config.keys()):
+        node = config.get(key)
+        if not isinstance(node, DictConfig):
+            continue
+        where = f"{path}{key}"
+        if node.get("_target_") == FSDP_ENGINE_TARGET and node.get("dtype") is not None:
+            want = PrecisionType.to_dtype(node.dtype)
+            mixed = node.get("mixed_precision")
+            if mixed is None:
+                with open_dict(node):
+                    node.mixed_precision = {
+                        "param_dtype": str(node.dtype),
+                        "reduce_dtype": "fp32",
+                        "buffer_dtype": "fp32",
+                    }
+                written.append(where)
+            elif PrecisionType.to_dtype(mixed.get("param_dtype", "bf16")) != want:
+                raise ConfigError(
+                    f"verl.{where}.dtype={node.dtype} contradicts verl.{where}.mixed_precision."
+                    f"param_dtype={mixed.get('param_dtype', 'bf16')} (verl's FSDP engine "
+                    "computes in the latter; set one)"
+                )
+        else:
+            written.extend(honour_fsdp_dtype(node, f"{where}."))
+    return written
 
 
 def driver_resolved(reward: RewardConfig) -> RewardConfig:

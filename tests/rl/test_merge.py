@@ -12,11 +12,11 @@ from transformers import AutoModelForImageTextToText
 from mmr.rl.merge import main, merge_checkpoint
 
 
-def _fsdp_checkpoint(tiny_dir, root):
+def _fsdp_checkpoint(tiny_dir, root, dtype=torch.float32):
     """verl's actor checkpoint layout: rank shards, fsdp_config.json, huggingface/."""
     actor = root / "global_step_2" / "actor"
     (actor / "huggingface").mkdir(parents=True)
-    model = AutoModelForImageTextToText.from_pretrained(tiny_dir)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_dir, dtype=dtype)
     with torch.no_grad():  # "training" moved the weights
         model.lm_head.weight.add_(0.5)
     torch.save(model.state_dict(), actor / "model_world_size_1_rank_0.pt")
@@ -27,13 +27,20 @@ def _fsdp_checkpoint(tiny_dir, root):
     return actor, model
 
 
-def test_merge_writes_a_loadable_hf_folder(tmp_path, tiny_qwen2_5_vl):
-    actor, trained = _fsdp_checkpoint(tiny_qwen2_5_vl, tmp_path)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merge_writes_a_loadable_hf_folder_in_the_checkpoints_dtype(
+    tmp_path, tiny_qwen2_5_vl, dtype
+):
+    # verl's own merger casts every weight to bf16: an fp32 actor (the CPU recipes) came out
+    # rounded. mmr's keeps the checkpoint's dtype, bit for bit, and names it in config.json.
+    actor, trained = _fsdp_checkpoint(tiny_qwen2_5_vl, tmp_path, dtype)
     out = merge_checkpoint(actor, tmp_path / "merged")
-    merged = AutoModelForImageTextToText.from_pretrained(out)
-    # verl's merger writes bf16 weights (what its FSDP actor trains in on GPUs).
-    assert merged.lm_head.weight.dtype == torch.bfloat16
-    assert torch.equal(merged.lm_head.weight, trained.lm_head.weight.to(torch.bfloat16))
+    merged = AutoModelForImageTextToText.from_pretrained(out, dtype="auto")
+    assert merged.lm_head.weight.dtype == dtype
+    trained_weights = trained.state_dict()
+    for name, tensor in merged.state_dict().items():
+        assert torch.equal(tensor, trained_weights[name]), name
+    assert json.loads((out / "config.json").read_text())["dtype"] == str(dtype).split(".")[1]
     assert (out / "chat_template.jinja").is_file()
 
 

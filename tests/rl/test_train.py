@@ -364,3 +364,35 @@ def test_freeze_vision_tower_reaches_the_workers_environment(monkeypatch):
         assert os.environ[FREEZE_ENV] == want
     tiny = load_config(RLConfig, RECIPES / "demo" / "tiny_gspo_verl.yaml")
     assert tiny.verl["actor_rollout_ref"]["actor"]["freeze_vision_tower"] is True  # as SFT
+
+
+def test_fsdp_dtype_becomes_verls_mixed_precision_param_dtype():
+    # verl 0.9.1's FSDP engine reads only fsdp_config.mixed_precision (None: bf16 compute),
+    # never the documented fsdp_config.dtype: mmr writes the one into the other.
+    from omegaconf import OmegaConf
+    from verl.workers.engine.fsdp import transformer_impl
+
+    source = Path(transformer_impl.__file__).read_text()
+    assert "self.engine_config.mixed_precision" in source
+    assert "engine_config.dtype" not in source  # the bug mmr works around
+
+    def sections(recipe: str, *overrides: str) -> dict:
+        cfg = load_config(RLConfig, RECIPES / recipe, list(overrides))
+        verl = OmegaConf.to_container(compose_verl_config(cfg), resolve=False)
+        role = verl["actor_rollout_ref"]
+        return {name: role[name]["fsdp_config"]["mixed_precision"] for name in ("actor", "ref")}
+
+    tiny = sections("demo/tiny_gspo_verl.yaml")
+    assert {mp["param_dtype"] for mp in tiny.values()} == {"float32"}
+    assert tiny["actor"]["reduce_dtype"] == tiny["actor"]["buffer_dtype"] == "fp32"
+    # verl's default dtype gives verl's own behaviour: bf16 compute on the 7B recipe.
+    assert {mp["param_dtype"] for mp in sections("omr_7b_gspo.yaml").values()} == {"bfloat16"}
+    # a mixed_precision given by the recipe is kept, if it agrees with dtype ...
+    given = sections("demo/tiny_gspo_verl.yaml",
+                     "verl.actor_rollout_ref.actor.fsdp_config.+mixed_precision.param_dtype=fp32",
+                     "verl.actor_rollout_ref.actor.fsdp_config.+mixed_precision.reduce_dtype=bf16")  # fmt: skip
+    assert given["actor"] == {"param_dtype": "fp32", "reduce_dtype": "bf16"}
+    # ... and refused, naming both keys, if not.
+    with pytest.raises(ConfigError, match=r"actor\.fsdp_config\.dtype=float32 .*mixed_precision"):
+        sections("demo/tiny_gspo_verl.yaml",
+                 "verl.actor_rollout_ref.actor.fsdp_config.+mixed_precision.param_dtype=bf16")  # fmt: skip
