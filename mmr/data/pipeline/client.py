@@ -19,8 +19,10 @@ endpoint (`connection`, `timeout`, HTTP 5xx or 429: `mmr.llm.client.endpoint_fau
 sent to one that has not failed it yet, and reported failed only when none is left; a
 reply `parse` rejects or another 4xx is the request's fault and is not sent elsewhere.
 
-A replica that keeps failing is rested by a circuit breaker: `breaker_failures` endpoint
-faults in a row (failed attempts, retries included; any reply resets the count) open it, and
+A replica that keeps failing is rested by a circuit breaker: endpoint faults of
+`breaker_failures` different requests in a row (any reply resets the count; a request's
+retries there count once, so one poison request, which fails wherever it goes, cannot rest a
+healthy replica however many retries it has) open it, and
 its requests in flight stop retrying there and fail over at once. No request goes to it for
 `breaker_cooldown_s`; then one request probes it: a reply closes the breaker, an endpoint
 fault opens it again. So a dead replica costs a few attempts, and a hanging one about one
@@ -59,7 +61,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -138,9 +140,10 @@ class EndpointStats:
 class Breaker:
     """One replica's circuit breaker (engine openai, several replicas; see the module)."""
 
-    failures: int = 0  # endpoint faults in a row at this replica (failed attempts)
+    failures: int = 0  # requests in a row that met an endpoint fault at this replica
     open_until: float | None = None  # open: no new request before this time.monotonic()
     probe: object | None = None  # once the cooldown is over: the one request trying it
+    culprits: set[object] = field(default_factory=set)  # the requests counted (kept alive)
 
     def admits(self, probe: object | None) -> bool:
         """Whether a request (holding `probe` if it is the probe) may make an attempt."""
@@ -149,15 +152,23 @@ class Breaker:
     def close(self) -> None:
         """The replica answered: requests flow again."""
         self.failures, self.open_until, self.probe = 0, None, None
+        self.culprits.clear()
 
-    def fault(self, threshold: int, cooldown_s: float, probe: object | None) -> bool:
-        """Count an endpoint fault; True when it opens the breaker: the `threshold`-th in a
-        row while closed, or the probe's. Late faults of requests sent before it opened
+    def fault(
+        self, threshold: int, cooldown_s: float, probe: object | None, request: object
+    ) -> bool:
+        """Count an endpoint fault of `request` (a token alive while it runs here: its
+        retries count once); True when it opens the breaker: the `threshold`-th request in
+        a row while closed, or the probe's. Late faults of requests sent before it opened
         do not extend the cooldown."""
-        self.failures += 1
         probing = probe is not None and probe is self.probe
+        if request in self.culprits and not probing:
+            return False  # a retry of a request already counted
+        self.culprits.add(request)
+        self.failures += 1
         if threshold and (probing or (self.open_until is None and self.failures >= threshold)):
             self.open_until, self.probe = time.monotonic() + cooldown_s, None
+            self.culprits.clear()
             return True
         return False
 
@@ -364,6 +375,7 @@ class _Balance:
         nothing awaited before the first attempt, so a cut comes after a failed attempt)."""
         breaker, cfg, last = self.breakers[k], self.cfg, ["", ""]
         probe_failed = False
+        request = object()  # this request at this replica, for the breaker's count
 
         def on_failure(reason: str, detail: str) -> None:
             nonlocal probe_failed
@@ -373,11 +385,12 @@ class _Balance:
                 return
             probe_failed = probe is not None and probe is breaker.probe
             was_closed = breaker.open_until is None
-            if breaker.fault(cfg.breaker_failures, cfg.breaker_cooldown_s, probe):
+            if breaker.fault(cfg.breaker_failures, cfg.breaker_cooldown_s, probe, request):
                 self.stats[k].opened += 1
                 if was_closed:
                     log.warning(
-                        "%s: %d endpoint faults in a row (last: %s); no requests for %s s",
+                        "%s: endpoint faults of %d requests in a row (last: %s); no requests "
+                        "for %s s",
                         self.stats[k].base_url, breaker.failures, reason, cfg.breaker_cooldown_s,
                     )  # fmt: skip
 

@@ -225,7 +225,39 @@ def test_requests_every_replica_leaves_down_fail_after_one_probe_each(server, ca
         assert 3 <= len(replica.requests) <= 4
     assert [s.opened for s in client.stats] == [2, 2]
     assert sum(s.served for s in client.stats) == 20
-    assert "endpoint faults in a row (last: http_503)" in caplog.text
+    assert "endpoint faults of 2 requests in a row (last: http_503)" in caplog.text
+
+
+def test_one_poison_request_does_not_rest_a_healthy_replica(server):
+    # A request that fails wherever it goes (here HTTP 500 for "poison"), alone at low
+    # traffic: its retries are endpoint faults in a row at each replica, but of one request,
+    # so no breaker opens and the requests after it still go to both replicas at once.
+    def script(body):
+        return ("status", 500, "poisoned") if prompt_text(body) == "poison" else _echo(body)
+
+    server.script, server.latency_s = script, 0.05
+    with _replica(script, latency_s=0.05) as other:
+        client = _client(server, api_bases=[other.base_url], concurrency=1, retries=3,
+                         breaker_failures=2)  # fmt: skip
+        results = client.chat_many([_ask("poison"), *[_ask(f"q{i}") for i in range(8)]])
+    assert results[0].error == "http_500" and "poisoned" in results[0].detail
+    assert [r.text for r in results[1:]] == [f"echo q{i}" for i in range(8)]
+    assert [s.opened for s in client.stats] == [0, 0]
+    # 4 attempts at each replica (1 + 3 retries) for the poison; both served the others.
+    assert all(s.served >= 2 for s in client.stats), client.stats
+    asked = [prompt_text(b) for b in server.bodies] + [prompt_text(b) for b in other.bodies]
+    assert asked.count("poison") == 8
+
+
+def test_faults_of_different_requests_open_it():
+    from mmr.data.pipeline.client import Breaker
+
+    breaker, first, second = Breaker(), object(), object()
+    assert not any(breaker.fault(2, 30.0, None, first) for _ in range(5))  # retries: once
+    assert breaker.failures == 1 and breaker.open_until is None
+    assert breaker.fault(2, 30.0, None, second)  # a second request: open
+    breaker.close()
+    assert breaker.failures == 0 and not breaker.culprits
 
 
 def test_breaker_keys_are_checked():
