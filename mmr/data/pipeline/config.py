@@ -64,7 +64,7 @@ class ClientConfig:
     extra_body: dict[str, Any] = field(default_factory=dict)  # merged into each request body
     engine: str = "openai"  # openai (asyncio, in the shard's process) | ray_llm (ray.data.llm)
     api_bases: list[str] = field(default_factory=list)  # more replicas of this model, balanced
-    breaker_failures: int = 3  # requests in a row an endpoint fault failed, resting a replica (engine openai; 0 off)
+    breaker_failures: int = 3  # requests in a row failed by endpoint faults: rest it (0: off)
     breaker_cooldown_s: float = 30.0  # how long an open replica rests before a request probes it
 
     def __post_init__(self) -> None:
