@@ -42,6 +42,7 @@ clean as the command would.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -51,7 +52,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,10 @@ class RLSection:
     # The task kinds GSPO's prompts are drawn from (the train tasks of these kinds; empty:
     # all of tasks.kinds). RL data is curated apart from SFT's, as in OpenMMReasoner.
     kinds: list[str] = field(default_factory=list)
+    # The reward's LLM judge, for the answers the rules could not confirm: the demo serves
+    # `mmr.data.teacher_server.RuleJudge` on 127.0.0.1 (mmr's judge prompt, answered by
+    # rule) and points both engines' `reward.judge` at it; false: the judge off.
+    judge: bool = True
 
     def __post_init__(self) -> None:
         from mmr.config import check_choice
@@ -257,8 +262,10 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.rl.length_ablation:
         runs["rl_no_length"] = ["reward.length.mode=none"]
     prompts = rl_prompts(cfg, train_file, out / "tasks_rl.parquet")
-    for name, extra in runs.items():
-        run_rl(cfg, engine, out / "sft" / "final", prompts, out / name, extra)
+    with judge_server(cfg.rl) as (judge, judge_overrides):
+        for name, extra in runs.items():
+            run_rl(cfg, engine, out / "sft" / "final", prompts, out / name,
+                   [*judge_overrides, *extra])  # fmt: skip
     done("rl")
 
     banner(7, "evaluate base, pretrained, SFT and RL on the held-out tasks")
@@ -270,8 +277,9 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     done("eval")
 
     banner(8, "summary, plots and report")
+    judged = {"requests": judge.requests, "correct": judge.correct} if judge else None
     summary = summarize_run(cfg, results, headroom, described, pretrained, test_file, out, times,
-                            engine)  # fmt: skip
+                            engine, judged)  # fmt: skip
     write_plots(out, results, summary)
     write_report(out, cfg, results, summary)
     print_summary(summary, out)
@@ -305,6 +313,27 @@ def rl_engine(rl: RLSection) -> str:
               "on the single-process debug engine (mmr rl local) instead of verl")  # fmt: skip
         return "local"
     return "verl" if rl.engine in ("auto", "verl") else "local"
+
+
+@contextlib.contextmanager
+def judge_server(rl: RLSection) -> Iterator[tuple[Any, list[str]]]:
+    """The reward's LLM judge for GSPO: `RuleJudge` served on 127.0.0.1 while the block runs,
+    with the reward overrides that point either engine at it; (None, []) with rl.judge off."""
+    if not rl.judge:
+        yield None, []
+        return
+    from mmr.data.teacher_server import RuleJudge
+    from mmr.llm.server import OpenAIServer
+
+    judge = RuleJudge()
+    server = OpenAIServer(judge).start()
+    try:
+        yield judge, ["reward.judge.enabled=true", f"reward.judge.base_url={server.base_url}",
+                      "reward.judge.model=rule-judge"]  # fmt: skip
+    finally:
+        server.stop()
+        print(f"[mmr demo] judge: {judge.requests} answers the rules could not confirm, "
+              f"{judge.correct} accepted", flush=True)  # fmt: skip
 
 
 def run_rl(
@@ -680,11 +709,12 @@ def run_stats(folder: Path) -> dict[str, Any]:
 def summarize_run(
     cfg: DemoConfig, results: dict[str, dict[str, Any]], headroom: dict[str, Any] | None,
     described: dict[str, Any], pretrained: Path, test_file: Path, out: Path,
-    times: dict[str, float], engine: str,
+    times: dict[str, float], engine: str, judged: dict[str, int] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """summary.json: accuracies with 95% intervals, format, response lengths, chance,
     checks, timings; RL against SFT on the same tasks; SFT's headroom (pass@1, pass@n);
-    the pretraining's description accuracy and cache state; SFT's frozen parts and packing."""
+    the pretraining's description accuracy and cache state; SFT's frozen parts and packing;
+    what GSPO's judge was asked (`rl_judge`, None with the judge off)."""
     from mmr.data.io import read_samples
     from mmr.data.synthetic import chance_accuracy
 
@@ -735,6 +765,7 @@ def summarize_run(
         rl_engine=engine,
         rl_final_reward=rl_log[-1]["reward"] if rl_log else None,
         rl_sampled_reward=sampled_reward_trend(rl_log),
+        rl_judge=judged,
         sft_samples=selected.get("rows_out", selected.get("out")),
         pretrain={**described, **run_stats(out / "pretrain")} if cfg.pretrain.enabled else None,
         pretrain_cache=described["cache"],

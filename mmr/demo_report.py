@@ -80,6 +80,17 @@ def trend_lines(trend: dict[str, Any] | None) -> list[str]:
     ]  # fmt: skip
 
 
+def judge_lines(judge: dict[str, Any] | None) -> list[str]:
+    """report.md's line on the reward's LLM judge (the demo's rule judge) during GSPO."""
+    if judge is None:
+        return ["GSPO's reward ran without the LLM judge (rl.judge=false).", ""]
+    return [
+        f"GSPO's LLM judge (the demo's rule judge on 127.0.0.1) was asked about "
+        f"{judge['requests']} distinct answers the rules could not confirm and accepted "
+        f"{judge['correct']} (the same option as its text, a number as a word).", "",
+    ]  # fmt: skip
+
+
 def write_report(
     out: Path, cfg: DemoConfig, results: dict[str, Any], summary: dict[str, Any]
 ) -> None:
@@ -119,6 +130,7 @@ def write_report(
          else "SFT: padded batches (data.packing=false)."), "",
         "![SFT loss](sft_loss.png) ![GSPO reward](rl_reward.png) ![accuracy](accuracy.png)", "",
         *trend_lines(s["rl_sampled_reward"]),
+        *judge_lines(s.get("rl_judge")),
         *headroom_lines(s["headroom"]),
         *ablation_lines(s["length_ablation"]),
         "## Accuracy per task type (held-out, 95% intervals)", "",

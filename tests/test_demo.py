@@ -160,7 +160,13 @@ def check_demo_outputs(
     # budget and the in-group part) move it below 0 or above 1.
     assert all(-0.25 <= r["reward/sampled"] <= 1.25 for r in log)
     assert summary["rl_sampled_reward"] is None  # a trend needs 4 steps
+    # GSPO's reward had its LLM judge on: the demo's rule judge, served while GSPO ran; every
+    # request it got was answered (no judge fallback in any step).
+    judge = summary["rl_judge"]
+    assert 0 <= judge["correct"] <= judge["requests"]
+    assert all(r.get("reward/judge_fallback", 0) == 0 for r in log)
     report = (out / "report.md").read_text()
+    assert "reward.judge.enabled=true" in printed and "GSPO's LLM judge" in report
     assert "| sft |" in report and "![accuracy](accuracy.png)" in report
     assert (
         "## SFT headroom: 2 answers per held-out task" in report and "| pass@1 | pass@2 |" in report

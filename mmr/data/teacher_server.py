@@ -13,6 +13,15 @@ recognises a request by its image's pixels and its question text; it answers wit
 the task, so verbosity varies independently of correctness).
 A task it does not know gets HTTP 404 (the client counts it as failed), never a guess.
 
+`RuleJudge` is the demo's stand-in for the LLM judge of GSPO's reward (`mmr.rewards.judge`,
+asked about the answers the rules could not confirm): it reads mmr's judge prompt (the
+problem, the reference answer, the student's final answer) and replies CORRECT or INCORRECT
+by the rules that prompt states and a synthetic task needs: the same option given as its
+letter or as its text ("red" or "the red one" for "C" where option C is red), numbers as
+digits or words,
+case, spacing, a `\boxed{}` or a trailing full stop. A request that is not that prompt gets
+HTTP 400.
+
 The HTTP side is mmr's one local server, the one the tests use; this module is the script
 that answers its requests: `OpenAIServer(RuleTeacher(task_files)).start()`.
 """
@@ -23,6 +32,7 @@ import argparse
 import base64
 import hashlib
 import io
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -35,7 +45,7 @@ from mmr.data.schema import IMAGE_PLACEHOLDER
 from mmr.data.synthetic import check_max_rechecks, teacher_response
 from mmr.llm.server import OpenAIServer
 
-__all__ = ["RuleTeacher", "pixel_key"]
+__all__ = ["RuleJudge", "RuleTeacher", "pixel_key"]
 
 
 def pixel_key(data: bytes) -> str:
@@ -97,6 +107,76 @@ class RuleTeacher:
             if question in " ".join(text.split()) or question in text:
                 return teacher_response(meta, max_rechecks=self.max_rechecks)
         return None
+
+
+_OPTION = re.compile(r"^\s*\(?([A-Z])[.):]\s+(.+?)\s*$", re.M)
+_NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+_NUMBER_WORDS = {word: str(i) for i, word in enumerate(_NUMBERS)}
+
+
+def _norm(text: str) -> str:
+    """Lower case, one space, no `\\boxed{}`, `$`, "option" or trailing full stop; number
+    words as digits."""
+    text = " ".join(text.strip().lower().split())
+    boxed = re.fullmatch(r"\\boxed\{(.*)\}", text)
+    text = (boxed.group(1) if boxed else text).strip(" $.")
+    text = text.removeprefix("option ").strip()
+    return _NUMBER_WORDS.get(text, text)
+
+
+def same_answer(question: str, gold: str, answer: str) -> bool:
+    """Whether `answer` means `gold` for `question` (see the module docstring)."""
+    options = {letter.lower(): _norm(text) for letter, text in _OPTION.findall(question)}
+    by_text = {text: letter for letter, text in options.items()}
+
+    def canon(value: str) -> str:
+        value = _norm(value)
+        if value in options or not options:
+            return value
+        if value in by_text:
+            return by_text[value]
+        # "the green one": an answer naming exactly one option's text, and no other
+        named = {t for t in by_text if re.search(rf"\b{re.escape(t)}\b", value)}
+        return by_text[named.pop()] if len(named) == 1 else value
+
+    return canon(answer) == canon(gold)
+
+
+class RuleJudge:
+    """The server's script for judge requests: mmr's judge prompt -> CORRECT or INCORRECT.
+    `requests` and `correct` count what it was asked and what it accepted."""
+
+    def __init__(self, prompt_file: str | None = None) -> None:
+        from mmr.rewards.judge import load_prompt
+
+        template = load_prompt(prompt_file)
+        fields = ("{question}", "{ground_truth}", "{answer}")
+        if any(template.count(f) != 1 for f in fields):
+            raise ValueError("the judge prompt needs {question}, {ground_truth}, {answer} once")
+        head, rest = template.split(fields[0])
+        mid1, rest = rest.split(fields[1])
+        mid2, tail = rest.split(fields[2])
+        self.pattern = re.compile(
+            "".join([re.escape(head), "(.*)", re.escape(mid1), "(.*)", re.escape(mid2), "(.*)",
+                     re.escape(tail)]), re.S)  # fmt: skip
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.correct = 0
+
+    def __call__(self, body: dict[str, Any]) -> Any:
+        try:
+            text, _ = _request_parts(body)
+        except (KeyError, TypeError, IndexError, ValueError) as err:
+            return ("status", 400, f"bad request: {err}")
+        found = self.pattern.fullmatch(text)
+        if found is None:
+            return ("status", 400, "not mmr's judge prompt")
+        question, gold, answer = found.groups()
+        verdict = same_answer(question, gold, answer)
+        with self.lock:
+            self.requests += 1
+            self.correct += verdict
+        return "CORRECT" if verdict else "INCORRECT"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -67,3 +67,61 @@ def test_max_rechecks_on_the_command_line_reaches_the_traces(tmp_path, monkeypat
     ]
     with pytest.raises(ValueError, match="max_rechecks"):
         RuleTeacher([tmp_path / "t.parquet"], max_rechecks=-1)
+
+
+def test_rule_judge_answers_mmrs_judge_through_its_real_client():
+    # The demo's stand-in for GSPO's LLM judge: mmr.rewards' Judge (HTTP, retries, verdict
+    # parsing) against RuleJudge served on 127.0.0.1, and compute_score with it on.
+    from mmr.data.teacher_server import RuleJudge
+    from mmr.llm.server import OpenAIServer
+    from mmr.rewards import RewardConfig, score_batch
+    from mmr.rewards.accuracy import QA
+    from mmr.rewards.config import JudgeConfig
+    from mmr.rewards.judge import Judge
+
+    question = "<image>Which colour is the largest circle?\nA. red\nB. blue\nC. green\nD. grey"
+    judge = RuleJudge()
+    server = OpenAIServer(judge).start()
+    cfg = JudgeConfig(enabled=True, base_url=server.base_url, model="rule-judge", retries=0)
+    client = Judge(cfg)
+    try:
+        verdicts = client.judge_many([
+            QA(question, "C", "green"),  # the option's text for its letter
+            QA(question, "C", "Option C."),
+            QA(question, "C", "B"),
+            QA(question, "C", "blue"),
+            QA("How many red shapes are there?", "3", "three"),
+            QA("How many red shapes are there?", "3", "2"),
+        ])  # fmt: skip
+        # Not its prompt (another template, a plain chat): HTTP 400, not a guess.
+        with urllib.request.urlopen(_chat(server.base_url, "Is 3 the same as three?")) as reply:
+            pytest.fail(f"answered {reply.read()!r}")
+    except urllib.error.HTTPError as err:
+        assert err.code == 400
+    finally:
+        client.close()
+    assert verdicts == [True, True, False, False, True, False]
+    assert (judge.requests, judge.correct) == (6, 3)
+    # In the reward: what the rules could not decide (math-verify could not confirm it)
+    # goes to the judge; what they decided (a wrong letter) does not.
+    rewards = RewardConfig(judge=cfg)
+    asked = [("the green one", "C", question), ("the blue one", "C", question),
+             ("three", "3", "How many red shapes are there?"), ("B", "C", question)]  # fmt: skip
+    try:
+        rows = score_batch(
+            [{"response": rf"<think>so</think>\boxed{{{answer}}}", "ground_truth": gold,
+              "question": q} for answer, gold, q in asked], rewards)  # fmt: skip
+    finally:
+        server.stop()
+    assert [r["accuracy"] for r in rows] == [1.0, 0.0, 1.0, 0.0]
+    assert [r["judge"] for r in rows] == [1.0, 0.0, 1.0, None]
+    assert [r["decided_by"] for r in rows] == ["judge", "judge", "judge", "rule:choice"]
+    assert not any(r["judge_fallback"] for r in rows)
+    assert judge.requests == 6 + 3
+
+
+def _chat(base_url: str, text: str) -> urllib.request.Request:
+    body = {"model": "rule-judge", "messages": [{"role": "user", "content": text}]}
+    return urllib.request.Request(
+        base_url + "/chat/completions", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"})  # fmt: skip
