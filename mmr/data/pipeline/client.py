@@ -40,8 +40,9 @@ breaker.
 `ChatClient.stats` says what each replica did in the last call (also logged at INFO when
 there are several). With `engine: ray_llm` the same requests, with the same retry policy
 and results, go out as a Ray Data job through `ray.data.llm` (`mmr.data.pipeline.ray_llm`):
-dealt to the replicas in turn before the job starts, those an endpoint fault failed run
-again as another job at replicas they have not tried (failover by passes; no breaker).
+one actor per replica, balanced by load by Ray Data's scheduling (a batch of `concurrency`
+requests to the actor that finished one), a request a replica failed with an endpoint fault
+sent to the others in turn (no breaker); `stats` says what each served and failed over.
 
 What this module adds to `mmr.llm`: the config section, the request defaults (sampling
 settings, `extra_body`), a synchronous front, the balancing over replicas, and the messages
@@ -204,7 +205,7 @@ class ChatClient:
         # The replicas of the model, balanced by load (see `_Balance`).
         self.endpoints = [self.endpoint]
         self.endpoints += [llm.Endpoint.of(cfg, base_url=b, model=cfg.model) for b in cfg.api_bases]
-        self.stats: list[EndpointStats] = []  # per replica, of the last chat_many (engine openai)
+        self.stats: list[EndpointStats] = []  # per replica, of the last chat_many
 
     def __repr__(self) -> str:  # never show the key
         return f"ChatClient(url={self.url!r}, model={self.cfg.model!r})"
@@ -217,7 +218,7 @@ class ChatClient:
     ) -> list[ChatResult]:
         """One ChatResult per request, in order. `parse` is one function for all replies
         or one per request; `body` overrides request fields."""
-        self.stats = []  # engine ray_llm keeps none
+        self.stats = []
         if not requests:
             return []
         parsers = list(parse) if isinstance(parse, Sequence) else [parse] * len(requests)
@@ -232,7 +233,8 @@ class ChatClient:
         if cfg.engine == "ray_llm":
             from mmr.data.pipeline import ray_llm
 
-            return ray_llm.chat_many(self.endpoints, requests, parsers, body)
+            self.stats = [EndpointStats(_public(e.base_url)) for e in self.endpoints]
+            return ray_llm.chat_many(self.endpoints, requests, parsers, body, self.stats)
         return asyncio.run(self._run(requests, parsers, body))
 
     async def _run(

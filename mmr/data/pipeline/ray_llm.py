@@ -3,25 +3,23 @@
 
     results = chat_many(endpoints, [messages, ...], [parse, ...], body)   # one ChatResult each
 
-The requests become a dataset; each endpoint gets a processor that
-`ray.data.llm.build_processor` builds from an `HttpRequestProcessorConfig`: one actor per
-endpoint, placed anywhere on the cluster, sending with Ray's request code (JSON body,
-headers, response read). Several endpoints serving one model are dealt the requests in
-turn before the job starts, not by load as engine openai balances them: each endpoint's
-processor is a pipeline of its own over its own rows (Ray Data cannot feed two pipelines
-from one stream), and one processor over every endpoint would need its actor to send to
-several URLs, where Ray's request code sends to the one it was built with. So failover is
-by passes, not within a job: when the job is done, the requests an endpoint failed with an
-endpoint fault (`connection`, `timeout`, HTTP 5xx or 429: `mmr.llm.client.endpoint_fault`)
-and that have an endpoint they have not tried are dealt to such endpoints, in turn, and run
-again as another job; and so on until none is left (at most one pass per endpoint). Only
-then is a request reported failed, with the same ChatResult (its last failure) as engine
-openai gives. A dead endpoint still takes its share of the first pass, each request with
-all its retries, and there is no circuit breaker: each pass is dealt before it starts. The
-jobs run on the Ray cluster this process is connected to (a shard task's, under `executor:
-ray`), else the one RAY_ADDRESS names, else a new local instance. Each call (one per shard
-and model) is one job, plus one per failover pass: a few seconds each to start its actors,
-small next to a shard of teacher requests, large for a handful of fast ones.
+The requests become one dataset and one Ray Data job: `ray.data.llm.build_processor` builds
+an HTTP processor from an `HttpRequestProcessorConfig` whose request stage is a pool of one
+actor per endpoint, placed anywhere on the cluster, sending with Ray's request code (JSON
+body, headers, response read). Several endpoints serving one model are balanced by load,
+by Ray Data's own scheduling: each actor sends to its endpoint (the i-th actor started to
+the i-th endpoint) and takes the next batch of `concurrency` requests when one of its two
+batches in flight is done, so a fast endpoint's actor takes more batches than a slow one's.
+A request its endpoint failed with an endpoint fault (`connection`, `timeout`, HTTP 5xx or
+429: `mmr.llm.client.endpoint_fault`) is sent by the same actor to the other endpoints in
+turn, and reported failed (the same ChatResult, its last failure, as engine openai gives)
+only when each has failed it. There is no circuit breaker: a dead endpoint's actor still
+takes batches, each request paying its retries there before it fails over. The job runs
+on the Ray cluster this process is connected to (a shard task's, under `executor: ray`),
+else the one RAY_ADDRESS names, else a new local instance. Each call (one per shard and
+model) is one job: a few seconds to start its actors, small next to a shard of teacher
+requests, large for a handful of fast ones. Each result row says which endpoint served it
+and which failed it before (`ChatClient.stats`, as engine openai fills them).
 
 What mmr changes, and why:
 - Ray's HTTP stage gives up on a whole batch (the job fails) when one request keeps failing,
@@ -42,12 +40,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import json
 import logging
 import os
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import ray
 from ray.llm._internal.batch.stages.http_request_stage import HttpRequestUDF
 
 from mmr.data.pipeline import ray_executor
@@ -60,16 +61,24 @@ Messages = list[dict[str, Any]]
 # The failure of the attempt running in this task, as aiohttp saw it (Ray's stage keeps
 # only the exception's type name; rows run in tasks of their own, attempts one by one).
 _ATTEMPT: contextvars.ContextVar[dict[str, BaseException]] = contextvars.ContextVar("attempt")
+RESULT_COLUMNS = ("i", "text", "error", "detail", "served_by", "failed_at")
 
 
 class MMRRequestUDF(HttpRequestUDF):
-    """Ray's HTTP request UDF, one row at a time through mmr's client policy."""
+    """Ray's HTTP request UDF, one row at a time through mmr's client policy, sending to
+    its actor's endpoint and failing over to the others."""
 
-    def __init__(self, *args: Any, endpoint: Endpoint, parsers: list, **kwargs: Any):
+    def __init__(
+        self, *args: Any, endpoints: list[Endpoint], parsers: list, body: dict, dealer: str,
+        **kwargs: Any,
+    ):  # fmt: skip
         super().__init__(*args, **kwargs)
-        self.endpoint, self.parsers = endpoint, parsers
+        self.endpoints, self.parsers, self.body = endpoints, parsers, body
+        # This actor's endpoint: the dealer hands 0, 1, 2, ... to the actors as they start.
+        self.home = ray.get(ray.get_actor(dealer).next.remote()) % len(endpoints)
         self.session_factory = self.session
-        self.client: Client | None = None  # made on the actor's event loop
+        self.clients: dict[int, Client] = {}  # made on the actor's event loop, when needed
+        self._senders: dict[int, HttpRequestUDF] = {}
         self._connector: Any = None
 
     def __del__(self) -> None:  # Ray Data deletes the UDF when its actor pool shuts down
@@ -77,28 +86,43 @@ class MMRRequestUDF(HttpRequestUDF):
             self._connector.close()  # closes its sockets now; nothing left to await
 
     async def udf(self, batch: list[dict[str, Any]]) -> Any:
-        if self.client is None:
-            self.client = Client(self.endpoint, post=self._post)
-            key = os.environ.get(self.endpoint.api_key_env)  # read on the node
-            if key:
-                self.json_headers["Authorization"] = f"Bearer {key}"
         jobs = [self._row(row) for row in batch]
         for row, result in zip(batch, await asyncio.gather(*jobs)):
             yield {self.IDX_IN_BATCH_COLUMN: row[self.IDX_IN_BATCH_COLUMN], **result}
 
     async def _row(self, row: dict[str, Any]) -> dict[str, Any]:
-        body = json.loads(row["payload"])
-        messages = body.pop("messages")
-        result = await self.client.chat(messages, self.parsers[row["i"]], **body)
-        return {"text": result.text, "error": result.error, "detail": result.detail}
+        messages = json.loads(row["payload"])
+        n = len(self.endpoints)
+        failed: list[int] = []
+        for e in [(self.home + step) % n for step in range(n)]:
+            result = await self._client(e).chat(messages, self.parsers[row["i"]], **self.body)
+            if result.error is None or not endpoint_fault(result.error):
+                break
+            failed.append(e)
+        served = failed.pop() if len(failed) == n else e
+        return {"text": result.text, "error": result.error, "detail": result.detail,
+                "served_by": served, "failed_at": json.dumps(failed)}  # fmt: skip
 
-    async def _post(self, payload: dict[str, Any]) -> Any:
-        """One attempt through Ray's request code; raises what aiohttp raised."""
+    def _client(self, e: int) -> Client:
+        if e not in self.clients:
+            endpoint = self.endpoints[e]
+            sender = copy.copy(self)  # Ray's request code, sending to this endpoint's URL
+            sender.url = endpoint.base_url.rstrip("/") + "/chat/completions"
+            sender.json_headers = dict(self.json_headers)
+            key = os.environ.get(endpoint.api_key_env)  # read on the node
+            if key:
+                sender.json_headers["Authorization"] = f"Bearer {key}"
+            self._senders[e] = sender
+            self.clients[e] = Client(endpoint, post=lambda payload, e=e: self._post(e, payload))
+        return self.clients[e]
+
+    async def _post(self, e: int, payload: dict[str, Any]) -> Any:
+        """One attempt at endpoint `e` through Ray's request code; raises what aiohttp raised."""
         failure: dict[str, BaseException] = {}
         _ATTEMPT.set(failure)  # this attempt's task only (wait_for runs it in its own)
         row = {self.IDX_IN_BATCH_COLUMN: 0, "payload": payload}
         try:
-            (out,) = [out async for out in HttpRequestUDF.udf(self, [row])]
+            (out,) = [out async for out in HttpRequestUDF.udf(self._senders[e], [row])]
         except RuntimeError:  # Ray's "reached maximum retries": the cause was kept above
             if "error" in failure:
                 raise failure["error"] from None
@@ -108,9 +132,11 @@ class MMRRequestUDF(HttpRequestUDF):
     def session(self) -> Any:
         import aiohttp
 
-        if self._connector is None:
-            limit = self.endpoint.concurrency
-            self._connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit)
+        if self._connector is None:  # each endpoint's `concurrency`, per host
+            limit = self.endpoints[0].concurrency
+            self._connector = aiohttp.TCPConnector(
+                limit=limit * len(self.endpoints), limit_per_host=limit
+            )
         trace = aiohttp.TraceConfig()
         trace.on_request_exception.append(_note_failure)
         return aiohttp.ClientSession(
@@ -132,96 +158,81 @@ async def _note_failure(session: Any, context: Any, params: Any) -> None:
         failure["error"] = params.exception
 
 
+@ray.remote
+class _Dealer:
+    """Hands out 0, 1, 2, ...: each request actor's endpoint, in the order they start."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def next(self) -> int:
+        self.count += 1
+        return self.count - 1
+
+
 def chat_many(
     endpoints: Sequence[Endpoint],
     requests: Sequence[Messages],
     parsers: Sequence[Parse | None],
     body: dict[str, Any],
+    stats: list[Any] | None = None,
 ) -> list[ChatResult]:
-    """One ChatResult per request, in order. Request `i` goes to endpoint `i % n` first;
-    then, pass after pass, those an endpoint fault failed go to endpoints they have not
-    tried, each pass one more job."""
-    import ray
+    """One ChatResult per request, in order, from one Ray Data job over every endpoint
+    (see the module docstring). `stats`: one EndpointStats per endpoint, filled in."""
+    from ray.data import ActorPoolStrategy
+    from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
     ray_executor.connect(os.environ.get("RAY_ADDRESS"))
     ray.data.DataContext.get_current().enable_progress_bars = False
+    dealer_name = f"mmr-ray-llm-dealer-{uuid.uuid4().hex}"
+    dealer = _Dealer.options(name=dealer_name, num_cpus=0).remote()
+    n = len(endpoints)
+    config = HttpRequestProcessorConfig(
+        url=endpoints[0].base_url,  # each actor sends to its own endpoint (MMRRequestUDF)
+        batch_size=max(1, endpoints[0].concurrency),
+        concurrency=n,
+        max_retries=0,  # mmr's policy retries (see the module docstring)
+        base_retry_wait_time_in_s=0,
+        # Placed anywhere, even beside shard tasks holding every CPU: it waits on HTTP.
+        http_request_stage={"num_cpus": 0},
+    )
+    zero_cpu = {"num_cpus": 0}
+    processor = build_processor(
+        config,
+        preprocess=lambda row: {"i": row["i"], "payload": row["payload"]},
+        postprocess=lambda row: {k: row[k] for k in RESULT_COLUMNS},
+        preprocess_map_kwargs=zero_cpu,
+        postprocess_map_kwargs=zero_cpu,
+    )
+    stage = processor.get_stage_by_name("HttpRequestStage")
+    stage.fn = MMRRequestUDF
+    stage.fn_constructor_kwargs = {
+        **stage.fn_constructor_kwargs,
+        "endpoints": list(endpoints),
+        "parsers": list(parsers),
+        "body": body,
+        "dealer": dealer_name,
+    }
+    # One actor per endpoint, each with two batches in flight at most: the next batch goes
+    # to the actor that finished one, so a slow endpoint takes fewer.
+    stage.map_batches_kwargs["compute"] = ActorPoolStrategy(size=n, max_tasks_in_flight_per_actor=2)
+    rows = [{"i": i, "payload": json.dumps(messages)} for i, messages in enumerate(requests)]
     results: list[ChatResult | None] = [None] * len(requests)
-    tried: list[set[int]] = [set() for _ in requests]
-    dealt = {i: i % len(endpoints) for i in range(len(requests))}
-    while dealt:
-        for i, result in _job(endpoints, dealt, requests, parsers, body).items():
-            results[i] = result
-            tried[i].add(dealt[i])
-        dealt = _failover(results, tried, len(endpoints))  # type: ignore[arg-type]
-        if dealt:
-            log.info("failover pass: %d requests to replicas they have not tried", len(dealt))
-    return results  # type: ignore[return-value]
-
-
-def _failover(results: list[ChatResult], tried: list[set[int]], n: int) -> dict[int, int]:
-    """The next pass: each request an endpoint fault failed (`endpoint_fault`), dealt in
-    turn to the endpoints it has not tried; none when every one has failed it."""
-    dealt: dict[int, int] = {}
-    for i, result in enumerate(results):
-        untried = [e for e in range(n) if e not in tried[i]]
-        if untried and endpoint_fault(result.error):
-            dealt[i] = untried[len(dealt) % len(untried)]
-    return dealt
-
-
-def _job(
-    endpoints: Sequence[Endpoint],
-    dealt: dict[int, int],
-    requests: Sequence[Messages],
-    parsers: Sequence[Parse | None],
-    body: dict[str, Any],
-) -> dict[int, ChatResult]:
-    """One Ray Data job: request `i` sent to endpoint `dealt[i]`; its ChatResult by `i`."""
-    import ray
-    from ray.data.llm import HttpRequestProcessorConfig, build_processor
-
-    outputs = []
-    for e, endpoint in enumerate(endpoints):
-        rows = [
-            {"i": i, "payload": json.dumps({"messages": requests[i], **body})}
-            for i, to in dealt.items()
-            if to == e
-        ]
-        if not rows:
-            continue
-        config = HttpRequestProcessorConfig(
-            url=endpoint.base_url.rstrip("/") + "/chat/completions",
-            batch_size=max(1, endpoint.concurrency),
-            concurrency=1,  # one actor per endpoint: its event loop holds `concurrency` requests
-            max_retries=0,  # mmr's policy retries (see the module docstring)
-            base_retry_wait_time_in_s=0,
-            # Placed anywhere, even beside shard tasks holding every CPU: it waits on HTTP.
-            http_request_stage={"num_cpus": 0},
-        )
-        zero_cpu = {"num_cpus": 0}
-        processor = build_processor(
-            config,
-            preprocess=lambda row: {"i": row["i"], "payload": row["payload"]},
-            postprocess=lambda row: {k: row[k] for k in ("i", "text", "error", "detail")},
-            preprocess_map_kwargs=zero_cpu,
-            postprocess_map_kwargs=zero_cpu,
-        )
-        stage = processor.get_stage_by_name("HttpRequestStage")
-        stage.fn = MMRRequestUDF
-        stage.fn_constructor_kwargs = {
-            **stage.fn_constructor_kwargs,
-            "endpoint": endpoint,
-            "parsers": list(parsers),
-        }
-        outputs.append(processor(ray.data.from_items(rows)))
-    dataset = outputs[0].union(*outputs[1:]) if len(outputs) > 1 else outputs[0]
-    results: dict[int, ChatResult] = {}
-    for row in dataset.iter_rows():
-        i = row["i"]
-        text, parse = row["text"], parsers[i]
-        value = parse(text) if (parse is not None and row["error"] is None) else text
-        results[i] = ChatResult(text=text, value=value, error=row["error"], detail=row["detail"])
-    missing = sorted(set(dealt) - set(results))
+    try:
+        for row in processor(ray.data.from_items(rows)).iter_rows():
+            i = row["i"]
+            text, parse = row["text"], parsers[i]
+            value = parse(text) if (parse is not None and row["error"] is None) else text
+            results[i] = ChatResult(
+                text=text, value=value, error=row["error"], detail=row["detail"]
+            )
+            if stats is not None:
+                stats[row["served_by"]].served += 1
+                for e in json.loads(row["failed_at"]):
+                    stats[e].failovers += 1
+    finally:
+        ray.kill(dealer)
+    missing = [i for i, r in enumerate(results) if r is None]
     if missing:  # Ray Data returns every row or raises; a gap would be a bug here
         raise RuntimeError(f"ray.data.llm returned no row for requests {missing[:5]}")
-    return results
+    return results  # type: ignore[return-value]

@@ -3,7 +3,8 @@ in the Ray actor and retried there when malformed) run once with engine openai a
 through ray.data.llm, against the same scripted local server, keeps and drops the same
 rows and counts the same failures. The Ray run is what a user gets from `executor: local`
 (num_proc 1) with `engine: ray_llm`: chat_many starts a local Ray instance of its own.
-Replicas: a request a replica failed as down runs again at the other in a second pass."""
+Replicas: balanced by load (a slow replica serves fewer), and a request a replica failed as
+down runs again at the other, in the same job."""
 
 from __future__ import annotations
 
@@ -104,19 +105,54 @@ def test_requests_a_down_replica_failed_run_again_at_another(server, monkeypatch
     server.script = lambda body: ("status", 503) if prompt_text(body) == "q5" else "ok"
     sick = OpenAIServer(lambda body: ("status", 503, "replica down")).start()
     cfg = ClientConfig(api_base=sick.base_url, api_bases=[server.base_url], engine="ray_llm",
-                       retries=1, backoff_s=0.01, timeout_s=30)  # fmt: skip
-    requests = [[{"role": "user", "content": f"q{i}"}] for i in range(6)]
+                       retries=1, backoff_s=0.01, timeout_s=30, concurrency=2)  # fmt: skip
+    requests = [[{"role": "user", "content": f"q{i}"}] for i in range(12)]
+    client = ChatClient(cfg)
     try:
-        results = ChatClient(cfg).chat_many(requests)
+        results = client.chat_many(requests)
     finally:
         sick.stop()
         ray_executor.shutdown()
-    assert [r.text for r in results[:5]] == ["ok"] * 5
+    assert [r.text for r in results[:5] + results[6:]] == ["ok"] * 11
     assert results[5].error == "http_503" and "replica down" in results[5].detail
-    # Pass 1 dealt q0, q2, q4 to the sick replica and q1, q3, q5 to the good one, each
-    # request with its retry where it failed; pass 2 sent each failed one to the other.
-    assert _asked(sick) == sorted(["q0", "q2", "q4", "q5"] * 2)
-    assert _asked(server) == ["q0", "q1", "q2", "q3", "q4", "q5", "q5"]
+    # Each request at most once per replica (the sick one: with its retry), in one job:
+    # what the sick replica was sent went on to the good one.
+    at_sick, at_good = _asked(sick), _asked(server)
+    assert sorted(set(at_sick)) == sorted(set(at_sick) & set(at_good))
+    assert all(at_sick.count(q) == 2 for q in set(at_sick)) and at_good.count("q5") == 2
+    assert sorted(set(at_good)) == sorted(f"q{i}" for i in range(12)) and len(at_good) == 13
+    # The good replica gave every answer; q5's failure ends at whichever it tried last. Each
+    # request that met the sick one was handed on once (q5 maybe from the good one).
+    sick_stats, good_stats = client.stats
+    assert sick_stats.served <= 1 and sick_stats.served + good_stats.served == 12
+    assert sick_stats.failovers + good_stats.failovers == len(set(at_sick))
+    assert good_stats.failovers == sick_stats.served
+
+
+def test_a_slow_replica_serves_fewer_requests(server, monkeypatch):
+    # Balanced by load: each replica's actor takes the next batch when it finished one, so
+    # the one replying in 0.02 s serves most of what the one taking 1 s would have.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    server.script, server.latency_s = (lambda body: "fast"), 0.02
+    slow = OpenAIServer(lambda body: "slow").start()
+    slow.latency_s = 1.0
+    cfg = ClientConfig(api_base=slow.base_url, api_bases=[server.base_url], engine="ray_llm",
+                       concurrency=2, timeout_s=30)  # fmt: skip
+    client = ChatClient(cfg)
+    try:
+        results = client.chat_many([[{"role": "user", "content": f"q{i}"}] for i in range(60)])
+    finally:
+        slow.stop()
+        ray_executor.shutdown()
+    assert all(r.error is None for r in results)
+    served = {"slow": 0, "fast": 0}
+    for r in results:
+        served[r.text] += 1
+    # Dealt in turn it would be 30 and 30. Seen (slow at 0.5 s): 14 and 46; the fast one's
+    # pace is Ray Data's per-batch overhead (a batch is 2 requests here), not its 0.02 s.
+    assert 2 * served["slow"] < served["fast"], served
+    assert [s.served for s in client.stats] == [served["slow"], served["fast"]]
+    assert len(slow.requests) == served["slow"] and len(server.requests) == served["fast"]
 
 
 def _asked(replica: OpenAIServer) -> list[str]:
