@@ -16,7 +16,7 @@ Two parts of verl's merger are replaced, by a subclass (`dtype_keeping_merger()`
   `weights_only=True`, after refusing (by name) a shard that holds anything but tensors;
 - it casts every weight to bf16, whatever the actor trained in: an fp32 run (the CPU recipes)
   came out rounded. mmr keeps the checkpoint's dtype and writes it into config.json.
-The merging itself (DTensor placements, replicated buffers) is verl's own code.
+The placement rules (`_merge_by_placement`, `merge_non_dtensor_shards`) stay verl's own.
 """
 
 from __future__ import annotations

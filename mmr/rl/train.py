@@ -158,7 +158,13 @@ def honour_fsdp_dtype(config: DictConfig, path: str = "") -> list[str]:
             continue
         where = f"{path}{key}"
         if node.get("_target_") == FSDP_ENGINE_TARGET and node.get("dtype") is not None:
-            want = PrecisionType.to_dtype(node.dtype)
+            try:
+                want = PrecisionType.to_dtype(node.dtype)
+            except RuntimeError:
+                raise ConfigError(
+                    f"verl.{where}.dtype={node.dtype} is not a dtype verl's FSDP engine "
+                    "computes in (bfloat16, float16, float32)"
+                ) from None
             mixed = node.get("mixed_precision")
             if mixed is None:
                 with open_dict(node):

@@ -396,3 +396,5 @@ def test_fsdp_dtype_becomes_verls_mixed_precision_param_dtype():
     with pytest.raises(ConfigError, match=r"actor\.fsdp_config\.dtype=float32 .*mixed_precision"):
         sections("demo/tiny_gspo_verl.yaml",
                  "verl.actor_rollout_ref.actor.fsdp_config.+mixed_precision.param_dtype=bf16")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"ref\.fsdp_config\.dtype=float64 is not a dtype"):
+        sections("demo/tiny_gspo_verl.yaml", "verl.actor_rollout_ref.ref.fsdp_config.dtype=float64")
