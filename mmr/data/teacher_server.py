@@ -18,9 +18,8 @@ asked about the answers the rules could not confirm): it reads mmr's judge promp
 problem, the reference answer, the student's final answer) and replies CORRECT or INCORRECT
 by the rules that prompt states and a synthetic task needs: the same option given as its
 letter or as its text ("red" or "the red one" for "C" where option C is red), numbers as
-digits or words,
-case, spacing, a `\boxed{}` or a trailing full stop. A request that is not that prompt gets
-HTTP 400.
+digits or words, case, spacing, a `\\boxed{}` or a trailing full stop. A request that is not
+that prompt gets HTTP 400.
 
 The HTTP side is mmr's one local server, the one the tests use; this module is the script
 that answers its requests: `OpenAIServer(RuleTeacher(task_files)).start()`.
