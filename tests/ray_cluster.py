@@ -66,10 +66,12 @@ def _sessions_processes(sessions: set[int]) -> list[int]:
 
 @dataclass
 class RayCluster:
-    """A running test cluster: `address` for `ray.init`, and its nodes (0 is the head)."""
+    """A running test cluster: `address` for `ray.init`, and its nodes (0 is the head);
+    `client_address` is the head's Ray Client server (`ray://127.0.0.1:PORT`)."""
 
     address: str
     nodes: list[subprocess.Popen]
+    client_address: str = ""
 
     def kill_node(self, index: int) -> None:
         """SIGKILL node `index` and every process it started (its raylet and workers)."""
@@ -107,9 +109,10 @@ def ray_cluster(nodes: int = 2, timeout_s: float = 90.0) -> Iterator[RayCluster]
             subprocess.Popen(cmd, env=node_env(), stdout=log, stderr=log, start_new_session=True)
         )
 
+    client_port = _free_port()
     try:
         start("--head", "--port", address.split(":")[1], "--include-dashboard=false",
-              "--dashboard-port", str(_free_port()), "--ray-client-server-port", str(_free_port()))  # fmt: skip
+              "--dashboard-port", str(_free_port()), "--ray-client-server-port", str(client_port))  # fmt: skip
         for _ in range(nodes - 1):
             start("--address", address)
         deadline = time.monotonic() + timeout_s
@@ -129,7 +132,7 @@ def ray_cluster(nodes: int = 2, timeout_s: float = 90.0) -> Iterator[RayCluster]
                 tail = (Path(temp_dir) / "nodes.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"the Ray cluster did not start; `ray start` said:\n{tail}")
             time.sleep(0.5)
-        yield RayCluster(address, started)
+        yield RayCluster(address, started, f"ray://127.0.0.1:{client_port}")
     finally:
         ray.shutdown()
         _kill_sessions(started)

@@ -168,6 +168,37 @@ def test_local_and_ray_executors_write_the_same_outputs(tmp_path, server, cluste
     assert "Bearer [redacted]" in json.dumps(reports["distill"]["examples"])
 
 
+def test_a_ray_client_address_runs_a_stage_as_a_cluster_address_does(tmp_path, ray_nodes):
+    # `ray.address=ray://HOST:10001` (Ray Client: a driver outside the cluster's network) in a
+    # process of its own, as a user runs it: the same kept rows and report as the local pool.
+    import subprocess
+    import sys
+
+    from mmr.data.synthetic import write_synthetic
+
+    if any(node.poll() is not None for node in ray_nodes.nodes):
+        pytest.skip("a node of the module's cluster was killed by an earlier test")
+    tasks = write_synthetic(tmp_path / "in.parquet", 40, split="train", seed=0, kinds=["colour"],
+                            levels=[1], with_response=True)  # fmt: skip
+
+    def clean(out: str, *overrides: str) -> dict:
+        argv = [sys.executable, "-m", "mmr.cli", "data", "run", "--config", str(DEMO), "--step",
+                "clean", "--quiet", "--input", str(tasks), "--output", str(tmp_path / out),
+                "shard_rows=10", *overrides]  # fmt: skip
+        done = subprocess.run(argv, env=node_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = json.loads((tmp_path / out / "reports" / "clean.json").read_text())
+        return {k: v for k, v in report.items() if k not in RUN_DEPENDENT}
+
+    local = clean("local")
+    client = clean("client", "executor=ray", f"ray.address={ray_nodes.client_address}")
+    assert client == local and client["rows_out"] == 40 and client["shards"] == 4
+    assert (
+        _table(tmp_path / "client" / "cleaned").to_pylist()
+        == _table(tmp_path / "local" / "cleaned").to_pylist()
+    )
+
+
 def test_dedup_on_ray_resumes_with_the_same_kept_rows(tmp_path, cluster):
     q1, q2 = "How many red circles are there?", "What is the area of the triangle?"
     texts = [q1, q1 + " ", q2, "Which bar is tallest?", q1, q2 + " ?", q1]
