@@ -14,8 +14,11 @@ Two parts of verl's merger are replaced, by a subclass (`dtype_keeping_merger()`
   (verl/model_merger/fsdp_model_merger.py, `_load_rank_zero_state_dict` and
   `_load_and_merge_state_dicts`), so a crafted checkpoint could run code. mmr loads them with
   `weights_only=True`, after refusing (by name) a shard that holds anything but tensors;
-- it casts every weight to bf16, whatever the actor trained in: an fp32 run (the CPU recipes)
-  came out rounded. mmr keeps the checkpoint's dtype and writes it into config.json.
+- it casts every weight to bf16, whatever model was trained: an fp32 model (the CPU recipes)
+  came out rounded. mmr saves the weights in the dtype of the model that went in (the
+  checkpoint's `huggingface/config.json`: bf16 for the GPU recipes, as verl does, whose
+  FSDP master weights are fp32 either way; fp32 for an fp32 model), or in the shards' own
+  dtype where that config names none, and writes it into config.json.
 The placement rules (`_merge_by_placement`, `merge_non_dtensor_shards`) stay verl's own.
 """
 
@@ -104,11 +107,27 @@ def dtype_keeping_merger() -> type:
                     merged[key] = self._merge_by_placement(local, placements[0])
                 else:
                     merged[key] = merge_non_dtensor_shards(key, parts)
-            floats = {t.dtype for t in merged.values() if t.is_floating_point()}
-            self.dtype = max(floats, key=lambda d: torch.finfo(d).bits) if floats else None
-            return merged
+            self.dtype = model_dtype(self.model_config)
+            if self.dtype is None:  # the config names none: the shards' own
+                floats = {t.dtype for t in merged.values() if t.is_floating_point()}
+                self.dtype = max(floats, key=lambda d: torch.finfo(d).bits) if floats else None
+            return {
+                k: t.to(self.dtype) if t.is_floating_point() and self.dtype else t
+                for k, t in merged.items()
+            }
 
     return DtypeKeepingMerger
+
+
+def model_dtype(config: Any) -> Any:
+    """The torch dtype an HF config names (`dtype`, or `torch_dtype` before transformers 5),
+    or None."""
+    import torch
+
+    named = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(named, str):
+        named = getattr(torch, named, None)
+    return named if isinstance(named, torch.dtype) and named.is_floating_point else None
 
 
 def record_dtype(out: Path, dtype: Any) -> None:

@@ -12,8 +12,9 @@ from transformers import AutoModelForImageTextToText
 from mmr.rl.merge import main, merge_checkpoint
 
 
-def _fsdp_checkpoint(tiny_dir, root, dtype=torch.float32):
-    """verl's actor checkpoint layout: rank shards, fsdp_config.json, huggingface/."""
+def _fsdp_checkpoint(tiny_dir, root, dtype=torch.float32, model_dtype=None):
+    """verl's actor checkpoint layout: rank shards (in `dtype`), fsdp_config.json and
+    huggingface/ (the model that went in, its config naming `model_dtype`)."""
     actor = root / "global_step_2" / "actor"
     (actor / "huggingface").mkdir(parents=True)
     model = AutoModelForImageTextToText.from_pretrained(tiny_dir, dtype=dtype)
@@ -24,23 +25,31 @@ def _fsdp_checkpoint(tiny_dir, root, dtype=torch.float32):
     for f in tiny_dir.iterdir():
         if f.suffix != ".safetensors":
             shutil.copy2(f, actor / "huggingface" / f.name)
+    config = json.loads((actor / "huggingface" / "config.json").read_text())
+    config["dtype"] = str(model_dtype or dtype).split(".")[1]
+    (actor / "huggingface" / "config.json").write_text(json.dumps(config))
     return actor, model
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_merge_writes_a_loadable_hf_folder_in_the_checkpoints_dtype(
-    tmp_path, tiny_qwen2_5_vl, dtype
-):
-    # verl's own merger casts every weight to bf16: an fp32 actor (the CPU recipes) came out
-    # rounded. mmr's keeps the checkpoint's dtype, bit for bit, and names it in config.json.
-    actor, trained = _fsdp_checkpoint(tiny_qwen2_5_vl, tmp_path, dtype)
+@pytest.mark.parametrize(
+    "shards, model, saved",
+    [
+        (torch.float32, torch.float32, torch.float32),  # an fp32 model (the CPU recipes)
+        (torch.float32, torch.bfloat16, torch.bfloat16),  # a bf16 model, fp32 FSDP masters (GPU)
+        (torch.bfloat16, torch.bfloat16, torch.bfloat16),
+    ],
+)
+def test_merge_saves_the_trained_models_dtype(tmp_path, tiny_qwen2_5_vl, shards, model, saved):
+    # verl's own merger casts every weight to bf16: an fp32 model (the CPU recipes) came out
+    # rounded. mmr's saves the dtype of the model that went in, and names it in config.json.
+    actor, trained = _fsdp_checkpoint(tiny_qwen2_5_vl, tmp_path, shards, model)
     out = merge_checkpoint(actor, tmp_path / "merged")
     merged = AutoModelForImageTextToText.from_pretrained(out, dtype="auto")
-    assert merged.lm_head.weight.dtype == dtype
+    assert merged.lm_head.weight.dtype == saved
     trained_weights = trained.state_dict()
     for name, tensor in merged.state_dict().items():
-        assert torch.equal(tensor, trained_weights[name]), name
-    assert json.loads((out / "config.json").read_text())["dtype"] == str(dtype).split(".")[1]
+        assert torch.equal(tensor, trained_weights[name].to(saved)), name
+    assert json.loads((out / "config.json").read_text())["dtype"] == str(saved).split(".")[1]
     assert (out / "chat_template.jinja").is_file()
 
 
