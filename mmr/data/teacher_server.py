@@ -108,37 +108,30 @@ class RuleTeacher:
         return None
 
 
-_OPTION = re.compile(r"^\s*\(?([A-Z])[.):]\s+(.+?)\s*$", re.M)
 _NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 _NUMBER_WORDS = {word: str(i) for i, word in enumerate(_NUMBERS)}
 
 
-def _norm(text: str) -> str:
-    """Lower case, one space, no `\\boxed{}`, `$`, "option" or trailing full stop; number
-    words as digits."""
-    text = " ".join(text.strip().lower().split())
-    boxed = re.fullmatch(r"\\boxed\{(.*)\}", text)
-    text = (boxed.group(1) if boxed else text).strip(" $.")
-    text = text.removeprefix("option ").strip()
-    return _NUMBER_WORDS.get(text, text)
-
-
 def same_answer(question: str, gold: str, answer: str) -> bool:
-    """Whether `answer` means `gold` for `question` (see the module docstring)."""
-    options = {letter.lower(): _norm(text) for letter, text in _OPTION.findall(question)}
-    by_text = {text: letter for letter, text in options.items()}
+    """Whether `answer` means `gold` for `question`: mmr's own answer rules
+    (`mmr.rewards.accuracy`: a boxed answer's content, an option's letter or text, numbers,
+    LaTeX and case) after a number word is made its digits; where they cannot decide, an
+    answer naming exactly one option's text ("the red one") is that option."""
+    from mmr.rewards.accuracy import (
+        extract_final_answer,
+        normalize_answer,
+        parse_choices,
+        relaxed_match,
+    )
 
-    def canon(value: str) -> str:
-        value = _norm(value)
-        if value in options or not options:
-            return value
-        if value in by_text:
-            return by_text[value]
-        # "the green one": an answer naming exactly one option's text, and no other
-        named = {t for t in by_text if re.search(rf"\b{re.escape(t)}\b", value)}
-        return by_text[named.pop()] if len(named) == 1 else value
-
-    return canon(answer) == canon(gold)
+    boxed, _ = extract_final_answer(answer)  # a `\\boxed{}` answer: its content
+    spelled = normalize_answer(boxed if boxed is not None else answer)
+    decision = relaxed_match(_NUMBER_WORDS.get(spelled, spelled), gold, question)
+    if decision.correct is not None:
+        return decision.correct
+    named = [letter for letter, text in parse_choices(question).items()
+             if re.search(rf"\b{re.escape(normalize_answer(text))}\b", spelled)]  # fmt: skip
+    return len(named) == 1 and relaxed_match(named[0], gold, question).correct is True
 
 
 class RuleJudge:
