@@ -13,7 +13,8 @@ Two parts of verl's merger are replaced, by a subclass (`dtype_keeping_merger()`
 - it unpickles the rank shards with `weights_only=False`
   (verl/model_merger/fsdp_model_merger.py, `_load_rank_zero_state_dict` and
   `_load_and_merge_state_dicts`), so a crafted checkpoint could run code. mmr loads them with
-  `weights_only=True`, after refusing (by name) a shard that holds anything but tensors;
+  `weights_only=True` (`load_shard`) and refuses, by name, a shard that holds anything but
+  tensors;
 - it casts every weight to bf16, whatever model was trained: an fp32 model (the CPU recipes)
   came out rounded. mmr saves the weights in the dtype of the model that went in (the
   checkpoint's `huggingface/config.json`: bf16 for the GPU recipes, as verl does, whose
@@ -84,8 +85,9 @@ def dtype_keeping_merger() -> type:
         dtype: torch.dtype | None = None
 
         def _shard(self, world_size: int, rank: int) -> dict:
-            path = Path(self.config.local_dir) / f"model_world_size_{world_size}_rank_{rank}.pt"
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return load_shard(
+                Path(self.config.local_dir) / f"model_world_size_{world_size}_rank_{rank}.pt"
+            )
 
         def _load_rank_zero_state_dict(self, world_size: int) -> dict:
             return self._shard(world_size, 0)
@@ -153,21 +155,25 @@ def record_dtype(out: Path, dtype: Any) -> None:
 
 
 def check_shards_are_tensors(ckpt: Path) -> None:
-    """Every `model_world_size_*_rank_*.pt` shard loads with `weights_only=True`."""
-    import torch
-    import torch.distributed.tensor
-
-    shards = sorted(ckpt.glob("model_world_size_*_rank_*.pt"))
-    if not shards:
+    """The checkpoint has `model_world_size_*_rank_*.pt` shards (each is loaded, with
+    `weights_only=True`, by `load_shard` when the merger reads it)."""
+    if not any(ckpt.glob("model_world_size_*_rank_*.pt")):
         raise FileNotFoundError(f"{ckpt}: no model_world_size_*_rank_*.pt shards")
-    for shard in shards:
-        try:
-            torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as err:
-            raise RuntimeError(
-                f"{shard}: does not load as plain tensors (weights_only=True), refusing to "
-                f"unpickle it: {str(err).splitlines()[0]}"
-            ) from None
+
+
+def load_shard(path: Path) -> dict:
+    """One rank shard as plain tensors (`weights_only=True`, memory-mapped), or a
+    RuntimeError naming it: a shard holding anything else is refused, never unpickled."""
+    import torch
+    import torch.distributed.tensor  # DTensor among the allowed globals
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise RuntimeError(
+            f"{path}: does not load as plain tensors (weights_only=True), refusing to "
+            f"unpickle it: {str(err).splitlines()[0]}"
+        ) from None
 
 
 def verify_hf_folder(path: str | Path) -> None:
