@@ -138,7 +138,7 @@ def compose_verl_config(cfg: RLConfig) -> DictConfig:
 FSDP_ENGINE_TARGET = "verl.workers.config.FSDPEngineConfig"
 
 
-def honour_fsdp_dtype(config: DictConfig, path: str = "") -> list[str]:
+def honour_fsdp_dtype(config: DictConfig, path: str = "") -> None:
     """Make every FSDP engine's `dtype` the compute dtype it is documented to be.
 
     verl 0.9.1 documents `fsdp_config.dtype` as the mixed-precision param dtype, but its FSDP
@@ -148,10 +148,9 @@ def honour_fsdp_dtype(config: DictConfig, path: str = "") -> list[str]:
     `dtype` into `mixed_precision.param_dtype` (reduce and buffer fp32, verl's defaults)
     where the recipe sets no `mixed_precision`; verl's default `dtype` (bfloat16) gives
     verl's own behaviour. A `mixed_precision.param_dtype` that contradicts `dtype` is a
-    ConfigError naming both keys. Returns the paths of the sections written."""
+    ConfigError naming both keys."""
     from verl.utils.torch_dtypes import PrecisionType
 
-    written: list[str] = []
     for key in list(config.keys()):
         node = config.get(key)
         if not isinstance(node, DictConfig):
@@ -173,7 +172,6 @@ def honour_fsdp_dtype(config: DictConfig, path: str = "") -> list[str]:
                         "reduce_dtype": "fp32",
                         "buffer_dtype": "fp32",
                     }
-                written.append(where)
             elif PrecisionType.to_dtype(mixed.get("param_dtype", "bf16")) != want:
                 raise ConfigError(
                     f"verl.{where}.dtype={node.dtype} contradicts verl.{where}.mixed_precision."
@@ -181,8 +179,7 @@ def honour_fsdp_dtype(config: DictConfig, path: str = "") -> list[str]:
                     "computes in the latter; set one)"
                 )
         else:
-            written.extend(honour_fsdp_dtype(node, f"{where}."))
-    return written
+            honour_fsdp_dtype(node, f"{where}.")
 
 
 def driver_resolved(reward: RewardConfig) -> RewardConfig:

@@ -78,7 +78,6 @@ class MMRRequestUDF(HttpRequestUDF):
         self.home = ray.get(ray.get_actor(dealer).next.remote()) % len(endpoints)
         self.session_factory = self.session
         self.clients: dict[int, Client] = {}  # made on the actor's event loop, when needed
-        self._senders: dict[int, HttpRequestUDF] = {}
         self._connector: Any = None
 
     def __del__(self) -> None:  # Ray Data deletes the UDF when its actor pool shuts down
@@ -112,22 +111,8 @@ class MMRRequestUDF(HttpRequestUDF):
             key = os.environ.get(endpoint.api_key_env)  # read on the node
             if key:
                 sender.json_headers["Authorization"] = f"Bearer {key}"
-            self._senders[e] = sender
-            self.clients[e] = Client(endpoint, post=lambda payload, e=e: self._post(e, payload))
+            self.clients[e] = Client(endpoint, post=lambda payload: _post(sender, payload))
         return self.clients[e]
-
-    async def _post(self, e: int, payload: dict[str, Any]) -> Any:
-        """One attempt at endpoint `e` through Ray's request code; raises what aiohttp raised."""
-        failure: dict[str, BaseException] = {}
-        _ATTEMPT.set(failure)  # this attempt's task only (wait_for runs it in its own)
-        row = {self.IDX_IN_BATCH_COLUMN: 0, "payload": payload}
-        try:
-            (out,) = [out async for out in HttpRequestUDF.udf(self._senders[e], [row])]
-        except RuntimeError:  # Ray's "reached maximum retries": the cause was kept above
-            if "error" in failure:
-                raise failure["error"] from None
-            raise ConnectionError("no reply (ray.data.llm's HTTP stage gave up)") from None
-        return out["http_response"]
 
     def session(self) -> Any:
         import aiohttp
@@ -145,6 +130,20 @@ class MMRRequestUDF(HttpRequestUDF):
             raise_for_status=_raise_for_status,
             trace_configs=[trace],
         )
+
+
+async def _post(sender: HttpRequestUDF, payload: dict[str, Any]) -> Any:
+    """One attempt through Ray's request code, to `sender`'s URL; raises what aiohttp raised."""
+    failure: dict[str, BaseException] = {}
+    _ATTEMPT.set(failure)  # this attempt's task only (wait_for runs it in its own)
+    row = {sender.IDX_IN_BATCH_COLUMN: 0, "payload": payload}
+    try:
+        (out,) = [out async for out in HttpRequestUDF.udf(sender, [row])]
+    except RuntimeError:  # Ray's "reached maximum retries": the cause was kept above
+        if "error" in failure:
+            raise failure["error"] from None
+        raise ConnectionError("no reply (ray.data.llm's HTTP stage gave up)") from None
+    return out["http_response"]
 
 
 async def _raise_for_status(response: Any) -> None:
