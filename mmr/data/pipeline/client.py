@@ -141,10 +141,16 @@ class EndpointStats:
 class Breaker:
     """One replica's circuit breaker (engine openai, several replicas; see the module)."""
 
-    failures: int = 0  # requests in a row that met an endpoint fault at this replica
     open_until: float | None = None  # open: no new request before this time.monotonic()
     probe: object | None = None  # once the cooldown is over: the one request trying it
-    culprits: set[object] = field(default_factory=set)  # the requests counted (kept alive)
+    # The requests that met an endpoint fault here since it last answered (kept alive, so a
+    # token is never reused while counted).
+    culprits: set[object] = field(default_factory=set)
+
+    @property
+    def failures(self) -> int:
+        """Requests in a row that met an endpoint fault at this replica."""
+        return len(self.culprits)
 
     def admits(self, probe: object | None) -> bool:
         """Whether a request (holding `probe` if it is the probe) may make an attempt."""
@@ -152,7 +158,7 @@ class Breaker:
 
     def close(self) -> None:
         """The replica answered: requests flow again."""
-        self.failures, self.open_until, self.probe = 0, None, None
+        self.open_until, self.probe = None, None
         self.culprits.clear()
 
     def fault(
@@ -166,10 +172,8 @@ class Breaker:
         if request in self.culprits and not probing:
             return False  # a retry of a request already counted
         self.culprits.add(request)
-        self.failures += 1
         if threshold and (probing or (self.open_until is None and self.failures >= threshold)):
             self.open_until, self.probe = time.monotonic() + cooldown_s, None
-            self.culprits.clear()
             return True
         return False
 
