@@ -57,11 +57,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import concurrent.futures
 import contextlib
 import logging
 import os
+import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -218,10 +220,14 @@ class ChatClient:
         self,
         requests: Sequence[Messages],
         parse: Parse | Sequence[Parse] | None = None,
+        *,
+        on_result: Callable[[int, ChatResult], None] | None = None,
         **body: Any,
     ) -> list[ChatResult]:
         """One ChatResult per request, in order. `parse` is one function for all replies
-        or one per request; `body` overrides request fields."""
+        or one per request; `body` overrides request fields. `on_result(i, result)` is
+        called as each request's final result arrives (in the calling thread's event loop;
+        with `engine: ray_llm`, for all of them when the job ends)."""
         self.stats = []
         if not requests:
             return []
@@ -238,11 +244,54 @@ class ChatClient:
             from mmr.data.pipeline import ray_llm
 
             self.stats = [EndpointStats(_public(e.base_url)) for e in self.endpoints]
-            return ray_llm.chat_many(self.endpoints, requests, parsers, body, self.stats)
-        return asyncio.run(self._run(requests, parsers, body))
+            results = ray_llm.chat_many(self.endpoints, requests, parsers, body, self.stats)
+            for i, result in enumerate(results if on_result else ()):
+                on_result(i, result)  # type: ignore[misc]
+            return results
+        return asyncio.run(self._run(requests, parsers, body, on_result or _ignore))
+
+    def stream(
+        self,
+        requests: Sequence[Messages],
+        parse: Parse | Sequence[Parse] | None = None,
+        **body: Any,
+    ) -> Iterator[list[tuple[int, ChatResult]]]:
+        """chat_many's results as they arrive: each item is the (index, result) pairs that
+        arrived since the last one, so the caller works on replies (checks answers) while
+        the rest are in flight. The requests run in a thread of their own; the caller's
+        work stays in the calling thread (math-verify's timeouts need the main thread).
+        Every request is yielded exactly once; an exception in the requests is raised
+        here. Leaving the loop early waits for the requests in flight."""
+        arrived: queue.SimpleQueue[tuple[int, ChatResult] | None] = queue.SimpleQueue()
+
+        def send() -> None:
+            try:
+                self.chat_many(requests, parse, on_result=lambda i, r: arrived.put((i, r)), **body)
+            finally:
+                arrived.put(None)
+
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mmr-chat") as pool:
+            sent = pool.submit(send)
+            done = False
+            while not done:
+                batch = []
+                item = arrived.get()  # block for one, then take what else is there
+                while item is not None:
+                    batch.append(item)
+                    if arrived.empty():
+                        break
+                    item = arrived.get()
+                done = item is None
+                if batch:
+                    yield batch
+            sent.result()
 
     async def _run(
-        self, requests: Sequence[Messages], parsers: list[Parse | None], body: dict
+        self,
+        requests: Sequence[Messages],
+        parsers: list[Parse | None],
+        body: dict,
+        on_result: Callable[[int, ChatResult], None],
     ) -> list[ChatResult]:
         # One client per endpoint and call: its connections (and its `concurrency` bound)
         # belong to that endpoint and this call's event loop.
@@ -252,15 +301,22 @@ class ChatClient:
             # One endpoint: every request at once under the client's semaphore, which
             # lends a request's slot to another while it backs off before a retry.
             if len(clients) == 1:
-                jobs = [clients[0].chat(m, p, **body) for m, p in zip(requests, parsers)]
-                results = list(await asyncio.gather(*jobs))
+
+                async def one(i: int) -> ChatResult:
+                    result = await clients[0].chat(requests[i], parsers[i], **body)
+                    on_result(i, result)
+                    return result
+
+                results = list(await asyncio.gather(*(one(i) for i in range(len(requests)))))
                 self.stats[0].served = len(results)
                 return results
             if self.cfg.breaker_failures:
                 breakers = [_BREAKERS.setdefault(e.base_url, Breaker()) for e in self.endpoints]
             else:  # off: breakers of this call alone, which never open
                 breakers = [Breaker() for _ in self.endpoints]
-            balance = _Balance(clients, requests, parsers, body, self.stats, breakers, self.cfg)
+            balance = _Balance(
+                clients, requests, parsers, body, self.stats, breakers, self.cfg, on_result
+            )
             results = await balance.run()
         log.info(
             "%d requests to %s: %s",
@@ -273,6 +329,10 @@ class ChatClient:
             ),
         )
         return results
+
+
+def _ignore(i: int, result: ChatResult) -> None:
+    """chat_many's `on_result` when none is given."""
 
 
 async def _wait(changed: asyncio.Condition, timeout_s: float | None) -> None:
@@ -305,9 +365,10 @@ class _Balance:
         stats: list[EndpointStats],
         breakers: list[Breaker],
         cfg: ClientConfig,
+        on_result: Callable[[int, ChatResult], None],
     ) -> None:
         self.clients, self.requests, self.parsers, self.body = clients, requests, parsers, body
-        self.stats, self.breakers, self.cfg = stats, breakers, cfg
+        self.stats, self.breakers, self.cfg, self.on_result = stats, breakers, cfg, on_result
         self.results: list[ChatResult | None] = [None] * len(requests)
         self.fresh = collections.deque(range(len(requests)))
         self.handed_on: list[int] = []  # failed over, waiting for a replica not failing them
@@ -445,6 +506,7 @@ class _Balance:
     def _finish(self, k: int, i: int, result: ChatResult) -> None:
         self.stats[k].served += 1
         self.results[i], self.left = result, self.left - 1
+        self.on_result(i, result)
 
 
 def make_client(cfg: ClientConfig, name: str) -> ChatClient:

@@ -20,7 +20,7 @@ from typing import Any
 from mmr.data.pipeline.client import load_prompt, make_client, render, user_message
 from mmr.data.pipeline.config import DifficultyConfig, PipelineConfig
 from mmr.data.pipeline.runner import ShardLog, run_sample_stage
-from mmr.data.pipeline.verify import check_answers, check_judge
+from mmr.data.pipeline.verify import ask_and_check, check_judge
 from mmr.data.schema import Sample
 
 __all__ = ["rate_samples", "run_difficulty"]
@@ -38,13 +38,12 @@ def rate_samples(samples: list[Sample], cfg: DifficultyConfig, log: ShardLog) ->
     requests = [
         user_message(s, render(template, question=s.question)) for s in todo for _ in range(n)
     ]
-    results = client.chat_many(requests)
-    answered = [i for i, r in enumerate(results) if r.error is None]
-    items = [(todo[i // n].question, results[i].text or "", todo[i // n].answer) for i in answered]
+    truths = [(s.question, s.answer) for s in todo for _ in range(n)]
+    results, verdicts = ask_and_check(client, requests, truths, cfg.verify, log)
     # Counted by position, not id: an input may repeat an id (one question, two images).
     correct = [0] * len(todo)
     unjudged = [0] * len(todo)
-    for i, (ok, reason) in zip(answered, check_answers(items, cfg.verify, log)):
+    for i, (ok, reason) in verdicts.items():
         correct[i // n] += ok
         unjudged[i // n] += reason == "judge_fallback"
     failed = set()

@@ -11,7 +11,7 @@ For each sample (per shard, requests concurrent through mmr.data.pipeline.client
    several paths per question). The teacher sees the images and the question, never the
    caption, so its reasoning reads the image rather than a text shortcut.
 3. verify: each path's final answer is checked against the ground truth with mmr.rewards
-   (judge optional); only verified paths are kept, at most `keep_per_question`, each as its
+   (judge optional), as the replies arrive, while later requests are in flight; only verified paths are kept, at most `keep_per_question`, each as its
    own Sample (id `<id>-<path>` when k > 1, meta `path` and `teacher`).
 
 Counts: `dropped/verify/<reason>` when no path of a question was right (`judge_fallback`
@@ -29,7 +29,7 @@ from typing import Any
 from mmr.data.pipeline.client import load_prompt, make_client, render, user_message
 from mmr.data.pipeline.config import CaptionConfig, CotConfig, DistillConfig, PipelineConfig
 from mmr.data.pipeline.runner import ShardLog, run_sample_stage
-from mmr.data.pipeline.verify import check_answers, check_judge
+from mmr.data.pipeline.verify import ask_and_check, check_judge
 from mmr.data.schema import Sample
 
 __all__ = ["caption_samples", "distill_samples", "distill_shard", "run_distill"]
@@ -84,12 +84,10 @@ def distill_samples(samples: list[Sample], cfg: DistillConfig, log: ShardLog) ->
     requests = [
         user_message(s, render(template, question=s.question)) for s in todo for _ in range(k)
     ]
-    results = client.chat_many(requests)
-    answered = [(i, r.text or "") for i, r in enumerate(results) if r.error is None]
-    items = [(todo[i // k].question, text, todo[i // k].answer) for i, text in answered]
-    verdict_of = dict(zip((i for i, _ in answered), check_answers(items, cfg.verify, log)))
+    truths = [(s.question, s.answer) for s in todo for _ in range(k)]
+    results, verdict_of = ask_and_check(client, requests, truths, cfg.verify, log)
     log.info("paths_requested", len(requests))
-    log.info("paths_failed", len(requests) - len(answered))
+    log.info("paths_failed", len(requests) - len(verdict_of))
     log.info("paths_verified", sum(ok for ok, _ in verdict_of.values()))
     expanded: dict[int, list[Sample]] = {}
     for q, sample in enumerate(todo):

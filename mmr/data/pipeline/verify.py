@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from mmr.data.pipeline.client import ChatClient, ChatResult, Messages
 from mmr.data.pipeline.config import VerifyConfig
 from mmr.data.pipeline.runner import ShardLog, StageError, in_worker
 from mmr.rewards.config import AccuracyConfig, RewardConfig
 
-__all__ = ["answer_part", "check_answers", "check_judge", "reward_config"]
+__all__ = ["answer_part", "ask_and_check", "check_answers", "check_judge", "reward_config"]
 
 _CLOSE = "</think>"
 
@@ -83,3 +84,26 @@ def check_answers(
         else:
             out.append((False, "wrong_answer"))
     return out
+
+
+def ask_and_check(
+    client: ChatClient,
+    requests: Sequence[Messages],
+    truths: Sequence[tuple[str, str]],
+    cfg: VerifyConfig,
+    log: ShardLog | None = None,
+) -> tuple[list[ChatResult], dict[int, tuple[bool, str]]]:
+    """Send `requests` and check each reply against its request's (question, gold) in
+    `truths` (check_answers) while the later replies are still in flight: every result in
+    order, and the verdict of each request that was answered, by index."""
+    results: list[ChatResult] = [ChatResult(error="missing")] * len(requests)
+    verdicts: dict[int, tuple[bool, str]] = {}
+    for arrived in client.stream(requests):
+        answered = []
+        for i, result in arrived:
+            results[i] = result
+            if result.error is None:
+                answered.append(i)
+        items = [(truths[i][0], results[i].text or "", truths[i][1]) for i in answered]
+        verdicts.update(zip(answered, check_answers(items, cfg, log)))
+    return results, verdicts

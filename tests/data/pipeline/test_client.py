@@ -321,3 +321,39 @@ def test_images_go_where_placeholders_stand(server, png):
 def test_no_endpoint_is_a_clear_error():
     with pytest.raises(ValueError, match="api_base"):
         ChatClient(ClientConfig(), name="distill.cot.client")
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_stream_yields_each_result_once_as_it_arrives(server, replicas):
+    # Request i is answered after i * 40 ms: the first replies come back while the last
+    # requests are still at the server, each exactly once, through one endpoint or two.
+    def script(body):
+        i = int(prompt_text(body)[1:])
+        time.sleep(0.04 * i)
+        return f"echo q{i}"
+
+    server.script = script
+    with _replica(script) as other:
+        bases = [other.base_url] if replicas == 2 else []
+        client = _client(server, concurrency=8, api_bases=bases)
+        start, seen, arrivals = time.monotonic(), [], []
+        for batch in client.stream([_ask(f"q{i}") for i in range(8)]):
+            seen += batch
+            arrivals.append(time.monotonic() - start)
+    assert sorted(i for i, _ in seen) == list(range(8))
+    assert all(result.text == f"echo q{i}" for i, result in seen)
+    assert len(arrivals) >= 3 and arrivals[0] < 0.2 <= arrivals[-1]
+    assert sum(s.served for s in client.stats) == 8
+
+
+def test_stream_raises_what_the_requests_raised(server, monkeypatch):
+    # chat_many reports every request failure as a result; what raises is a bug in the
+    # requests' thread (made here by replacing its event loop's coroutine), and it must
+    # reach the caller rather than leave it waiting for results that never come.
+    async def broken(self, *args):
+        raise RuntimeError("a bug in the request loop")
+
+    monkeypatch.setattr(ChatClient, "_run", broken)
+    with pytest.raises(RuntimeError, match="a bug in the request loop"):
+        for _ in _client(server).stream([_ask("q0"), _ask("q1")]):
+            pass

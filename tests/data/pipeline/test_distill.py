@@ -3,6 +3,7 @@ answers; k verified paths; captions; failures set aside and reported, never drop
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pyarrow.dataset as ds
@@ -121,3 +122,32 @@ def test_an_error_body_echoing_the_key_is_kept_redacted(tmp_path, server, monkey
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_answers_are_checked_while_later_requests_are_in_flight(tmp_path, server, monkeypatch):
+    # Question q is answered after q * 40 ms, all 8 in flight at once: the first answers
+    # are verified (the real check_answers, wrapped to note when it runs) before the
+    # teacher has sent the last reply; the stage's output is as before.
+    from mmr.data.pipeline import verify
+
+    replied, checked = [], []
+
+    def teacher(body):
+        q, total = parse_question(body)
+        time.sleep(0.04 * q)
+        replied.append(time.monotonic())
+        return solution(total)
+
+    def noting(items, cfg, log=None):
+        checked.append((time.monotonic(), len(items)))
+        return check_answers(items, cfg, log)
+
+    check_answers = verify.check_answers
+    monkeypatch.setattr(verify, "check_answers", noting)
+    server.script = teacher
+    write_samples(tmp_path / "in.parquet", arithmetic(8))
+    cfg = _cfg(server)
+    cfg.shard_rows, cfg.distill.cot.client.concurrency = 8, 8
+    report = run_distill(cfg, tmp_path / "in.parquet", tmp_path / "out", quiet=True)
+    assert report["rows_out"] == 8 and sum(n for _, n in checked) == 8
+    assert checked[0][0] < max(replied) and len(checked) >= 3
