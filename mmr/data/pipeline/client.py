@@ -42,7 +42,8 @@ there are several). With `engine: ray_llm` the same requests, with the same retr
 and results, go out as a Ray Data job through `ray.data.llm` (`mmr.data.pipeline.ray_llm`):
 one actor per replica, balanced by load by Ray Data's scheduling (a batch of `concurrency`
 requests to the actor that finished one), a request a replica failed with an endpoint fault
-sent to the others in turn (no breaker); `stats` says what each served and failed over.
+sent to the others in turn, each actor with breakers of its own by the rules above; `stats`
+says what each served, failed over and how often its breakers opened.
 
 What this module adds to `mmr.llm`: the config section, the request defaults (sampling
 settings, `extra_body`), a synchronous front, the balancing over replicas, and the messages
@@ -244,9 +245,13 @@ class ChatClient:
             from mmr.data.pipeline import ray_llm
 
             self.stats = [EndpointStats(_public(e.base_url)) for e in self.endpoints]
-            results = ray_llm.chat_many(self.endpoints, requests, parsers, body, self.stats)
-            for i, result in enumerate(results if on_result else ()):
-                on_result(i, result)  # type: ignore[misc]
+            breaker = (cfg.breaker_failures, cfg.breaker_cooldown_s)
+            results = ray_llm.chat_many(
+                self.endpoints, requests, parsers, body, self.stats, breaker=breaker
+            )
+            if on_result is not None:
+                for i, result in enumerate(results):
+                    on_result(i, result)
             return results
         return asyncio.run(self._run(requests, parsers, body, on_result or _ignore))
 

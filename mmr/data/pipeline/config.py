@@ -11,8 +11,8 @@ requests sent by mmr's client in the shard's process (`engine: openai`) or as a 
 through `ray.data.llm`'s HTTP processor (`engine: ray_llm`). `api_bases` are replicas of the
 model: `openai` balances them by load, fails a request over to another when one is down and
 rests a replica that keeps failing (`breaker_*`); `ray_llm` balances them by load through Ray
-Data's scheduling (one actor per replica) and fails a request over the same way (no
-breaker). API keys never live here: a client reads the environment variable named by
+Data's scheduling (one actor per replica), fails a request over the same way and rests a
+failing replica with breakers of each actor's own. API keys never live here: a client reads the environment variable named by
 `api_key_env`.
 """
 

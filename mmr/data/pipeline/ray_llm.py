@@ -13,8 +13,14 @@ batches in flight is done, so a fast endpoint's actor takes more batches than a 
 A request its endpoint failed with an endpoint fault (`connection`, `timeout`, HTTP 5xx or
 429: `mmr.llm.client.endpoint_fault`) is sent by the same actor to the other endpoints in
 turn, and reported failed (the same ChatResult, its last failure, as engine openai gives)
-only when each has failed it. There is no circuit breaker: a dead endpoint's actor still
-takes batches, each request paying its retries there before it fails over. The job runs
+only when each has failed it. With several endpoints each actor keeps a circuit breaker per
+endpoint, by engine openai's rules (`breaker_failures`, `breaker_cooldown_s`; the client
+module docstring): endpoint faults of that many different requests open it, which cuts their
+retries; no request goes there until the cooldown is over, then one probes it; a request
+whose endpoints all rest waits for a cooldown to end, and one that only endpoints whose
+probe failed are left for fails with the probe's failure. So a dead endpoint's actor sends
+its batches on to the others at once rather than each request paying its retries there.
+The breakers live as long as the actor (one job: one shard's calls), per actor. The job runs
 on the Ray cluster this process is connected to (a shard task's, under `executor: ray`),
 else the one RAY_ADDRESS names, else a new local instance. Each call (one per shard and
 model) is one job: a few seconds to start its actors, small next to a shard of teacher
@@ -44,6 +50,7 @@ import copy
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -52,6 +59,7 @@ import ray
 from ray.llm._internal.batch.stages.http_request_stage import HttpRequestUDF
 
 from mmr.data.pipeline import ray_executor
+from mmr.data.pipeline.client import Breaker
 from mmr.llm.client import ChatResult, Client, Endpoint, Parse, StatusError, endpoint_fault
 
 __all__ = ["chat_many"]
@@ -61,7 +69,8 @@ Messages = list[dict[str, Any]]
 # The failure of the attempt running in this task, as aiohttp saw it (Ray's stage keeps
 # only the exception's type name; rows run in tasks of their own, attempts one by one).
 _ATTEMPT: contextvars.ContextVar[dict[str, BaseException]] = contextvars.ContextVar("attempt")
-RESULT_COLUMNS = ("i", "text", "error", "detail", "served_by", "failed_at")
+RESULT_COLUMNS = ("i", "text", "error", "detail", "served_by", "failed_at", "opened")
+_WAIT_S = 0.05  # a request whose endpoints all rest looks again this often
 
 
 class MMRRequestUDF(HttpRequestUDF):
@@ -70,10 +79,15 @@ class MMRRequestUDF(HttpRequestUDF):
 
     def __init__(
         self, *args: Any, endpoints: list[Endpoint], parsers: list, body: dict, dealer: str,
-        **kwargs: Any,
+        breaker: tuple[int, float], **kwargs: Any,
     ):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.endpoints, self.parsers, self.body = endpoints, parsers, body
+        # Each endpoint's circuit breaker as this actor sees it (breaker_failures, cooldown;
+        # off with one endpoint, as with engine openai), and those whose probe failed.
+        self.breaker = (breaker[0] if len(endpoints) > 1 else 0, breaker[1])
+        self.breakers = [Breaker() for _ in endpoints]
+        self.down: dict[int, ChatResult] = {}
         # This actor's endpoint: the dealer hands 0, 1, 2, ... to the actors as they start.
         self.home = ray.get(ray.get_actor(dealer).next.remote()) % len(endpoints)
         self.session_factory = self.session
@@ -90,17 +104,76 @@ class MMRRequestUDF(HttpRequestUDF):
             yield {self.IDX_IN_BATCH_COLUMN: row[self.IDX_IN_BATCH_COLUMN], **result}
 
     async def _row(self, row: dict[str, Any]) -> dict[str, Any]:
-        messages = json.loads(row["payload"])
+        messages, parse = json.loads(row["payload"]), self.parsers[row["i"]]
         n = len(self.endpoints)
-        failed: list[int] = []
-        for e in [(self.home + step) % n for step in range(n)]:
-            result = await self._client(e).chat(messages, self.parsers[row["i"]], **self.body)
+        order = [(self.home + step) % n for step in range(n)]
+        failed: list[int] = []  # endpoints that failed it with an endpoint fault, in turn
+        opened: list[int] = []  # endpoints whose breaker its failure opened
+        while True:
+            untried = [e for e in order if e not in failed]
+            if not untried:  # each failed it: the last failure is its result
+                served = failed.pop()
+                break
+            if all(e in self.down for e in untried):  # each left failed a probe in this job
+                served = untried[0]
+                result = self.down[served]
+                break
+            picked = self._take(untried)
+            if picked is None:  # every one left is resting: wait for a cooldown to end
+                await asyncio.sleep(_WAIT_S)
+                continue
+            served, probe = picked
+            result, opened_here = await self._ask(served, probe, messages, parse)
+            opened += [served] * opened_here
             if result.error is None or not endpoint_fault(result.error):
                 break
-            failed.append(e)
-        served = failed.pop() if len(failed) == n else e
+            failed.append(served)
         return {"text": result.text, "error": result.error, "detail": result.detail,
-                "served_by": served, "failed_at": json.dumps(failed)}  # fmt: skip
+                "served_by": served, "failed_at": json.dumps(failed),
+                "opened": json.dumps(opened)}  # fmt: skip
+
+    def _take(self, untried: list[int]) -> tuple[int, object | None] | None:
+        """The first of `untried` (in this actor's order) whose breaker lets a request in,
+        with its probe token when it is the probe after a cooldown; None when all rest."""
+        now = time.monotonic()
+        for e in untried:
+            breaker = self.breakers[e]
+            if breaker.open_until is None:
+                return e, None
+            if breaker.probe is None and now >= breaker.open_until:
+                breaker.probe = object()
+                return e, breaker.probe
+        return None
+
+    async def _ask(
+        self, e: int, probe: object | None, messages: Any, parse: Parse | None
+    ) -> tuple[ChatResult, bool]:
+        """One request at endpoint `e` under its breaker: (its result, whether its failure
+        opened the breaker). Its retries stop once the breaker opens."""
+        breaker, request, last = self.breakers[e], object(), ["", ""]
+        failures, cooldown_s = self.breaker
+        opened = False
+
+        def on_failure(reason: str, detail: str) -> None:
+            nonlocal opened
+            last[:] = reason, detail
+            if not endpoint_fault(reason):
+                breaker.close()  # it answered
+            elif breaker.fault(failures, cooldown_s, probe, request):
+                opened = True
+
+        result = await self._client(e).chat(
+            messages, parse, proceed=lambda: breaker.admits(probe), on_failure=on_failure,
+            **self.body,
+        )  # fmt: skip
+        if result.error == "skipped":  # the breaker opened: its last failure is the result
+            result = ChatResult(error=last[0], detail=last[1])
+        if result.error is None or not endpoint_fault(result.error):
+            breaker.close()
+            self.down.pop(e, None)
+        elif probe is not None:  # the probe failed: the breaker opened again
+            self.down[e] = result
+        return result, opened
 
     def _client(self, e: int) -> Client:
         if e not in self.clients:
@@ -175,9 +248,11 @@ def chat_many(
     parsers: Sequence[Parse | None],
     body: dict[str, Any],
     stats: list[Any] | None = None,
+    breaker: tuple[int, float] = (0, 30.0),
 ) -> list[ChatResult]:
     """One ChatResult per request, in order, from one Ray Data job over every endpoint
-    (see the module docstring). `stats`: one EndpointStats per endpoint, filled in."""
+    (see the module docstring). `stats`: one EndpointStats per endpoint, filled in.
+    `breaker`: (breaker_failures, breaker_cooldown_s) of the client config; 0: none."""
     from ray.data import ActorPoolStrategy
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
@@ -211,6 +286,7 @@ def chat_many(
         "parsers": list(parsers),
         "body": body,
         "dealer": dealer_name,
+        "breaker": breaker,
     }
     # One actor per endpoint, each with two batches in flight at most: the next batch goes
     # to the actor that finished one, so a slow endpoint takes fewer.
@@ -229,6 +305,8 @@ def chat_many(
                 stats[row["served_by"]].served += 1
                 for e in json.loads(row["failed_at"]):
                     stats[e].failovers += 1
+                for e in json.loads(row["opened"]):
+                    stats[e].opened += 1
     finally:
         ray.kill(dealer)
     missing = [i for i, r in enumerate(results) if r is None]

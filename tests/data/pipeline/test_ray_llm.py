@@ -104,8 +104,10 @@ def test_requests_a_down_replica_failed_run_again_at_another(server, monkeypatch
     # q5 fails at both replicas; every other request is answered by the good one.
     server.script = lambda body: ("status", 503) if prompt_text(body) == "q5" else "ok"
     sick = OpenAIServer(lambda body: ("status", 503, "replica down")).start()
+    # The breaker off: failover alone (test_a_dead_replica_is_rested_by_its_breaker).
     cfg = ClientConfig(api_base=sick.base_url, api_bases=[server.base_url], engine="ray_llm",
-                       retries=1, backoff_s=0.01, timeout_s=30, concurrency=2)  # fmt: skip
+                       retries=1, backoff_s=0.01, timeout_s=30, concurrency=2,
+                       breaker_failures=0)  # fmt: skip
     requests = [[{"role": "user", "content": f"q{i}"}] for i in range(12)]
     client = ChatClient(cfg)
     try:
@@ -153,6 +155,54 @@ def test_a_slow_replica_serves_fewer_requests(server, monkeypatch):
     assert 2 * served["slow"] < served["fast"], served
     assert [s.served for s in client.stats] == [served["slow"], served["fast"]]
     assert len(slow.requests) == served["slow"] and len(server.requests) == served["fast"]
+
+
+def test_a_dead_replica_is_rested_by_its_breaker(server, monkeypatch):
+    # A replica failing every attempt: after faults of 2 requests its breaker opens, and
+    # the requests its actor takes go to the good replica at once instead of paying 4
+    # attempts there each (retries=3). Every request is answered, by the good one.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    server.script = lambda body: "ok"
+    sick = OpenAIServer(lambda body: ("status", 503, "replica down")).start()
+    cfg = ClientConfig(api_base=sick.base_url, api_bases=[server.base_url], engine="ray_llm",
+                       retries=3, backoff_s=0.05, timeout_s=30, concurrency=2,
+                       breaker_failures=2, breaker_cooldown_s=60)  # fmt: skip
+    client = ChatClient(cfg)
+    try:
+        results = client.chat_many([[{"role": "user", "content": f"q{i}"}] for i in range(40)])
+    finally:
+        sick.stop()
+        ray_executor.shutdown()
+    assert [r.text for r in results] == ["ok"] * 40
+    sick_stats, good_stats = client.stats
+    assert sick_stats.opened == 1 and sick_stats.served == 0 and good_stats.served == 40
+    # Seen: the first batch's 2 requests, one attempt each (their faults opened it and cut
+    # their retries), then nothing: without the breaker, each request its actor took
+    # (about half) would have cost 4 attempts there before failing over.
+    assert len(sick.requests) <= 4 and sick_stats.failovers <= 2
+
+
+def test_every_replica_down_ends_after_one_probe_each(server, monkeypatch):
+    # Both replicas down: each breaker opens, each is probed once after its cooldown, and
+    # the requests still waiting fail with the probe's reason instead of waiting for more.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    server.script = lambda body: ("status", 503, "down too")
+    sick = OpenAIServer(lambda body: ("status", 503, "replica down")).start()
+    cfg = ClientConfig(api_base=sick.base_url, api_bases=[server.base_url], engine="ray_llm",
+                       retries=1, backoff_s=0.01, timeout_s=30, concurrency=2,
+                       breaker_failures=2, breaker_cooldown_s=0.5)  # fmt: skip
+    client = ChatClient(cfg)
+    try:
+        results = client.chat_many([[{"role": "user", "content": f"q{i}"}] for i in range(30)])
+    finally:
+        sick.stop()
+        ray_executor.shutdown()
+    assert all(r.error == "http_503" for r in results)
+    # Without breakers: 30 requests x 2 replicas x 2 attempts = 120.
+    # Without breakers: 30 requests x 2 replicas x 2 attempts = 120. Seen: 12. Each of the
+    # two actors keeps its own breakers: each opens, and each probe fails, once per actor.
+    assert len(sick.requests) + len(server.requests) < 40
+    assert all(1 <= s.opened <= 4 for s in client.stats)
 
 
 def _asked(replica: OpenAIServer) -> list[str]:
