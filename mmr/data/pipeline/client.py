@@ -259,14 +259,17 @@ class ChatClient:
         self,
         requests: Sequence[Messages],
         parse: Parse | Sequence[Parse] | None = None,
+        *,
+        batch: int = 1,
         **body: Any,
     ) -> Iterator[list[tuple[int, ChatResult]]]:
         """chat_many's results as they arrive: each item is the (index, result) pairs that
-        arrived since the last one, so the caller works on replies (checks answers) while
-        the rest are in flight. The requests run in a thread of their own; the caller's
-        work stays in the calling thread (math-verify's timeouts need the main thread).
-        Every request is yielded exactly once; an exception in the requests is raised
-        here. Leaving the loop early waits for the requests in flight."""
+        arrived since the last one, at least `batch` of them (fewer only at the end), so
+        the caller works on replies (checks answers) while the rest are in flight. The
+        requests run in a thread of their own; the caller's work stays in the calling
+        thread (math-verify's timeouts need the main thread). Every request is yielded
+        exactly once; an exception in the requests is raised here. Leaving the loop early
+        waits for the requests in flight."""
         arrived: queue.SimpleQueue[tuple[int, ChatResult] | None] = queue.SimpleQueue()
 
         def send() -> None:
@@ -279,16 +282,16 @@ class ChatClient:
             sent = pool.submit(send)
             done = False
             while not done:
-                batch = []
-                item = arrived.get()  # block for one, then take what else is there
+                got = []
+                item = arrived.get()  # block for `batch`, then take what else is there
                 while item is not None:
-                    batch.append(item)
-                    if arrived.empty():
+                    got.append(item)
+                    if len(got) >= batch and arrived.empty():
                         break
                     item = arrived.get()
                 done = item is None
-                if batch:
-                    yield batch
+                if got:
+                    yield got
             sent.result()
 
     async def _run(

@@ -346,6 +346,15 @@ def test_stream_yields_each_result_once_as_it_arrives(server, replicas):
     assert sum(s.served for s in client.stats) == 8
 
 
+def test_stream_batches_hold_at_least_batch_results_but_the_last(server):
+    server.script, server.latency_s = _echo, 0.01
+    batches = list(
+        _client(server, concurrency=4).stream([_ask(f"q{i}") for i in range(10)], batch=3)
+    )
+    assert sorted(i for got in batches for i, _ in got) == list(range(10))
+    assert all(len(got) >= 3 for got in batches[:-1]) and batches[-1]
+
+
 def test_stream_raises_what_the_requests_raised(server, monkeypatch):
     # chat_many reports every request failure as a result; what raises is a bug in the
     # requests' thread (made here by replacing its event loop's coroutine), and it must

@@ -125,16 +125,17 @@ def test_an_error_body_echoing_the_key_is_kept_redacted(tmp_path, server, monkey
 
 
 def test_answers_are_checked_while_later_requests_are_in_flight(tmp_path, server, monkeypatch):
-    # Question q is answered after q * 40 ms, all 8 in flight at once: the first answers
-    # are verified (the real check_answers, wrapped to note when it runs) before the
-    # teacher has sent the last reply; the stage's output is as before.
+    # 96 questions, all in flight at once; the last 32 are answered after 0.5 s: the first
+    # 64 answers are verified (the real check_answers, wrapped to note when it runs, in
+    # batches of at least verify._CHECK_BATCH) before the teacher sends the last reply.
     from mmr.data.pipeline import verify
 
     replied, checked = [], []
 
     def teacher(body):
         q, total = parse_question(body)
-        time.sleep(0.04 * q)
+        if q >= 64:
+            time.sleep(0.5)
         replied.append(time.monotonic())
         return solution(total)
 
@@ -145,9 +146,10 @@ def test_answers_are_checked_while_later_requests_are_in_flight(tmp_path, server
     check_answers = verify.check_answers
     monkeypatch.setattr(verify, "check_answers", noting)
     server.script = teacher
-    write_samples(tmp_path / "in.parquet", arithmetic(8))
+    write_samples(tmp_path / "in.parquet", arithmetic(96))
     cfg = _cfg(server)
-    cfg.shard_rows, cfg.distill.cot.client.concurrency = 8, 8
+    cfg.shard_rows, cfg.distill.cot.client.concurrency = 96, 96
     report = run_distill(cfg, tmp_path / "in.parquet", tmp_path / "out", quiet=True)
-    assert report["rows_out"] == 8 and sum(n for _, n in checked) == 8
-    assert checked[0][0] < max(replied) and len(checked) >= 3
+    assert report["rows_out"] == 96 and sum(n for _, n in checked) == 96
+    early = [n for t, n in checked if t < max(replied)]
+    assert sum(early) >= 64 and all(n >= verify._CHECK_BATCH for n in early)
