@@ -290,9 +290,11 @@ class PipelineConfig:
             "select.difficulty.client": self.select.difficulty.client,
         }
         for key, client in clients.items():
-            if client.engine == "ray_llm" and self.executor == "local" and self.num_proc > 1:
+            ray_job = client.engine in ("ray_llm", "vllm")
+            if ray_job and self.executor == "local" and self.num_proc > 1:
                 raise ConfigError(
-                    f"config key '{key}.engine' is ray_llm with executor local and num_proc > 1: "
+                    f"config key '{key}.engine' is {client.engine} with executor local and "
+                    "num_proc > 1: "
                     "each pool worker would start a Ray instance of its own; use executor=ray "
                     "or num_proc=1"
                 )

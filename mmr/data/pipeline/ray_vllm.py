@@ -19,7 +19,8 @@ Failures are counted as with the HTTP engines, never raised: a request the engin
 (`should_continue_on_error`) is a ChatResult with error `engine_error` and vLLM's message; a
 reply `parse` rejects is sent again, with the other rejected ones, in a new job (an engine
 start each, so `retries` rounds at most), then reported `malformed_reply`. `stats` has one
-row, the engines. The job runs on the Ray cluster this process is connected to, else the
+row, the engines. Each call (one per shard and model) is one job that starts its engines
+and loads the model: shards should be large beside that (`shard_rows`). The job runs on the Ray cluster this process is connected to, else the
 one RAY_ADDRESS names, else a new local instance.
 """
 

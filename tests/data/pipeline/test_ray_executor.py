@@ -63,8 +63,13 @@ def test_executor_is_local_or_ray(tmp_path, capsys):
     assert "config key 'executor' is 'spark'; choose one of local, ray" in capsys.readouterr().err
     assert main([*argv[:-1], "executor=ray", "ray.max_in_flight=0"]) == 2
     assert "'ray.max_in_flight' must be > 0" in capsys.readouterr().err
-    assert main([*argv[:-1], "distill.cot.client.engine=vllm"]) == 2
-    assert "'client.engine' is 'vllm'; choose one of openai, ray_llm" in capsys.readouterr().err
+    assert main([*argv[:-1], "distill.cot.client.engine=sglang"]) == 2
+    assert (
+        "'client.engine' is 'sglang'; choose one of openai, ray_llm, vllm"
+        in capsys.readouterr().err
+    )
+    assert main([*argv[:-1], "distill.cot.client.engine=vllm", "num_proc=2"]) == 2
+    assert "'distill.cot.client.engine' is vllm with executor local" in capsys.readouterr().err
     assert main([*argv[:-1], "distill.cot.client.engine=ray_llm", "num_proc=2"]) == 2
     assert "'distill.cot.client.engine' is ray_llm with executor local" in capsys.readouterr().err
 
@@ -127,8 +132,10 @@ def test_local_and_ray_executors_write_the_same_outputs(tmp_path, server, cluste
         asked = _asked(server.requests)
         server.reset()
         server.script = teacher
+        # Breakers off: four failing requests (two questions x 2 paths) would open them
+        # (test_ray_llm.py tests that), and the counts below are of every retry.
         on_ray = run("ray", "executor=ray", f"ray.address={cluster}",
-                     "distill.cot.client.engine=ray_llm",
+                     "distill.cot.client.engine=ray_llm", "distill.cot.client.breaker_failures=0",
                      f"distill.cot.client.api_bases=[{replica.base_url}]")  # fmt: skip
     finally:
         replica.stop()

@@ -21,7 +21,9 @@ from mmr.data.pipeline.client import ChatClient, user_message
 from mmr.data.pipeline.config import PipelineConfig, VLLMEngineConfig
 from tests.rl.verl_run import ENV, REPO, RL_BIN, require_rl_venv, synthetic_tasks, tiny_vl_model
 
-VLLM_ENV = {**ENV, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1"}
+# A new local Ray instance for the job, never a test cluster another test started.
+VLLM_ENV = {k: v for k, v in ENV.items() if k != "RAY_ADDRESS"}
+VLLM_ENV.update(VLLM_TARGET_DEVICE="cpu", VLLM_CPU_KVCACHE_SPACE="1")
 
 
 def _serve(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
