@@ -161,22 +161,30 @@ def test_a_slow_replica_serves_fewer_requests(server, monkeypatch):
     assert len(slow.requests) == served["slow"] and len(server.requests) == served["fast"]
 
 
+def _ask_beside_sick(server, n: int, **kw) -> tuple[ChatClient, list, OpenAIServer]:
+    """`n` requests through engine ray_llm to a replica that answers every attempt with a
+    503 and to the session's `server`; returns the client, the results and the sick one."""
+    sick = OpenAIServer(lambda body: ("status", 503, "replica down")).start()
+    cfg = ClientConfig(api_base=sick.base_url, api_bases=[server.base_url], engine="ray_llm",
+                       timeout_s=30, concurrency=2, breaker_failures=2, **kw)  # fmt: skip
+    client = ChatClient(cfg)
+    try:
+        results = client.chat_many([[{"role": "user", "content": f"q{i}"}] for i in range(n)])
+    finally:
+        sick.stop()
+        ray_executor.shutdown()
+    return client, results, sick
+
+
 def test_a_dead_replica_is_rested_by_its_breaker(server, monkeypatch):
     # A replica failing every attempt: after faults of 2 requests its breaker opens, and
     # the requests its actor takes go to the good replica at once instead of paying 4
     # attempts there each (retries=3). Every request is answered, by the good one.
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     server.script = lambda body: "ok"
-    sick = OpenAIServer(lambda body: ("status", 503, "replica down")).start()
-    cfg = ClientConfig(api_base=sick.base_url, api_bases=[server.base_url], engine="ray_llm",
-                       retries=3, backoff_s=0.05, timeout_s=30, concurrency=2,
-                       breaker_failures=2, breaker_cooldown_s=60)  # fmt: skip
-    client = ChatClient(cfg)
-    try:
-        results = client.chat_many([[{"role": "user", "content": f"q{i}"}] for i in range(40)])
-    finally:
-        sick.stop()
-        ray_executor.shutdown()
+    client, results, sick = _ask_beside_sick(
+        server, 40, retries=3, backoff_s=0.05, breaker_cooldown_s=60
+    )
     assert [r.text for r in results] == ["ok"] * 40
     sick_stats, good_stats = client.stats
     assert sick_stats.opened == 1 and sick_stats.served == 0 and good_stats.served == 40
@@ -191,18 +199,10 @@ def test_every_replica_down_ends_after_one_probe_each(server, monkeypatch):
     # the requests still waiting fail with the probe's reason instead of waiting for more.
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     server.script = lambda body: ("status", 503, "down too")
-    sick = OpenAIServer(lambda body: ("status", 503, "replica down")).start()
-    cfg = ClientConfig(api_base=sick.base_url, api_bases=[server.base_url], engine="ray_llm",
-                       retries=1, backoff_s=0.01, timeout_s=30, concurrency=2,
-                       breaker_failures=2, breaker_cooldown_s=0.5)  # fmt: skip
-    client = ChatClient(cfg)
-    try:
-        results = client.chat_many([[{"role": "user", "content": f"q{i}"}] for i in range(30)])
-    finally:
-        sick.stop()
-        ray_executor.shutdown()
+    client, results, sick = _ask_beside_sick(
+        server, 30, retries=1, backoff_s=0.01, breaker_cooldown_s=0.5
+    )
     assert all(r.error == "http_503" for r in results)
-    # Without breakers: 30 requests x 2 replicas x 2 attempts = 120.
     # Without breakers: 30 requests x 2 replicas x 2 attempts = 120. Seen: 12. Each of the
     # two actors keeps its own breakers: each opens, and each probe fails, once per actor.
     assert len(sick.requests) + len(server.requests) < 40
