@@ -134,7 +134,8 @@ class RLSection:
     config: str = "recipes/demo/tiny_gspo.yaml"  # the local engine's recipe (`mmr rl local`)
     overrides: list[str] = field(default_factory=list)  # overrides of `config`
     verl_config: str = "recipes/demo/tiny_gspo_verl.yaml"  # verl's recipe (`mmr rl train`)
-    verl_overrides: list[str] = field(default_factory=list)  # overrides of `verl_config`
+    # overrides of `verl_config`, after `overrides` passed on to verl (verl_keys)
+    verl_overrides: list[str] = field(default_factory=list)
     venv: str = ".venv-rl"  # the RL venv (`make setup-rl`; relative: from the repository root)
     # The overthinking penalty's ablation: GSPO a second time from the same SFT model with
     # the length term off (reward.length.mode=none), both evaluated: response tokens,
@@ -152,6 +153,56 @@ class RLSection:
         from mmr.config import check_choice
 
         check_choice("rl.engine", self.engine, ("auto", "verl", "local"))
+
+
+# `rl.overrides` (the debug engine's keys) set verl's run too: each key's counterparts in
+# verl's recipe, so one list sets both engines alike (issue 16: "the same settings in both").
+# mmr's own sections (reward.*) and DAPO's filter mean the same in both; verl's rollouts are
+# counted in prompts per step and mini-batch (on-policy: the whole batch, as the debug
+# engine's ppo_mini_batch_size 0), and checkpointed at the last step.
+_ACTOR, _ROLLOUT = "verl.actor_rollout_ref.actor.", "verl.actor_rollout_ref.rollout."
+_ACTOR_KEYS = ("loss_agg_mode", "clip_ratio_low", "clip_ratio_high", "entropy_coeff",
+               "use_kl_loss", "kl_loss_coef", "kl_loss_type", "ppo_epochs")  # fmt: skip
+_VERL_KEYS = {
+    "rollout.n": [_ROLLOUT + "n"],
+    "rollout.temperature": [_ROLLOUT + "temperature"],
+    "rollout.top_p": [_ROLLOUT + "top_p"],
+    "rollout.top_k": [_ROLLOUT + "top_k"],
+    "rollout.max_new_tokens": ["verl.data.max_response_length"],
+    "data.batch_size": ["verl.data.train_batch_size", _ACTOR + "ppo_mini_batch_size"],
+    "optim.lr": [_ACTOR + "optim.lr"],
+    "trainer.max_steps": ["verl.trainer.total_training_steps", "verl.trainer.save_freq"],
+    **{f"algorithm.{k}": [_ACTOR + k] for k in _ACTOR_KEYS},
+}
+# Debug-engine keys that only say where or how much to log or save: nothing to pass on.
+_LOCAL_ONLY = ("trainer.save_steps", "trainer.log_rollouts", "reward.accuracy.workers")
+
+
+def verl_keys(overrides: Sequence[str]) -> list[str]:
+    """`rl.overrides` (the debug engine's `key=value`s) as verl's recipe's overrides; a
+    ConfigError names a key that has no counterpart there (set it in rl.verl_overrides)."""
+    from mmr.config import ConfigError
+
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"config key 'rl.overrides' has {item!r}, not key=value")
+        if key in _LOCAL_ONLY:
+            continue
+        if key.startswith("algorithm.filter_groups."):
+            out.append(f"verl.{item}")
+        elif key.startswith("reward."):  # mmr's reward: the same section in both recipes
+            out.append(item)
+        elif key in _VERL_KEYS:
+            out += [f"{verl}={value}" for verl in _VERL_KEYS[key]]
+        else:
+            raise ConfigError(
+                f"config key 'rl.overrides' sets {key}, which the demo cannot pass on to verl's "
+                f"run: set its verl key in rl.verl_overrides instead (passed on: "
+                f"{', '.join(sorted(_VERL_KEYS))}, reward.*, algorithm.filter_groups.*)"
+            )
+    return out
 
 
 @dataclass
@@ -218,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
     """Every stage in order; returns summary.json's dict."""
+    engine = rl_engine(cfg.rl)  # before any stage: a setting verl cannot take fails now
+    if engine == "verl":
+        verl_keys(cfg.rl.overrides)
     out = prepare_output(Path(cfg.output_dir))
     save_config(cfg, out / "config.yaml")
     times: dict[str, float] = {}
@@ -257,7 +311,6 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     headroom = sft_headroom(cfg, out / "sft" / "final", test_file, out / "eval")
     done("headroom")
 
-    engine = rl_engine(cfg.rl)
     runs = {"rl": []}  # each GSPO run from the SFT model: its extra overrides
     if cfg.rl.length_ablation:
         runs["rl_no_length"] = ["reward.length.mode=none"]
@@ -371,7 +424,7 @@ def rl_on_verl(
            f"verl.data.train_files={data / 'train.parquet'}",
            f"verl.data.val_files={val}",
            f"verl.trainer.default_local_dir={ckpts}", f"verl.data.seed={cfg.seed}",
-           f"verl.actor_rollout_ref.rollout.seed={cfg.seed}",
+           f"verl.actor_rollout_ref.rollout.seed={cfg.seed}", *verl_keys(cfg.rl.overrides),
            *cfg.rl.verl_overrides, *extra], bin_dir=rl_bin, env=env)  # fmt: skip
     step = (ckpts / "latest_checkpointed_iteration.txt").read_text().strip()
     stage(["rl", "merge", "--checkpoint", str(ckpts / f"global_step_{step}" / "actor"),

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import mmr.demo
-from mmr.config import load_config
+from mmr.config import ConfigError, load_config
 from mmr.data.io import read_samples
 from mmr.data.synthetic import recheck_count, teacher_response
 from mmr.demo import (
@@ -21,6 +21,7 @@ from mmr.demo import (
     main,
     pretrain,
     pretrain_key,
+    verl_keys,
 )
 from mmr.eval.stats import sign_test_p, smoothed, wilson_interval
 
@@ -250,6 +251,24 @@ def test_new_keys_are_checked_naming_them(capsys, tmp_path):
     assert "eval.headroom_n" in capsys.readouterr().err
     assert main([f"output_dir={tmp_path}", "rl.kinds=[colour,bars]"]) == 2
     assert "'rl.kinds' names ['bars']" in capsys.readouterr().err
+
+
+def test_rl_overrides_set_verls_run_too():
+    # The demo's GSPO settings are one list for both engines: each debug-engine key becomes
+    # its verl counterpart(s); logging-only keys stay behind; a key with none is refused.
+    cfg = load_config(DemoConfig, DEFAULT_CONFIG, [])
+    verl = verl_keys(cfg.rl.overrides)
+    assert "verl.data.max_response_length=96" in verl
+    assert {"verl.trainer.total_training_steps=48", "verl.trainer.save_freq=48"} <= set(verl)
+    assert "verl.actor_rollout_ref.actor.ppo_mini_batch_size=16" in verl
+    assert "verl.algorithm.filter_groups.enable=true" in verl
+    assert verl_keys(["reward.length.weight=0.3", "algorithm.use_kl_loss=true",
+                      "trainer.save_steps=0", "reward.accuracy.workers=0"]) == [
+        "reward.length.weight=0.3", "verl.actor_rollout_ref.actor.use_kl_loss=true"]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"sets model\.freeze, which the demo cannot pass"):
+        verl_keys(["model.freeze=[]"])
+    with pytest.raises(ConfigError, match="not key=value"):
+        verl_keys(["trainer.max_steps"])
 
 
 def test_rl_prompts_are_the_train_tasks_of_rl_kinds(tmp_path):

@@ -66,13 +66,13 @@ DEMO_TASKS = 40
 def _demo_argv(root: Path) -> list[str]:
     """The small demo on verl: tests/test_demo.py's settings, the RL run replaced by the
     fixture's (the recipe's n=4, 2 prompts a step, 48 tokens; 3 steps, a checkpoint at 2)."""
-    replaced = ("rl.verl_overrides=", "tasks.train=", "sft.overrides=")
+    replaced = ("rl.overrides=", "rl.verl_overrides=", "tasks.train=", "sft.overrides=")
     small = [a for a in SMALL if not a.startswith(replaced)]
     verl = ["verl.trainer.total_training_steps=3", "verl.trainer.save_freq=2",
             f"verl.trainer.rollout_data_dir={root / 'rollouts'}", *FILTER]  # fmt: skip
     return [f"output_dir={root / 'demo'}", "rl.engine=verl", "pretrain.enabled=false",
             f"tasks.train={DEMO_TASKS}", f"sft.overrides=[trainer.max_steps={SFT_STEPS}]",
-            *small, f"rl.verl_overrides=[{','.join(verl)}]"]  # fmt: skip
+            *small, "rl.overrides=[]", f"rl.verl_overrides=[{','.join(verl)}]"]  # fmt: skip
 
 
 def _train_command(log: Path) -> list[str]:

@@ -11,7 +11,8 @@ send. Each becomes a prompt through the model's own chat template (its HF proces
 Ray Data map task: `chat_template_kwargs` pass through) and its images (the data URIs mmr
 writes) become the engine's `multi_modal_data`; the sampling settings are the request
 body's (`temperature`, `top_p`, `max_tokens`, and `extra_body`'s keys as vLLM
-SamplingParams). ray.data.llm's own chat-template and multimodal stages are not used: in
+SamplingParams, but for its `chat_template_kwargs`, which go to the template as a vLLM
+server would take them). ray.data.llm's own chat-template and multimodal stages are not used: in
 the pinned pair (ray 2.60, vLLM 0.32) they import `vllm.entrypoints.chat_utils`, which vLLM
 no longer has.
 
@@ -92,12 +93,14 @@ def to_prompt(
 def _preprocess(
     row: dict[str, Any], *, model: str, sampling: dict[str, Any], kwargs: dict[str, Any]
 ) -> dict[str, Any]:
+    # Every row has the same keys (Ray Data builds blocks from rows of one schema).
+    out = {"i": row["i"], "prompt": "", "sampling_params": sampling, "multimodal_data": None,
+           _ERROR: ""}  # fmt: skip
     try:
-        prompt, images = to_prompt(model, json.loads(row["payload"]), kwargs)
+        out["prompt"], images = to_prompt(model, json.loads(row["payload"]), kwargs)
     except Exception as err:  # a request the model cannot take: that row's failure
-        return {"i": row["i"], "prompt": "", "sampling_params": sampling,
-                _ERROR: f"prompt: {type(err).__name__}: {err}"}  # fmt: skip
-    out = {"i": row["i"], "prompt": prompt, "sampling_params": sampling}
+        out[_ERROR] = f"prompt: {type(err).__name__}: {err}"
+        return out
     if images:
         out["multimodal_data"] = {"image": images}
     return out
@@ -112,7 +115,11 @@ def _run_job(
 
     v = cfg.vllm
     sampling = {k: body[k] for k in _SAMPLING if k in body}
-    sampling.update(cfg.extra_body)
+    # extra_body as a vLLM server reads it: its chat_template_kwargs go to the template,
+    # the rest are sampling parameters.
+    extra = dict(cfg.extra_body)
+    template_kwargs = {**extra.pop("chat_template_kwargs", {}), **v.chat_template_kwargs}
+    sampling.update(extra)
     env = {**_CPU_ENV, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     config = vLLMEngineProcessorConfig(
         model_source=cfg.model,
@@ -133,7 +140,7 @@ def _run_job(
     processor = build_processor(
         config,
         preprocess=functools.partial(
-            _preprocess, model=cfg.model, sampling=sampling, kwargs=v.chat_template_kwargs
+            _preprocess, model=cfg.model, sampling=sampling, kwargs=template_kwargs
         ),
         postprocess=lambda row: {"i": row["i"], "text": row["generated_text"]},
     )

@@ -7,6 +7,7 @@ each engine on GPUs instead of one CPU bundle: `client.vllm.device`.)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -47,6 +48,23 @@ def _serve(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
     raise AssertionError(f"vLLM's server did not start; log {log}:\n{log.read_text()[-3000:]}")
 
 
+def _stop(server: subprocess.Popen) -> None:
+    """Stop vLLM's server and the engine processes it started (killed alone, it leaves its
+    EngineCore and worker running, 2 GB each)."""
+    import psutil
+
+    tree = [server.pid, *(p.pid for p in psutil.Process(server.pid).children(recursive=True))]
+    procs = [psutil.Process(pid) for pid in tree if psutil.pid_exists(pid)]
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    server.wait(timeout=30)
+
+
 def test_engine_vllm_replies_as_vllms_server_does(tmp_path):
     require_rl_venv()
     model = tiny_vl_model(tmp_path / "model")
@@ -59,12 +77,13 @@ def test_engine_vllm_replies_as_vllms_server_does(tmp_path):
             env=VLLM_ENV, cwd=REPO, capture_output=True, text=True, timeout=1200,
         )  # fmt: skip
     finally:
-        server.kill()
+        _stop(server)
     assert done.returncode == 0, done.stderr[-6000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     # The same model, prompt (its chat template, the image in place) and greedy decoding:
-    # the engine's replies are the server's, each one non-empty and without an error.
-    assert got["engine"] == got["server"]
+    # the engine's replies are the server's, each one non-empty and without an error (8
+    # with an image, 1 of text alone).
+    assert len(got["engine"]) == 9 and got["engine"] == got["server"]
     assert all(text and error is None for text, error in got["engine"])
     # Rejected by the parser: retried once (a second job), then reported, never raised.
     assert [error for error, _ in got["rejected"]] == ["malformed_reply"] * 3
@@ -86,9 +105,27 @@ def test_a_request_becomes_the_models_prompt_with_its_images(tiny_qwen2_5_vl, pn
     sample = Sample(id="a", source="t", question="Look: <image> What colour?", answer="red",
                     images=[png])  # fmt: skip
     prompt, images = to_prompt(str(tiny_qwen2_5_vl), user_message(sample, sample.question))
+    assert "Picture 1:" not in prompt
+    assert "Picture 1:" in to_prompt(str(tiny_qwen2_5_vl), user_message(sample, sample.question),
+                                     {"add_vision_id": True})[0]  # fmt: skip
     assert prompt.index("Look:") < prompt.index("<|vision_start|>") < prompt.index("What colour?")
     assert prompt.rstrip().endswith("<|im_start|>assistant")
     assert len(images) == 1 and images[0].mode == "RGB"
+    # Each row the job's preprocess writes has the same keys (Ray Data's blocks need one
+    # schema): with an image, without one, and a request it cannot turn into a prompt.
+    from mmr.data.pipeline.ray_vllm import _preprocess
+
+    web_image = [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://host/cat.png"}}]}]  # fmt: skip
+    payloads = [user_message(sample, sample.question), [{"role": "user", "content": "2+3?"}],
+                web_image]  # fmt: skip
+    rows = [_preprocess({"i": i, "payload": json.dumps(p)}, model=str(tiny_qwen2_5_vl),
+                        sampling={"temperature": 0.0}, kwargs={})
+            for i, p in enumerate(payloads)]  # fmt: skip
+    assert len({tuple(sorted(row)) for row in rows}) == 1
+    assert len(rows[0]["multimodal_data"]["image"]) == 1 and rows[1]["multimodal_data"] is None
+    assert [bool(row["__inference_error__"]) for row in rows] == [False, False, True]
+    assert "data URIs" in rows[2]["__inference_error__"]
     with pytest.raises(ValueError, match="data URIs"):
         to_prompt(str(tiny_qwen2_5_vl), [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "http://host/cat.png"}}]}])  # fmt: skip

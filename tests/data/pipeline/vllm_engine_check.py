@@ -24,8 +24,13 @@ ENGINE = {"max_model_len": 1024, "enforce_eager": True, "dtype": "float32",
 
 def main(model: str, tasks: str, base: str, out: str) -> None:
     samples = list(read_samples(tasks))
+    # The tasks with their images, and one request of text alone (a row with no image).
     requests = [user_message(s, s.question) for s in samples]
-    common = {"temperature": 0.0, "max_tokens": 24, "retries": 1, "backoff_s": 0.1}
+    requests.append([{"role": "user", "content": "What is 2 + 3?"}])
+    # chat_template_kwargs in extra_body, as a vLLM server takes them (Qwen2.5-VL's template
+    # then writes "Picture 1:" before the image): the engine must give them to the template.
+    common = {"temperature": 0.0, "max_tokens": 24, "retries": 1, "backoff_s": 0.1,
+              "extra_body": {"chat_template_kwargs": {"add_vision_id": True}}}  # fmt: skip
     engine = ClientConfig(engine="vllm", model=model, **common,
                           vllm=VLLMEngineConfig(device="cpu", batch_size=4, engine_kwargs=ENGINE))  # fmt: skip
     served = ClientConfig(api_base=base, model="tiny", timeout_s=120, **common)
