@@ -134,7 +134,8 @@ class RLSection:
     config: str = "recipes/demo/tiny_gspo.yaml"  # the local engine's recipe (`mmr rl local`)
     overrides: list[str] = field(default_factory=list)  # overrides of `config`
     verl_config: str = "recipes/demo/tiny_gspo_verl.yaml"  # verl's recipe (`mmr rl train`)
-    # overrides of `verl_config`, after `overrides` passed on to verl (verl_keys)
+    # overrides of `verl_config` (verl's own keys), before `overrides` passed on (verl_keys):
+    # where both set one setting, `overrides` (one list for both engines) wins
     verl_overrides: list[str] = field(default_factory=list)
     venv: str = ".venv-rl"  # the RL venv (`make setup-rl`; relative: from the repository root)
     # The overthinking penalty's ablation: GSPO a second time from the same SFT model with
@@ -424,8 +425,8 @@ def rl_on_verl(
            f"verl.data.train_files={data / 'train.parquet'}",
            f"verl.data.val_files={val}",
            f"verl.trainer.default_local_dir={ckpts}", f"verl.data.seed={cfg.seed}",
-           f"verl.actor_rollout_ref.rollout.seed={cfg.seed}", *verl_keys(cfg.rl.overrides),
-           *cfg.rl.verl_overrides, *extra], bin_dir=rl_bin, env=env)  # fmt: skip
+           f"verl.actor_rollout_ref.rollout.seed={cfg.seed}", *cfg.rl.verl_overrides,
+           *verl_keys(cfg.rl.overrides), *extra], bin_dir=rl_bin, env=env)  # fmt: skip
     step = (ckpts / "latest_checkpointed_iteration.txt").read_text().strip()
     stage(["rl", "merge", "--checkpoint", str(ckpts / f"global_step_{step}" / "actor"),
            "--out", str(rl_dir / "final")], bin_dir=rl_bin)  # fmt: skip
