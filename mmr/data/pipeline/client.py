@@ -82,7 +82,9 @@ __all__ = [
     "ChatClient",
     "ChatResult",
     "EndpointStats",
+    "Guarded",
     "MalformedReply",
+    "ask_under_breaker",
     "load_prompt",
     "make_client",
     "render",
@@ -245,28 +247,25 @@ class ChatClient:
             **cfg.extra_body,
             **body,
         }
+        if cfg.engine == "openai":
+            return asyncio.run(self._run(requests, parsers, body, on_result or _ignore))
+        # A Ray Data job: every result when it ends.
+        self.stats = [EndpointStats(_public(e.base_url)) for e in self.endpoints]
         if cfg.engine == "vllm":
             from mmr.data.pipeline import ray_vllm
 
-            self.stats = [EndpointStats(self.endpoints[0].base_url)]
             results = ray_vllm.chat_many(cfg, requests, parsers, body, self.stats)
-            if on_result is not None:
-                for i, result in enumerate(results):
-                    on_result(i, result)
-            return results
-        if cfg.engine == "ray_llm":
+        else:
             from mmr.data.pipeline import ray_llm
 
-            self.stats = [EndpointStats(_public(e.base_url)) for e in self.endpoints]
             breaker = (cfg.breaker_failures, cfg.breaker_cooldown_s)
             results = ray_llm.chat_many(
                 self.endpoints, requests, parsers, body, self.stats, breaker=breaker
             )
-            if on_result is not None:
-                for i, result in enumerate(results):
-                    on_result(i, result)
-            return results
-        return asyncio.run(self._run(requests, parsers, body, on_result or _ignore))
+        if on_result is not None:
+            for i, result in enumerate(results):
+                on_result(i, result)
+        return results
 
     def stream(
         self,
@@ -350,6 +349,56 @@ class ChatClient:
             ),
         )
         return results
+
+
+@dataclass
+class Guarded:
+    """What `ask_under_breaker` gives back."""
+
+    result: ChatResult  # the request's result (cut short: its last failure there)
+    opened: bool  # one of its failures opened the breaker (or opened it again: a probe)
+    probe_failed: bool  # it was the probe and met an endpoint fault
+    cut: bool  # the breaker opened and cut its retries short
+
+
+async def ask_under_breaker(
+    client: llm.Client,
+    breaker: Breaker,
+    policy: tuple[int, float],
+    probe: object | None,
+    messages: Messages,
+    parse: Parse | None,
+    body: dict[str, Any],
+) -> Guarded:
+    """One request at one replica under its circuit breaker, `policy` being
+    (breaker_failures, breaker_cooldown_s): every attempt is counted by the breaker, a reply
+    closes it, and none is made while it is open (a request is taken only where it admits
+    one, with nothing awaited before the first attempt, so a cut comes after a failed
+    attempt). Engine openai's `_Balance` and engine ray_llm's request actors both ask
+    through it."""
+    threshold, cooldown_s = policy
+    last, request = ["", ""], object()  # request: this one at this replica, for the count
+    opened = probe_failed = False
+
+    def on_failure(reason: str, detail: str) -> None:
+        nonlocal opened, probe_failed
+        last[:] = reason, detail
+        if not llm.endpoint_fault(reason):
+            breaker.close()  # it answered (a reply `parse` rejects, a 4xx): it is up
+            return
+        probe_failed = probe is not None and probe is breaker.probe
+        if breaker.fault(threshold, cooldown_s, probe, request):
+            opened = True
+
+    result = await client.chat(
+        messages, parse, proceed=lambda: breaker.admits(probe), on_failure=on_failure, **body
+    )
+    if result.error is None:
+        breaker.close()
+    cut = result.error == "skipped"
+    if cut:  # the breaker opened: its last failure here is the request's
+        result = ChatResult(error=last[0], detail=last[1])
+    return Guarded(result, opened, probe_failed, cut)
 
 
 def _ignore(i: int, result: ChatResult) -> None:
@@ -457,44 +506,23 @@ class _Balance:
         return left if left > 0 else None  # over: only a request handed on can wake it
 
     async def _ask(self, k: int, i: int, probe: object | None) -> tuple[ChatResult, bool, bool]:
-        """Request `i` at replica `k`: (its result, whether it was the probe and failed,
-        whether the breaker cut its retries short). Every attempt is counted by the breaker;
-        none is made while it is open (a request is taken only where it admits one, with
-        nothing awaited before the first attempt, so a cut comes after a failed attempt)."""
-        breaker, cfg, last = self.breakers[k], self.cfg, ["", ""]
-        probe_failed = False
-        request = object()  # this request at this replica, for the breaker's count
-
-        def on_failure(reason: str, detail: str) -> None:
-            nonlocal probe_failed
-            last[:] = reason, detail
-            if not llm.endpoint_fault(reason):
-                breaker.close()  # it answered (a reply `parse` rejects, a 4xx): it is up
-                return
-            probe_failed = probe is not None and probe is breaker.probe
-            was_closed = breaker.open_until is None
-            if breaker.fault(cfg.breaker_failures, cfg.breaker_cooldown_s, probe, request):
-                self.stats[k].opened += 1
-                if was_closed:
-                    log.warning(
-                        "%s: endpoint faults of %d requests in a row (last: %s); no requests "
-                        "for %s s",
-                        self.stats[k].base_url, breaker.failures, reason, cfg.breaker_cooldown_s,
-                    )  # fmt: skip
-
-        result = await self.clients[k].chat(
-            self.requests[i],
-            self.parsers[i],
-            proceed=lambda: breaker.admits(probe),
-            on_failure=on_failure,
-            **self.body,
-        )
-        if result.error is None:
-            breaker.close()
-        cut = result.error == "skipped"
-        if cut:  # the breaker opened: its last failure here is the request's
-            result = ChatResult(error=last[0], detail=last[1])
-        return result, probe_failed, cut
+        """Request `i` at replica `k` under its breaker (`ask_under_breaker`): (its result,
+        whether it was the probe and failed, whether the breaker cut its retries short)."""
+        cfg = self.cfg
+        got = await ask_under_breaker(
+            self.clients[k], self.breakers[k], (cfg.breaker_failures, cfg.breaker_cooldown_s),
+            probe, self.requests[i], self.parsers[i], self.body,
+        )  # fmt: skip
+        if got.opened:
+            self.stats[k].opened += 1
+            if not got.probe_failed:  # opened from closed (a failed probe opens it again)
+                log.warning(
+                    "%s: endpoint faults of %d requests in a row (last: %s); no requests "
+                    "for %s s",
+                    self.stats[k].base_url, self.breakers[k].failures, got.result.error,
+                    cfg.breaker_cooldown_s,
+                )  # fmt: skip
+        return got.result, got.probe_failed, got.cut
 
     def _settle(self, k: int, i: int, result: ChatResult, probe_failed: bool, cut: bool) -> None:
         """Request `i`'s result from replica `k`: final, or handed on to another replica."""

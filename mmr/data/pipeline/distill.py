@@ -11,8 +11,9 @@ For each sample (per shard, requests concurrent through mmr.data.pipeline.client
    several paths per question). The teacher sees the images and the question, never the
    caption, so its reasoning reads the image rather than a text shortcut.
 3. verify: each path's final answer is checked against the ground truth with mmr.rewards
-   (judge optional), as the replies arrive, while later requests are in flight; only verified paths are kept, at most `keep_per_question`, each as its
-   own Sample (id `<id>-<path>` when k > 1, meta `path` and `teacher`).
+   (judge optional), as the replies arrive, while later requests are in flight; only
+   verified paths are kept, at most `keep_per_question`, each as its own Sample (id
+   `<id>-<path>` when k > 1, meta `path` and `teacher`).
 
 Counts: `dropped/verify/<reason>` when no path of a question was right (`judge_fallback`
 when the judge, enabled, could not decide the first); `failed/...` when every request for

@@ -59,7 +59,7 @@ import ray
 from ray.llm._internal.batch.stages.http_request_stage import HttpRequestUDF
 
 from mmr.data.pipeline import ray_executor
-from mmr.data.pipeline.client import Breaker
+from mmr.data.pipeline.client import Breaker, ask_under_breaker
 from mmr.llm.client import ChatResult, Client, Endpoint, Parse, StatusError, endpoint_fault
 
 __all__ = ["chat_many"]
@@ -148,32 +148,16 @@ class MMRRequestUDF(HttpRequestUDF):
     async def _ask(
         self, e: int, probe: object | None, messages: Any, parse: Parse | None
     ) -> tuple[ChatResult, bool]:
-        """One request at endpoint `e` under its breaker: (its result, whether its failure
-        opened the breaker). Its retries stop once the breaker opens."""
-        breaker, request, last = self.breakers[e], object(), ["", ""]
-        failures, cooldown_s = self.breaker
-        opened = False
-
-        def on_failure(reason: str, detail: str) -> None:
-            nonlocal opened
-            last[:] = reason, detail
-            if not endpoint_fault(reason):
-                breaker.close()  # it answered
-            elif breaker.fault(failures, cooldown_s, probe, request):
-                opened = True
-
-        result = await self._client(e).chat(
-            messages, parse, proceed=lambda: breaker.admits(probe), on_failure=on_failure,
-            **self.body,
-        )  # fmt: skip
-        if result.error == "skipped":  # the breaker opened: its last failure is the result
-            result = ChatResult(error=last[0], detail=last[1])
-        if result.error is None or not endpoint_fault(result.error):
-            breaker.close()
+        """One request at endpoint `e` under its breaker (`ask_under_breaker`, as engine
+        openai asks): (its result, whether its failure opened the breaker)."""
+        got = await ask_under_breaker(
+            self._client(e), self.breakers[e], self.breaker, probe, messages, parse, self.body
+        )
+        if got.result.error is None or not endpoint_fault(got.result.error):
             self.down.pop(e, None)
-        elif probe is not None:  # the probe failed: the breaker opened again
-            self.down[e] = result
-        return result, opened
+        elif got.probe_failed:  # the breaker opened again
+            self.down[e] = got.result
+        return got.result, got.opened
 
     def _client(self, e: int) -> Client:
         if e not in self.clients:
