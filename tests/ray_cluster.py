@@ -72,6 +72,13 @@ class RayCluster:
     address: str
     nodes: list[subprocess.Popen]
     client_address: str = ""
+    temp_dir: str = ""
+
+    def logs(self, pattern: str) -> str:
+        """The text of this cluster's log files matching `pattern` (e.g. a server's .err file
+        named in an error), for a failing test to show."""
+        files = sorted(Path(self.temp_dir).glob(f"session_latest/logs/{pattern}"))
+        return "\n".join(f"== {f.name}\n{f.read_text(errors='replace')[-3000:]}" for f in files)
 
     def kill_node(self, index: int) -> None:
         """SIGKILL node `index` and every process it started (its raylet and workers)."""
@@ -132,7 +139,7 @@ def ray_cluster(nodes: int = 2, timeout_s: float = 90.0) -> Iterator[RayCluster]
                 tail = (Path(temp_dir) / "nodes.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"the Ray cluster did not start; `ray start` said:\n{tail}")
             time.sleep(0.5)
-        yield RayCluster(address, started, f"ray://127.0.0.1:{client_port}")
+        yield RayCluster(address, started, f"ray://127.0.0.1:{client_port}", temp_dir)
     finally:
         ray.shutdown()
         _kill_sessions(started)

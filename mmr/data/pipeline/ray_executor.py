@@ -61,9 +61,32 @@ def connect(address: str | None) -> None:
         return
     if address is None:  # "local": a new instance, never another user's cluster found here
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    elif address.startswith("ray://"):
+        _connect_client(address)
     else:
         ray.init(address=address, log_to_driver=False)
     _CONNECTED = True
+
+
+_CLIENT_ATTEMPTS = 3
+
+
+def _connect_client(address: str) -> None:
+    """Ray Client (`ray://`): the head's proxy starts a server process for each driver, and that
+    start fails now and then on a busy head (Ray 2.60: the process exits at once, its log
+    empty; "Starting Ray client server failed"); a new attempt starts a new one."""
+    import ray
+
+    for attempt in range(1, _CLIENT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, log_to_driver=False)
+            return
+        except ConnectionAbortedError as e:  # the server's "Initialization failure"
+            if attempt == _CLIENT_ATTEMPTS:
+                raise
+            reason = str(e).strip().splitlines()[-1]
+            log.warning("Ray Client at %s: %s; connecting again (%d of %d)", address, reason,
+                        attempt + 1, _CLIENT_ATTEMPTS)  # fmt: skip
 
 
 def in_flight_limit(cfg: Any) -> int:

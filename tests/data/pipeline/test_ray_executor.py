@@ -74,6 +74,36 @@ def test_executor_is_local_or_ray(tmp_path, capsys):
     assert "'distill.cot.client.engine' is ray_llm with executor local" in capsys.readouterr().err
 
 
+def test_a_ray_client_connection_is_tried_again_when_the_heads_server_fails_to_start(
+    caplog, monkeypatch
+):
+    # On a busy head Ray Client's per-driver server process sometimes exits at once (Ray 2.60,
+    # seen in CI: "Starting Ray client server failed"), and a second attempt connects. That
+    # failure cannot be caused on demand, so ray.init is faked here: it fails twice, then
+    # connects; a fourth failure would be raised.
+    import ray
+
+    monkeypatch.setattr(ray_executor, "_CONNECTED", False)  # nothing is really connected
+    calls = []
+
+    def init(address, **kwargs):
+        calls.append(address)
+        if len(calls) < 3:
+            raise ConnectionAbortedError("Initialization failure from server:\nRuntimeError: "
+                                         "Starting Ray client server failed.")  # fmt: skip
+
+    with mock.patch.object(ray, "init", init), mock.patch.object(ray, "is_initialized",
+                                                                 return_value=False):  # fmt: skip
+        ray_executor.connect("ray://127.0.0.1:1")
+        assert calls == ["ray://127.0.0.1:1"] * 3
+        assert "Starting Ray client server failed.; connecting again (3 of 3)" in caplog.text
+        calls.clear()
+        monkeypatch.setattr(ray_executor, "_CLIENT_ATTEMPTS", 2)
+        with pytest.raises(ConnectionAbortedError, match="client server failed"):
+            ray_executor.connect("ray://127.0.0.1:1")
+        assert len(calls) == 2
+
+
 def _table(folder: Path):
     return ds.dataset(folder, format="parquet").to_table()
 
@@ -193,7 +223,7 @@ def test_a_ray_client_address_runs_a_stage_as_a_cluster_address_does(tmp_path, r
                 "clean", "--quiet", "--input", str(tasks), "--output", str(tmp_path / out),
                 "shard_rows=10", *overrides]  # fmt: skip
         done = subprocess.run(argv, env=node_env(), capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.returncode == 0, done.stderr[-3000:] + ray_nodes.logs("ray_client_server*")
         report = json.loads((tmp_path / out / "reports" / "clean.json").read_text())
         return {k: v for k, v in report.items() if k not in RUN_DEPENDENT}
 
