@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import mmr.demo
-from mmr.config import ConfigError, load_config
+from mmr.config import ConfigError, config_to_dict, load_config
 from mmr.data.io import read_samples
 from mmr.data.synthetic import recheck_count, teacher_response
 from mmr.demo import (
@@ -24,6 +24,8 @@ from mmr.demo import (
     verl_keys,
 )
 from mmr.eval.stats import sign_test_p, smoothed, wilson_interval
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SMALL = [
     "tasks.train=12",
@@ -269,6 +271,60 @@ def test_rl_overrides_set_verls_run_too():
         verl_keys(["model.freeze=[]"])
     with pytest.raises(ConfigError, match="not key=value"):
         verl_keys(["trainer.max_steps"])
+
+
+# The length ablation's GSPO settings (README's command): they set no data.batch_size.
+ABLATION_RL = ("rl.overrides=[rollout.max_new_tokens=160,reward.length.mode=group,"
+               "reward.length.weight=0.3,optim.lr=1.0e-4,trainer.max_steps=32,"
+               "algorithm.filter_groups.enable=true,algorithm.filter_groups.metric=acc,"
+               "algorithm.filter_groups.max_num_gen_batches=2]")  # fmt: skip
+
+
+@pytest.mark.parametrize("overrides", [[], [ABLATION_RL], ["rl.overrides=[]"]])
+def test_both_engines_run_gspo_with_the_same_settings(overrides):
+    # What `mmr demo` hands each engine (its recipe, rl.verl_overrides, rl.overrides as each
+    # engine's keys) composed as that engine composes it: every GSPO setting the two share
+    # is equal (session 12: an rl.overrides without data.batch_size ran verl at 2 prompts a
+    # step and the debug engine at 4).
+    from mmr.rl.local_config import LocalRLConfig
+    from mmr.rl.train import RLConfig, compose_verl_config
+
+    pytest.importorskip("verl")
+    demo = load_config(DemoConfig, DEFAULT_CONFIG, overrides)
+    local = load_config(LocalRLConfig, ROOT / demo.rl.config, demo.rl.overrides)
+    verl_cfg = load_config(RLConfig, ROOT / demo.rl.verl_config,
+                           [*demo.rl.verl_overrides, *verl_keys(demo.rl.overrides)])  # fmt: skip
+    verl = compose_verl_config(verl_cfg)
+    actor, rollout = verl.actor_rollout_ref.actor, verl.actor_rollout_ref.rollout
+    algo = local.algorithm
+    shared = ("loss_agg_mode", "clip_ratio_low", "clip_ratio_high", "entropy_coeff")
+    shared += ("use_kl_loss", "ppo_epochs")
+    mini = algo.ppo_mini_batch_size or local.data.batch_size  # 0: the whole batch
+    pairs = {
+        "prompts a step": (local.data.batch_size, verl.data.train_batch_size),
+        "mini-batch": (mini, actor.ppo_mini_batch_size),
+        "steps": (local.trainer.max_steps, verl.trainer.total_training_steps),
+        "response tokens": (local.rollout.max_new_tokens, verl.data.max_response_length),
+        **{f"rollout.{k}": (getattr(local.rollout, k), rollout[k]) for k in ("n", "temperature")},
+        **{f"rollout.{k}": (getattr(local.rollout, k), rollout[k]) for k in ("top_p", "top_k")},
+        **{f"algorithm.{k}": (getattr(algo, k), actor[k]) for k in shared},
+        "loss": (algo.loss_mode, actor.policy_loss.loss_mode),
+        "lr": (local.optim.lr, actor.optim.lr),
+        "weight decay": (local.optim.weight_decay, actor.optim.weight_decay),
+        "grad clip": (local.optim.grad_clip, actor.grad_clip),
+        "frozen tower": ("vision_tower" in local.model.freeze, actor.freeze_vision_tower),
+        "filter_groups": (algo.filter_groups.enable, verl.algorithm.filter_groups.enable),
+    }
+    if algo.filter_groups.enable:  # its metric and budget mean something only when on
+        for k in ("metric", "max_num_gen_batches"):
+            pairs[f"filter_groups.{k}"] = (getattr(algo.filter_groups, k),
+                                           verl.algorithm.filter_groups[k])  # fmt: skip
+    differ = {name: pair for name, pair in pairs.items() if pair[0] != pair[1]}
+    assert not differ, differ
+    reward_local, reward_verl = config_to_dict(local.reward), config_to_dict(verl_cfg.reward)
+    for reward in (reward_local, reward_verl):
+        reward["accuracy"].pop("workers")  # where math-verify runs, not what it decides
+    assert reward_local == reward_verl
 
 
 def test_rl_prompts_are_the_train_tasks_of_rl_kinds(tmp_path):
