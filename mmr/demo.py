@@ -173,6 +173,8 @@ _VERL_KEYS = {
     "data.batch_size": ["verl.data.train_batch_size", _ACTOR + "ppo_mini_batch_size"],
     "optim.lr": [_ACTOR + "optim.lr"],
     "trainer.max_steps": ["verl.trainer.total_training_steps", "verl.trainer.save_freq"],
+    # GSPO's own seed (prompt order, sampling), apart from the demo's `seed` (tasks, SFT)
+    "trainer.seed": ["verl.data.seed", _ROLLOUT + "seed"],
     **{f"algorithm.{k}": [_ACTOR + k] for k in _ACTOR_KEYS},
 }
 # Debug-engine keys that only say where or how much to log or save: nothing to pass on.

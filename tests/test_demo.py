@@ -264,6 +264,8 @@ def test_rl_overrides_set_verls_run_too():
     assert {"verl.trainer.total_training_steps=48", "verl.trainer.save_freq=48"} <= set(verl)
     assert "verl.actor_rollout_ref.actor.ppo_mini_batch_size=16" in verl
     assert "verl.algorithm.filter_groups.enable=true" in verl
+    assert verl_keys(["trainer.seed=2"]) == ["verl.data.seed=2",
+                                             "verl.actor_rollout_ref.rollout.seed=2"]  # fmt: skip
     assert verl_keys(["reward.length.weight=0.3", "algorithm.use_kl_loss=true",
                       "trainer.save_steps=0", "reward.accuracy.workers=0"]) == [
         "reward.length.weight=0.3", "verl.actor_rollout_ref.actor.use_kl_loss=true"]  # fmt: skip
