@@ -28,7 +28,8 @@ The stages, each the real command a user would run on real data:
    single-process debug engine (`mmr rl local`, recipes/demo/tiny_gspo.yaml); `rl.engine`
    picks one;
 7. evaluate base, pretrained, SFT and RL on the held-out tasks (`mmr eval`, scored by
-   `mmr.rewards`);
+   `mmr.rewards`), and the RL model's sampled answers as SFT's headroom (what GSPO
+   optimizes);
 8. summary.json, plots (sft_loss.png, rl_reward.png, accuracy.png) and report.md: each
    held-out accuracy with its 95% Wilson interval, RL against SFT by a paired sign test.
 
@@ -331,11 +332,14 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         del models["pretrained"]
     results = evaluate_models(cfg, models, test_file, out / "eval")
     done("eval")
+    # What GSPO optimizes is the sampled answer: RL's pass@1 and pass@n as SFT's above.
+    rl_headroom = sft_headroom(cfg, out / "rl" / "final", test_file, out / "eval", who="rl")
+    done("rl_headroom")
 
     banner(8, "summary, plots and report")
     judged = {"requests": judge.requests, "correct": judge.correct} if judge else None
     summary = summarize_run(cfg, results, headroom, described, pretrained, test_file, out, times,
-                            engine, judged)  # fmt: skip
+                            engine, judged, rl_headroom)  # fmt: skip
     write_plots(out, results, summary)
     write_report(out, cfg, results, summary)
     print_summary(summary, out)
@@ -691,17 +695,18 @@ def evaluate_models(
 
 
 def sft_headroom(
-    cfg: DemoConfig, model: Path, test_file: Path, eval_dir: Path
+    cfg: DemoConfig, model: Path, test_file: Path, eval_dir: Path, who: str = "sft"
 ) -> dict[str, Any] | None:
     """SFT's pass@1 and pass@n per kind from `eval.headroom_n` answers sampled at
     temperature 1.0 per held-out task (eval/sft_headroom): GSPO turns pass@n into pass@1,
     so a kind whose pass@n is no higher than its pass@1 leaves RL nothing to learn. None
-    when off."""
+    when off. `who="rl"`: the same for the RL model (eval/rl_headroom), what GSPO made of it."""
     n = cfg.eval.headroom_n
     if not n:
         return None
-    table = evaluate_models(cfg, {"sft_headroom": model}, test_file, eval_dir, n=n,
-                            temperature=1.0)["sft_headroom"]["table"]  # fmt: skip
+    name = f"{who}_headroom"
+    table = evaluate_models(cfg, {name: model}, test_file, eval_dir, n=n,
+                            temperature=1.0)[name]["table"]  # fmt: skip
     # Intervals count tasks, not answers: the n answers to one task are not independent.
     rows = {
         source: {"tasks": row["questions"], "pass@1": row["accuracy"], "pass@n": row["pass@n"],
@@ -709,7 +714,8 @@ def sft_headroom(
                  "pass@n_ci95": wilson_interval(row["pass@n"], row["questions"])}
         for source, row in table.items()
     }  # fmt: skip
-    print(f"[mmr demo] SFT headroom (n={n}, temperature 1.0): pass@1 {rows['all']['pass@1']:.3f}, "
+    print(f"[mmr demo] {who.upper()} headroom (n={n}, temperature 1.0): "
+          f"pass@1 {rows['all']['pass@1']:.3f}, "
           f"pass@{n} {rows['all']['pass@n']:.3f}", flush=True)  # fmt: skip
     return {"n": n, "temperature": 1.0, "table": rows}
 
@@ -766,9 +772,11 @@ def summarize_run(
     cfg: DemoConfig, results: dict[str, dict[str, Any]], headroom: dict[str, Any] | None,
     described: dict[str, Any], pretrained: Path, test_file: Path, out: Path,
     times: dict[str, float], engine: str, judged: dict[str, int] | None = None,
+    rl_headroom: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """summary.json: accuracies with 95% intervals, format, response lengths, chance,
-    checks, timings; RL against SFT on the same tasks; SFT's headroom (pass@1, pass@n);
+    checks, timings; RL against SFT on the same tasks; SFT's headroom (pass@1, pass@n) and
+    RL's, with the paired test of their sampled accuracy per task (`rl_vs_sft_sampled`);
     the pretraining's description accuracy and cache state; SFT's frozen parts and packing;
     what GSPO's judge was asked (`rl_judge`, None with the judge off)."""
     from mmr.data.io import read_samples
@@ -814,6 +822,14 @@ def summarize_run(
         sft_pass_at_1=headroom["table"]["all"]["pass@1"] if headroom else None,
         sft_pass_at_n=headroom["table"]["all"]["pass@n"] if headroom else None,
         headroom=headroom,
+        rl_pass_at_1=rl_headroom["table"]["all"]["pass@1"] if rl_headroom else None,
+        rl_pass_at_n=rl_headroom["table"]["all"]["pass@n"] if rl_headroom else None,
+        rl_headroom=rl_headroom,
+        rl_vs_sft_sampled=(
+            paired_comparison(out / "eval" / "sft_headroom", out / "eval" / "rl_headroom")
+            if headroom and rl_headroom
+            else None
+        ),
         length_ablation=ablation,
         sft_steps=len(sft_log),
         sft_final_loss=sft_log[-1]["train/loss"] if sft_log else None,
@@ -907,16 +923,19 @@ def length_ablation(results: dict[str, dict[str, Any]], out: Path) -> dict[str, 
 def paired_comparison(first: Path, second: Path) -> dict[str, Any]:
     """Two models on the same tasks (their eval folders): the tasks only one answers right
     (the discordant ones, all a paired test looks at), and the two-sided sign test's
-    p-value that neither is better."""
-    right = [
-        {row["id"]: row["accuracy"] == 1 for row in read_jsonl(folder / "generations.jsonl")}
-        for folder in (first, second)
-    ]
-    only_first = sum(1 for k, ok in right[0].items() if ok and not right[1].get(k, False))
-    only_second = sum(1 for k, ok in right[1].items() if ok and not right[0].get(k, False))
+    p-value that neither is better. With several sampled answers per task (`--n`), a task
+    counts for the model whose answers to it are right more often."""
+    scores = []
+    for folder in (first, second):
+        answers: dict[str, list[float]] = {}
+        for row in read_jsonl(folder / "generations.jsonl"):
+            answers.setdefault(row["id"], []).append(float(row["accuracy"] == 1))
+        scores.append({k: sum(v) / len(v) for k, v in answers.items()})
+    only_first = sum(1 for k, s in scores[0].items() if s > scores[1].get(k, 0.0))
+    only_second = sum(1 for k, s in scores[1].items() if s > scores[0].get(k, 0.0))
     p = sign_test_p(min(only_first, only_second), only_first + only_second)
     return {
-        "tasks": len(right[0].keys() & right[1].keys()),
+        "tasks": len(scores[0].keys() & scores[1].keys()),
         "sft_only_right": only_first,
         "rl_only_right": only_second,
         "discordant": only_first + only_second,

@@ -132,6 +132,7 @@ def write_report(
         *trend_lines(s["rl_sampled_reward"]),
         *judge_lines(s.get("rl_judge")),
         *headroom_lines(s["headroom"]),
+        *rl_headroom_lines(s),
         *ablation_lines(s["length_ablation"]),
         "## Accuracy per task type (held-out, 95% intervals)", "",
         "| data_source | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|",
@@ -200,6 +201,28 @@ def headroom_lines(h: dict[str, Any] | None) -> list[str]:
     ]  # fmt: skip
 
 
+def rl_headroom_lines(s: dict[str, Any]) -> list[str]:
+    """report.md: the RL model's sampled answers beside SFT's (what GSPO optimizes), with
+    the paired test of their per-task accuracy."""
+    sft, rl, paired = s["headroom"], s.get("rl_headroom"), s.get("rl_vs_sft_sampled")
+    if not (sft and rl and paired):
+        return []
+    n = rl["n"]
+    return [
+        f"## Sampled answers after GSPO: {n} per held-out task, temperature {rl['temperature']}",
+        "", "GSPO maximizes the expected reward of a sampled answer: its pass@1 should rise "
+        f"(and pass@{n} may fall as the policy concentrates). 95% intervals over tasks.", "",
+        f"| data_source | SFT pass@1 | RL pass@1 | SFT pass@{n} | RL pass@{n} |",
+        "|---|---|---|---|---|",
+        *(f"| {src} | {sft['table'][src]['pass@1']:.3f} | {r['pass@1']:.3f} "
+          f"{interval(r['pass@1_ci95'])} | {sft['table'][src]['pass@n']:.3f} | "
+          f"{r['pass@n']:.3f} |" for src, r in rl["table"].items()), "",
+        f"Per task, RL's answers are right more often than SFT's on {paired['rl_only_right']} "
+        f"tasks and less often on {paired['sft_only_right']} (two-sided sign test p = "
+        f"{paired['p_value']:.3f}).", "",
+    ]  # fmt: skip
+
+
 def pretrain_lines(cfg: DemoConfig, pt: dict[str, Any]) -> list[str]:
     """report.md's pretraining section."""
     return [
@@ -229,6 +252,8 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
           f"{'all pass' if s['checks']['all'] else s['checks']}")  # fmt: skip
     paired, n = s["rl_vs_sft"], (s["headroom"] or {}).get("n")
     head = f"SFT pass@1 {s['sft_pass_at_1']:.3f}, pass@{n} {s['sft_pass_at_n']:.3f}; " if n else ""
+    if n and s.get("rl_pass_at_1") is not None:
+        head += f"RL pass@1 {s['rl_pass_at_1']:.3f}, pass@{n} {s['rl_pass_at_n']:.3f}; "
     print(f"[mmr demo] {head}RL vs SFT: {paired['discordant']} of {paired['tasks']} tasks "
           f"discordant, sign test p = {paired['p_value']:.3f}")  # fmt: skip
     described = s["pretrain_description_accuracy"]

@@ -175,6 +175,8 @@ def check_demo_outputs(
         "## SFT headroom: 2 answers per held-out task" in report and "| pass@1 | pass@2 |" in report
     )
     assert f"| all | 8 | {summary['sft_pass_at_1']:.3f} [" in report
+    assert "## Sampled answers after GSPO: 2 per held-out task" in report
+    assert f"| all | {summary['sft_pass_at_1']:.3f} | {summary['rl_pass_at_1']:.3f} [" in report
     assert f"{summary['rl_vs_sft']['discordant']} discordant" in report
     # Each model's answer spread per kind, read from its eval table.
     count = summary["per_source"]["rl"]["synthetic/count"]
@@ -235,6 +237,24 @@ def _check_statistics(out: Path, summary: dict, keys: list[str]) -> None:
         == paired["sign_test_p"]
         == sign_test_p(min(only_sft, only_rl), only_sft + only_rl)
     )
+    # RL's sampled answers as SFT's, and the paired test of how often each gets a task right.
+    share = {}
+    for name in ("sft_headroom", "rl_headroom"):
+        rows = [json.loads(line) for line in (out / "eval" / name / "generations.jsonl")
+                .read_text().splitlines()]  # fmt: skip
+        assert len(rows) == 16
+        by_task: dict[str, list[bool]] = {}
+        for row in rows:
+            by_task.setdefault(row["id"], []).append(row["accuracy"] == 1)
+        share[name] = {k: sum(v) / len(v) for k, v in by_task.items()}
+    rl_rows = summary["rl_headroom"]["table"]
+    assert summary["rl_pass_at_1"] == rl_rows["all"]["pass@1"]
+    assert summary["rl_pass_at_1"] == pytest.approx(sum(share["rl_headroom"].values()) / 8)
+    more = sum(share["rl_headroom"][k] > share["sft_headroom"][k] for k in share["rl_headroom"])
+    less = sum(share["rl_headroom"][k] < share["sft_headroom"][k] for k in share["rl_headroom"])
+    sampled = summary["rl_vs_sft_sampled"]
+    assert (sampled["rl_only_right"], sampled["sft_only_right"]) == (more, less)
+    assert sampled["p_value"] == sign_test_p(min(more, less), more + less)
 
 
 def test_wilson_interval():
