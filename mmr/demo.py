@@ -312,7 +312,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
            f"data.train_files=[{selected}]", f"trainer.output_dir={out / 'sft'}",
            f"trainer.seed={cfg.seed}", *cfg.sft.overrides])  # fmt: skip
     done("sft")
-    headroom = sft_headroom(cfg, out / "sft" / "final", test_file, out / "eval")
+    headroom = sampled_headroom(cfg, out / "sft" / "final", test_file, out / "eval")
     done("headroom")
 
     runs = {"rl": []}  # each GSPO run from the SFT model: its extra overrides
@@ -333,7 +333,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     results = evaluate_models(cfg, models, test_file, out / "eval")
     done("eval")
     # What GSPO optimizes is the sampled answer: RL's pass@1 and pass@n as SFT's above.
-    rl_headroom = sft_headroom(cfg, out / "rl" / "final", test_file, out / "eval", who="rl")
+    rl_headroom = sampled_headroom(cfg, out / "rl" / "final", test_file, out / "eval", who="rl")
     done("rl_headroom")
 
     banner(8, "summary, plots and report")
@@ -430,8 +430,8 @@ def rl_on_verl(
            f"verl.actor_rollout_ref.model.path={model}",
            f"verl.data.train_files={data / 'train.parquet'}",
            f"verl.data.val_files={val}",
-           f"verl.trainer.default_local_dir={ckpts}", f"verl.data.seed={cfg.seed}",
-           f"verl.actor_rollout_ref.rollout.seed={cfg.seed}", *cfg.rl.verl_overrides,
+           f"verl.trainer.default_local_dir={ckpts}",
+           *verl_keys([f"trainer.seed={cfg.seed}"]), *cfg.rl.verl_overrides,
            *verl_keys(cfg.rl.overrides), *extra], bin_dir=rl_bin, env=env)  # fmt: skip
     step = (ckpts / "latest_checkpointed_iteration.txt").read_text().strip()
     stage(["rl", "merge", "--checkpoint", str(ckpts / f"global_step_{step}" / "actor"),
@@ -694,13 +694,13 @@ def evaluate_models(
     return results
 
 
-def sft_headroom(
+def sampled_headroom(
     cfg: DemoConfig, model: Path, test_file: Path, eval_dir: Path, who: str = "sft"
 ) -> dict[str, Any] | None:
-    """SFT's pass@1 and pass@n per kind from `eval.headroom_n` answers sampled at
-    temperature 1.0 per held-out task (eval/sft_headroom): GSPO turns pass@n into pass@1,
-    so a kind whose pass@n is no higher than its pass@1 leaves RL nothing to learn. None
-    when off. `who="rl"`: the same for the RL model (eval/rl_headroom), what GSPO made of it."""
+    """A model's pass@1 and pass@n per kind from `eval.headroom_n` answers sampled at
+    temperature 1.0 per held-out task (eval/<who>_headroom). SFT's is its headroom: GSPO
+    turns pass@n into pass@1, so a kind whose pass@n is no higher than its pass@1 leaves RL
+    nothing to learn; RL's (who="rl") is what GSPO made of it. None when off."""
     n = cfg.eval.headroom_n
     if not n:
         return None

@@ -321,14 +321,14 @@ def test_both_engines_run_gspo_with_the_same_settings(overrides):
     algo = local.algorithm
     shared = ("loss_agg_mode", "clip_ratio_low", "clip_ratio_high", "entropy_coeff")
     shared += ("use_kl_loss", "ppo_epochs")
+    sampling = ("n", "temperature", "top_p", "top_k")
     mini = algo.ppo_mini_batch_size or local.data.batch_size  # 0: the whole batch
     pairs = {
         "prompts a step": (local.data.batch_size, verl.data.train_batch_size),
         "mini-batch": (mini, actor.ppo_mini_batch_size),
         "steps": (local.trainer.max_steps, verl.trainer.total_training_steps),
         "response tokens": (local.rollout.max_new_tokens, verl.data.max_response_length),
-        **{f"rollout.{k}": (getattr(local.rollout, k), rollout[k]) for k in ("n", "temperature")},
-        **{f"rollout.{k}": (getattr(local.rollout, k), rollout[k]) for k in ("top_p", "top_k")},
+        **{f"rollout.{k}": (getattr(local.rollout, k), rollout[k]) for k in sampling},
         **{f"algorithm.{k}": (getattr(algo, k), actor[k]) for k in shared},
         "loss": (algo.loss_mode, actor.policy_loss.loss_mode),
         "lr": (local.optim.lr, actor.optim.lr),
