@@ -81,13 +81,18 @@ LEVELS = (1, 2, 3)
 SPLITS = ("train", "test")
 SIZE = 112
 CELL = 28
+# Six colours near the corners of the RGB cube, each far from the hull of the other five
+# (>= 1.2 in units of the image processor's channel std): an orange between red and
+# yellow and a purple near the midpoint of red and blue, as the palette had them, were
+# the colours the demo's frozen-tower SFT model sampled evenly with a neighbour (purple
+# with blue; with purple moved, orange with yellow): issue 16, session 14.
 PALETTE = {
-    "red": (220, 40, 40),
-    "green": (40, 160, 60),
-    "blue": (40, 90, 220),
-    "yellow": (230, 190, 20),
-    "purple": (140, 60, 180),
-    "orange": (245, 130, 30),
+    "red": (220, 30, 30),
+    "green": (30, 190, 40),
+    "blue": (40, 60, 230),
+    "yellow": (235, 215, 20),
+    "purple": (190, 20, 210),
+    "cyan": (20, 200, 220),
 }
 INK = {"black": (0, 0, 0), **PALETTE}
 SHAPES = ("circle", "square", "triangle")
@@ -348,7 +353,7 @@ def _think(meta: dict[str, Any]) -> str:
     Order matters for what a model learns from these traces: a trace that first lists fine
     details (exact sizes, shapes in reading order) lets every later token, the answer
     included, be copied from the trace's own text, so the only image-dependent targets are
-    the hardest ones. Stating the deciding fact first ("the largest shape is orange")
+    the hardest ones. Stating the deciding fact first ("the largest shape is cyan")
     makes the image the only source of that token.
     """
     kind, form, scene = meta["kind"], meta["form"], meta["scene"]
