@@ -172,6 +172,8 @@ _VERL_KEYS = {
     "rollout.top_k": [_ROLLOUT + "top_k"],
     "rollout.max_new_tokens": ["verl.data.max_response_length"],
     "data.batch_size": ["verl.data.train_batch_size", _ACTOR + "ppo_mini_batch_size"],
+    # DAPO's generation batch: verl's own data.gen_batch_size is its dataloader's fetch size
+    "data.gen_batch_size": ["verl.trainer.v1.sampler.sampler_kwargs.+gen_batch_size"],
     "optim.lr": [_ACTOR + "optim.lr"],
     "trainer.max_steps": ["verl.trainer.total_training_steps", "verl.trainer.save_freq"],
     # GSPO's own seed (prompt order, sampling), apart from the demo's `seed` (tasks, SFT)

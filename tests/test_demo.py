@@ -341,6 +341,9 @@ def test_both_engines_run_gspo_with_the_same_settings(overrides):
         for k in ("metric", "max_num_gen_batches"):
             pairs[f"filter_groups.{k}"] = (getattr(algo.filter_groups, k),
                                            verl.algorithm.filter_groups[k])  # fmt: skip
+        sampler = verl.trainer.v1.sampler.sampler_kwargs
+        pairs["prompts a generation batch"] = (local.data.gen_batch_size or local.data.batch_size,
+                                               sampler.get("gen_batch_size") or verl.data.train_batch_size)  # fmt: skip
     differ = {name: pair for name, pair in pairs.items() if pair[0] != pair[1]}
     assert not differ, differ
     reward_local, reward_verl = config_to_dict(local.reward), config_to_dict(verl_cfg.reward)

@@ -74,6 +74,27 @@ class FilterGroupsSection:
             )
 
 
+def check_gen_batch_size(
+    key: str, value: Any, batch_size: int, enabled: bool, enable_key: str
+) -> None:
+    """Refuse a generation batch size (`key`: its config key) that is not 0 (the step's
+    batch size) or an integer >= `batch_size`, or that is set while the filter is off
+    (`enable_key`): without the filter every generated group is trained on, so there is
+    no surplus to choose from."""
+    if value is None or value == 0:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < batch_size:
+        raise ConfigError(
+            f"config key '{key}' must be 0 (the batch size) or an integer >= the step's "
+            f"batch size ({batch_size} prompts), got {value!r}"
+        )
+    if value != batch_size and not enabled:
+        raise ConfigError(
+            f"config key '{key}' ({value}) needs {enable_key}=true: it sizes the generation "
+            "batches that DAPO's group filter chooses from"
+        )
+
+
 def metric_value(metric: str, row: Mapping[str, Any]) -> float:
     """The metric of one scored response (a reward row: score, accuracy, format, length)."""
     return float(row[METRICS[metric]])

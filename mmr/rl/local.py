@@ -212,10 +212,11 @@ def load_prompts(cfg: LocalRLConfig, processor: Any, out: Path) -> list[Prompt]:
             else:
                 prompts.append(Prompt(sample, text))
     (out / "data_stats.json").write_text(json.dumps({"prompts": len(prompts), "skipped": skipped}))
-    if len(prompts) < cfg.data.batch_size:
+    if len(prompts) < max(cfg.data.batch_size, cfg.data.gen_batch_size):
         raise ValueError(
-            f"{len(prompts)} usable prompts (skipped: {dict(skipped)}) is fewer than "
-            f"data.batch_size={cfg.data.batch_size}"
+            f"{len(prompts)} usable prompts (skipped: {dict(skipped)}) is fewer than one "
+            f"batch (data.batch_size={cfg.data.batch_size}, "
+            f"data.gen_batch_size={cfg.data.gen_batch_size})"
         )
     return prompts
 
@@ -263,9 +264,12 @@ def build_actor_config(cfg: LocalRLConfig) -> Any:
     )
 
 
-def next_batch(prompts: list[Prompt], state: TrainerState, cfg: LocalRLConfig) -> list[Prompt]:
-    """The next `data.batch_size` prompts of a seeded per-epoch order (a short tail is skipped)."""
-    size = cfg.data.batch_size
+def next_batch(
+    prompts: list[Prompt], state: TrainerState, cfg: LocalRLConfig, size: int = 0
+) -> list[Prompt]:
+    """The next `size` (default `data.batch_size`) prompts of a seeded per-epoch order (a
+    short tail is skipped)."""
+    size = size or cfg.data.batch_size
     if state.position + size > len(prompts):
         state.epoch, state.position = state.epoch + 1, 0
     order = list(range(len(prompts)))
@@ -409,16 +413,17 @@ def collect_rollouts(
     reward of every rollout generated (`reward/sampled`, `reward/sampled_accuracy`:
     `filter_groups.sampled_metrics`) and the filter's (`train/gen_batches`,
     `train/groups_filtered`, `train/groups_flat_kept`; none when it is off). With
-    `algorithm.filter_groups` each generation batch is the next `data.batch_size` prompts,
-    until the batch has that many groups that differ (`mmr.rl.filter_groups`); `times`
-    adds up the generation and scoring seconds."""
+    `algorithm.filter_groups` each generation batch is the next `data.gen_batch_size`
+    prompts (default `data.batch_size`), until the step has `data.batch_size` groups that
+    differ (`mmr.rl.filter_groups`); `times` adds up the generation and scoring seconds."""
     size, section = cfg.data.batch_size, cfg.algorithm.filter_groups
+    gen_size = (cfg.data.gen_batch_size or size) if section.enable else size
     parts: list[tuple[Rollouts, list[dict[str, Any]]]] = []
     collector = filter_groups.Collector(section, size) if section.enable else None
     while not parts or (collector is not None and collector.wants_more()):
         t0 = time.perf_counter()
-        batch = next_batch(prompts, state, cfg)
-        rollouts = generate_rollouts(model, processor, batch, cfg, device, len(parts) * size)
+        batch = next_batch(prompts, state, cfg, gen_size)
+        rollouts = generate_rollouts(model, processor, batch, cfg, device, len(parts) * gen_size)
         t1 = time.perf_counter()
         rows = score_rollouts(rollouts, cfg.reward)
         times["rollout"] += t1 - t0

@@ -22,7 +22,7 @@ from mmr.config import (
 )
 from mmr.metrics import WandbSection
 from mmr.rewards.config import RewardConfig
-from mmr.rl.filter_groups import FilterGroupsSection
+from mmr.rl.filter_groups import FilterGroupsSection, check_gen_batch_size
 
 
 @dataclass
@@ -36,6 +36,11 @@ class DataSection:
     format: str = "auto"  # auto | mmr | jsonl | mmfinereason | omr_sft (see mmr.data.io)
     image_root: str | None = None  # folder that relative image paths start from
     batch_size: int = 4  # prompts per step (verl: data.train_batch_size)
+    # Prompts per generation batch under algorithm.filter_groups (DAPO's data.gen_batch_size;
+    # verl: trainer.v1.sampler.sampler_kwargs.gen_batch_size); 0: data.batch_size. Above it,
+    # one batch usually holds batch_size groups that differ, where batch_size prompts need
+    # a second batch (the surplus is dropped, as in DAPO).
+    gen_batch_size: int = 0
     max_prompt_length: int = 1024  # longer prompts (image tokens included) are dropped; 0: keep
     shuffle: bool = True  # shuffle prompts each epoch (seeded: resumes reproduce it)
     system_prompt: str | None = None  # prepended as a system turn to every prompt
@@ -137,3 +142,7 @@ class LocalRLConfig:
             )
         positive("optim.warmup_steps", self.optim.warmup_steps, zero_ok=True)
         self.algorithm.filter_groups.check("algorithm.filter_groups")
+        check_gen_batch_size(
+            "data.gen_batch_size", self.data.gen_batch_size, self.data.batch_size,
+            self.algorithm.filter_groups.enable, "algorithm.filter_groups.enable",
+        )  # fmt: skip

@@ -280,7 +280,10 @@ class MMRGroupSampler:
     (after stage 2) are cleared from TransferQueue and verl's refill function (the
     trainer's `_add_prompts_to_generate`) generates another batch of prompts, which
     verl's buffer samples again, until the batch is full or `max_num_gen_batches` is
-    reached (`mmr.rl.filter_groups.Collector`).
+    reached (`mmr.rl.filter_groups.Collector`). `sampler_kwargs.gen_batch_size` (DAPO's
+    generation batch, in prompts; default the step's batch size) makes each generation
+    batch larger: the first step's surplus prompts are submitted as soon as the step
+    samples, so vLLM generates them beside the trainer's batch.
     """
 
     def __init__(
@@ -305,10 +308,20 @@ class MMRGroupSampler:
         self.filter.check("algorithm.filter_groups")
         if self.filter.enable and refill_fn is None:
             raise ValueError("algorithm.filter_groups needs verl's refill_fn to generate more")
+        self.gen_batch_size = kwargs_of.get("gen_batch_size") or 0
 
     def sample(self, global_steps: int, partition_id: str, batch_size: int) -> tuple[Any, dict]:
+        gen_size = batch_size
+        if self.filter.enable and partition_id != "val" and self.gen_batch_size:
+            filter_groups.check_gen_batch_size(  # `mmr rl train` checked it; verl's own CLI not
+                "trainer.v1.sampler.sampler_kwargs.gen_batch_size", self.gen_batch_size,
+                batch_size, True, "algorithm.filter_groups.enable",
+            )  # fmt: skip
+            gen_size = self.gen_batch_size
+            if gen_size > batch_size:  # the trainer submitted batch_size prompts
+                self.refill_fn(gen_size - batch_size)
         batch, metrics = self.buffer.sample(
-            global_steps=global_steps, partition_id=partition_id, batch_size=batch_size
+            global_steps=global_steps, partition_id=partition_id, batch_size=gen_size
         )
         if not batch.keys:
             return batch, metrics
@@ -316,10 +329,10 @@ class MMRGroupSampler:
             rows, _ = self._finish(batch)
             metrics.update(batch_metrics(rows), **filter_groups.sampled_metrics(rows))
             return batch, metrics
-        return self._sample_informative(global_steps, batch, metrics, batch_size)
+        return self._sample_informative(global_steps, batch, metrics, batch_size, gen_size)
 
     def _sample_informative(
-        self, global_steps: int, batch: Any, metrics: dict, batch_size: int
+        self, global_steps: int, batch: Any, metrics: dict, batch_size: int, gen_size: int
     ) -> tuple[Any, dict]:
         """DAPO's dynamic sampling on stage 2's scores (see the class docstring)."""
         import transfer_queue as tq
@@ -334,9 +347,9 @@ class MMRGroupSampler:
             collector.add(rows, uids)
             if not collector.wants_more():
                 break
-            self.refill_fn(batch_size)  # verl's trainer: the next prompts, to generate now
+            self.refill_fn(gen_size)  # verl's trainer: the next prompts, to generate now
             batch, more = self.buffer.sample(
-                global_steps=global_steps, partition_id=batch.partition_id, batch_size=batch_size
+                global_steps=global_steps, partition_id=batch.partition_id, batch_size=gen_size
             )
             for key, value in more.items():  # verl's eviction counts, if any
                 if isinstance(value, int | float):

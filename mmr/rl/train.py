@@ -58,7 +58,7 @@ from mmr.config import ConfigError, config_to_dict, load_config
 from mmr.env_secrets import SECRETS_FILE_ENV, SecretsFileError, load_secrets
 from mmr.metrics import wandb_run_id
 from mmr.rewards.config import RewardConfig
-from mmr.rl.filter_groups import FilterGroupsSection
+from mmr.rl.filter_groups import FilterGroupsSection, check_gen_batch_size
 
 PINNED_VERL = "0.9.1"
 # The one verl key that carries mmr's reward config (RewardConfig as a nested mapping).
@@ -66,6 +66,8 @@ REWARD_CONFIG_KEY = "reward.custom_reward_function.reward_kwargs.config"
 # verl's DAPO section, which mmr's sampler hook follows (mmr.rl.filter_groups).
 FILTER_GROUPS_KEY = "algorithm.filter_groups"
 SAMPLER_KWARGS_KEY = "trainer.v1.sampler.sampler_kwargs"
+# DAPO's generation batch in prompts (mmr.rl.reward.MMRGroupSampler; rl local: data.gen_batch_size).
+GEN_BATCH_SIZE_KEY = f"{SAMPLER_KWARGS_KEY}.gen_batch_size"
 # How often verl's replay buffer looks for finished rollouts (`sampler_kwargs.
 # poll_interval_s`). verl's default, 2 s, is a sleep between looks: every generation batch
 # then ends on the next 2 s tick (1 s lost on average, per batch; two a step with
@@ -229,6 +231,19 @@ def _check_sampler_hook(config: DictConfig) -> None:
     section = FilterGroupsSection.of(OmegaConf.select(config, FILTER_GROUPS_KEY))
     section.check(f"verl.{FILTER_GROUPS_KEY}")
     poll_interval_of(OmegaConf.select(config, f"{SAMPLER_KWARGS_KEY}.poll_interval_s"))
+    check_gen_batch_size(
+        f"verl.{GEN_BATCH_SIZE_KEY}", OmegaConf.select(config, GEN_BATCH_SIZE_KEY),
+        int(config.data.train_batch_size), section.enable, f"verl.{FILTER_GROUPS_KEY}.enable",
+    )  # fmt: skip
+    verl_gen = OmegaConf.select(config, "data.gen_batch_size")
+    if section.enable and verl_gen not in (None, 1):
+        # verl 0.9.1's v1 trainer sets it to 1 under DAPO (its dataloader's fetch size,
+        # trainer_base.py), with only a log line: DAPO's meaning is the sampler's key.
+        raise ConfigError(
+            f"verl.data.gen_batch_size={verl_gen} would be set to 1 by verl {PINNED_VERL} with "
+            f"{FILTER_GROUPS_KEY} on (it is the dataloader's fetch size there); DAPO's "
+            f"generation batch is verl.{GEN_BATCH_SIZE_KEY}"
+        )
 
 
 def _reward_wiring() -> dict[str, Any]:

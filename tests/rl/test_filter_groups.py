@@ -94,6 +94,35 @@ def test_the_section_is_checked_by_key(tmp_path):
     assert cfg.algorithm.filter_groups == FilterGroupsSection(True, "acc", 0)
 
 
+def test_the_generation_batch_size_is_checked_by_key():
+    from mmr.rl.filter_groups import check_gen_batch_size
+
+    key, enable = "data.gen_batch_size", "algorithm.filter_groups.enable"
+    for value in (0, None, 4, 6):  # 0/None: the step's batch size
+        check_gen_batch_size(key, value, 4, True, enable)
+    for bad in (3, -1, 2.5, "6", True):
+        with pytest.raises(
+            ConfigError, match=r"'data\.gen_batch_size'.*>= the step's batch size \(4"
+        ):
+            check_gen_batch_size(key, bad, 4, True, enable)
+    # Without the filter every group is trained on: a larger generation batch is refused.
+    with pytest.raises(
+        ConfigError,
+        match=r"'data\.gen_batch_size' \(6\) needs algorithm\.filter_groups\.enable=true",
+    ):
+        check_gen_batch_size(key, 6, 4, False, enable)
+    check_gen_batch_size(key, 4, 4, False, enable)  # the batch size itself: no change
+
+    # rl local's config checks it when loaded
+    with pytest.raises(ConfigError, match=r"'data\.gen_batch_size' \(8\) needs"):
+        load_config(LocalRLConfig, None, ["data.gen_batch_size=8"])
+    with pytest.raises(ConfigError, match=r"'data\.gen_batch_size'.*got 2"):
+        load_config(LocalRLConfig, None, ["data.batch_size=4", "data.gen_batch_size=2"])
+    cfg = load_config(LocalRLConfig, None, ["data.gen_batch_size=8", "algorithm.filter_groups.enable=true",
+                      "algorithm.filter_groups.metric=acc"])  # fmt: skip
+    assert cfg.data.gen_batch_size == 8
+
+
 def test_sampled_metrics_average_every_rollout_given():
     from mmr.rl.filter_groups import sampled_metrics
 

@@ -486,6 +486,16 @@ def test_filter_groups_stops_at_max_num_gen_batches(tmp_path, inputs):
     assert rollouts.groups == ["0"] * 4 + ["1"] * 4  # the first batch's groups fill it
     assert len(rows) == 8 and {r["accuracy"] for r in rows} == {0.0}
     assert times["rollout"] > 0 and times["reward"] > 0
+    # A generation batch of 3 prompts (DAPO's gen_batch_size): the same limit, 6 prompts
+    # drawn, the batch filled with the first batch's first 2 groups, group ids counting on.
+    cfg.data.gen_batch_size = 3
+    state = local.TrainerState(seed=0)
+    rollouts, rows, metrics = local.collect_rollouts(model, processor, prompts, state, cfg,
+                                                     device, times)  # fmt: skip
+    assert {k: v for k, v in metrics.items() if k.startswith("train/")} == {
+        "train/gen_batches": 2.0, "train/groups_filtered": 4.0, "train/groups_flat_kept": 2.0}  # fmt: skip
+    assert state.position == 6 and rollouts.groups == ["0"] * 4 + ["1"] * 4
+    cfg.data.gen_batch_size = 0
     # Filter off: the batch is everything sampled, and its mean is `reward/sampled`.
     cfg.algorithm.filter_groups.enable = False
     _, rows, metrics = local.collect_rollouts(model, processor, prompts, state, cfg, device, times)

@@ -19,7 +19,7 @@ from transformers import AutoTokenizer
 from verl import DataProto
 from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 
-from mmr.config import config_to_dict, load_config
+from mmr.config import ConfigError, config_to_dict, load_config
 from mmr.rewards import compute_score, score_batch
 from mmr.rl.reward import (
     EXTRA_KEYS,
@@ -332,18 +332,20 @@ def transfer_queue():
         ray.shutdown()
 
 
-def _store(tq, data: DataProto, outs: list[dict], uid_of=lambda uid: uid) -> list[str]:
+def _store(tq, data: DataProto, outs: list[dict], uid_of=lambda uid: uid, only=None) -> list[str]:
     """Prompts and finished rollouts put as verl's trainer and AgentLoopWorkerTQ put them;
-    `uid_of` renames the prompts (a refill's new uids). Returns the rollout keys."""
+    `uid_of` renames the prompts (a refill's new uids), `only` keeps those prompts (by
+    their uid in `data`). Returns the rollout keys."""
     from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
     from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
-    keys = [f"{uid_of(k.split('_')[0])}_{k.split('_', 1)[1]}" for k in _keys(data)]
+    rows = [(i, k) for i, k in enumerate(_keys(data)) if only is None or k.split("_")[0] in only]
+    keys = [f"{uid_of(k.split('_')[0])}_{k.split('_', 1)[1]}" for _, k in rows]
     prompt_len = data.batch["prompts"].shape[1]
     uids = list(dict.fromkeys(k.split("_")[0] for k in keys))
     tags = [{"is_prompt": True, "status": "finished", "global_steps": 1}] * len(uids)
     tq.kv_batch_put(keys=uids, partition_id="train", tags=tags)
-    for i, key in enumerate(keys):
+    for (i, _), key in zip(rows, keys):
         n = int(data.batch["attention_mask"][i, prompt_len:].sum())
         output = AgentLoopOutput(
             prompt_ids=data.batch["prompts"][i].tolist(),
@@ -461,5 +463,41 @@ def test_sampler_hook_drops_all_same_groups_and_refills_through_verls_buffer(
         assert metrics["reward/sampled"] == pytest.approx(
             sum(r["score"] for r in expected) / len(expected)
         )
+    finally:
+        _clear(tq)
+
+
+@pytest.mark.slow
+def test_a_generation_batch_larger_than_the_step_is_submitted_with_it(grouped, transfer_queue):
+    """DAPO's gen_batch_size in the hook: the trainer submitted 2 prompts (g0, g1) for a
+    2-prompt step; with `gen_batch_size: 3` the sampler submits 1 more (g2) before it
+    waits, samples all 3 as one generation batch and keeps the 2 that differ on `format`
+    (g0 is all the same): no second generation batch."""
+    tq = transfer_queue
+    config, data, outs, _ = grouped
+    sampler_cfg = config.trainer.v1.sampler
+    refills: list[int] = []
+
+    def refill(count: int) -> None:
+        refills.append(count)
+        _store(tq, data, outs, only={"g2"})
+
+    sampler = MMRGroupSampler(
+        trainer_mode="sync", trainer_config={}, refill_fn=refill,
+        max_off_policy_threshold=sampler_cfg.max_off_policy_threshold,
+        max_off_policy_strategy=sampler_cfg.max_off_policy_strategy,
+        sampler_kwargs={**sampler_cfg.sampler_kwargs, "gen_batch_size": 3,
+                        "filter_groups": {"enable": True, "metric": "format"}},
+    )  # fmt: skip
+    try:
+        _store(tq, data, outs, only={"g0", "g1"})
+        batch, metrics = sampler.sample(global_steps=1, partition_id="train", batch_size=2)
+        assert refills == [1]
+        assert {key.split("_")[0] for key in batch.keys} == {"g1", "g2"}
+        assert (metrics["reward/gen_batches"], metrics["reward/groups_filtered"],
+                metrics["reward/groups_flat_kept"]) == (1, 1, 0)  # fmt: skip
+        assert set(batch.keys) == set((tq.kv_list() or {}).get("train", {}))  # g0 cleared
+        with pytest.raises(ConfigError, match=r"gen_batch_size'.*>= the step's batch size \(4"):
+            sampler.sample(global_steps=2, partition_id="train", batch_size=4)
     finally:
         _clear(tq)

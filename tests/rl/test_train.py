@@ -171,6 +171,24 @@ def test_filter_groups_reaches_the_sampler_hook_and_its_metric_is_checked():
             train._check_sampler_hook(changed)  # what compose_verl_config runs last
 
 
+def test_dapos_generation_batch_is_the_sampler_key_and_verls_data_key_is_refused():
+    # DAPO's gen_batch_size (prompts per generation batch) is the sampler's key: verl 0.9.1's
+    # v1 trainer sets its own data.gen_batch_size to 1 under the filter, with a log line.
+    on = ["verl.algorithm.filter_groups.enable=true", "verl.algorithm.filter_groups.metric=acc"]
+    key = "verl.trainer.v1.sampler.sampler_kwargs.+gen_batch_size"
+    recipe = RECIPES / "omr_7b_gspo.yaml"  # 128 prompts a step
+    config = compose_verl_config(load_config(RLConfig, recipe, [*on, f"{key}=192"]))
+    assert config.trainer.v1.sampler.sampler_kwargs.gen_batch_size == 192
+    for given, match in [
+        ([*on, f"{key}=64"], r"sampler_kwargs\.gen_batch_size'.*>= the step's batch size \(128"),
+        ([f"{key}=192"], r"gen_batch_size' \(192\) needs verl\.algorithm\.filter_groups\.enable"),
+        ([*on, "verl.data.gen_batch_size=192"], r"verl\.data\.gen_batch_size=192 would be set to 1"),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            compose_verl_config(load_config(RLConfig, recipe, given))
+    compose_verl_config(load_config(RLConfig, recipe, ["verl.data.gen_batch_size=192"]))  # no DAPO
+
+
 def test_the_replay_buffers_poll_interval_is_mmrs_unless_set_and_must_be_positive():
     # verl's replay buffer sleeps poll_interval between looks for finished rollouts (its
     # default 2 s ends every generation batch on a 2 s tick); mmr's sampler passes 0.1 s.
