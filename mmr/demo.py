@@ -21,8 +21,8 @@ The stages, each the real command a user would run on real data:
    traces as the recipe card says: vision tower and projector frozen (checked bit-identical
    afterwards), packed rows, DeepSpeed ZeRO-2; then its headroom: pass@1 against pass@n of
    `eval.headroom_n` sampled answers per held-out task;
-6. GSPO from the SFT model on the train tasks of `rl.kinds` (the recipe leaves out count,
-   at chance after SFT: tasks_rl.parquet): on verl's real trainer (`mmr rl prepare`,
+6. GSPO from the SFT model on the train tasks of `rl.kinds` (the recipe's: `largest`, the
+   kind with headroom after SFT: tasks_rl.parquet): on verl's real trainer (`mmr rl prepare`,
    `mmr rl train` with recipes/demo/tiny_gspo_verl.yaml: vLLM-CPU rollouts, FSDP2 on gloo;
    `mmr rl merge`) where the RL venv is installed (`make setup-rl`), else on the
    single-process debug engine (`mmr rl local`, recipes/demo/tiny_gspo.yaml); `rl.engine`

@@ -155,10 +155,10 @@ def check_demo_outputs(
 
     log = rl_metrics(out / "rl")
     assert len(log) == rl_steps and all(0 <= r["reward/sampled_accuracy"] <= 1 for r in log)
-    # GSPO's prompts are the train tasks of rl.kinds (the recipe: colour and largest).
-    assert summary["config"]["rl"]["kinds"] == ["colour", "largest"]
+    # GSPO's prompts are the train tasks of rl.kinds (the recipe: largest).
+    assert summary["config"]["rl"]["kinds"] == ["largest"]
     rl_tasks = pq.read_table(out / "tasks_rl.parquet").column("source").to_pylist()
-    assert set(rl_tasks) == {"synthetic/colour", "synthetic/largest"}
+    assert set(rl_tasks) == {"synthetic/largest"}
     # A mean total: accuracy 0.9 + format 0.1, and the length terms (weight 0.1 each of the
     # budget and the in-group part) move it below 0 or above 1.
     assert all(-0.25 <= r["reward/sampled"] <= 1.25 for r in log)
@@ -284,6 +284,7 @@ def test_rl_overrides_set_verls_run_too():
     assert {"verl.trainer.total_training_steps=48", "verl.trainer.save_freq=48"} <= set(verl)
     assert "verl.actor_rollout_ref.actor.ppo_mini_batch_size=16" in verl
     assert "verl.algorithm.filter_groups.enable=true" in verl
+    assert "verl.trainer.v1.sampler.sampler_kwargs.+gen_batch_size=24" in verl
     assert verl_keys(["trainer.seed=2"]) == ["verl.data.seed=2",
                                              "verl.actor_rollout_ref.rollout.seed=2"]  # fmt: skip
     assert verl_keys(["reward.length.weight=0.3", "algorithm.use_kl_loss=true",

@@ -59,8 +59,9 @@ def _metrics(path: Path) -> dict[int, dict]:
 # equal, and GSPO's advantages (and gradient) exactly 0.
 SFT_STEPS = 40
 # Enough train prompts for 4 steps of 2 prompts with up to 2 generation batches each (the
-# demo's RL prompts are its train tasks; verl stops where its one epoch ends).
-DEMO_TASKS = 40
+# demo's RL prompts are its train tasks of rl.kinds, `largest`: a third; verl stops where
+# its one epoch ends).
+DEMO_TASKS = 60
 
 
 def _demo_argv(root: Path) -> list[str]:
