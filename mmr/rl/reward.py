@@ -309,6 +309,7 @@ class MMRGroupSampler:
         if self.filter.enable and refill_fn is None:
             raise ValueError("algorithm.filter_groups needs verl's refill_fn to generate more")
         self.gen_batch_size = kwargs_of.get("gen_batch_size") or 0
+        self._surplus_step: int | None = None  # the step whose surplus prompts were submitted
 
     def sample(self, global_steps: int, partition_id: str, batch_size: int) -> tuple[Any, dict]:
         gen_size = batch_size
@@ -318,7 +319,10 @@ class MMRGroupSampler:
                 batch_size, True, "algorithm.filter_groups.enable",
             )  # fmt: skip
             gen_size = self.gen_batch_size
-            if gen_size > batch_size:  # the trainer submitted batch_size prompts
+            # The trainer submitted batch_size prompts; the surplus once a step (a sample
+            # that finds nothing ready, as the async buffers' can, is called again).
+            if gen_size > batch_size and self._surplus_step != global_steps:
+                self._surplus_step = global_steps
                 self.refill_fn(gen_size - batch_size)
         batch, metrics = self.buffer.sample(
             global_steps=global_steps, partition_id=partition_id, batch_size=gen_size

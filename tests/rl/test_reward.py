@@ -497,7 +497,16 @@ def test_a_generation_batch_larger_than_the_step_is_submitted_with_it(grouped, t
         assert (metrics["reward/gen_batches"], metrics["reward/groups_filtered"],
                 metrics["reward/groups_flat_kept"]) == (1, 1, 0)  # fmt: skip
         assert set(batch.keys) == set((tq.kv_list() or {}).get("train", {}))  # g0 cleared
+        # The surplus is submitted once a step: a second sample of step 1 submits none.
+        _clear(tq)
+        _store(tq, data, outs)  # g0, g1, g2: the 3 it waits for, none of them submitted
+        batch, _ = sampler.sample(global_steps=1, partition_id="train", batch_size=2)
+        assert refills == [1] and len(batch.keys) > 0
+        _clear(tq)
+        _store(tq, data, outs, only={"g0", "g1"})  # step 2: the surplus again
+        sampler.sample(global_steps=2, partition_id="train", batch_size=2)
+        assert refills == [1, 1]
         with pytest.raises(ConfigError, match=r"gen_batch_size'.*>= the step's batch size \(4"):
-            sampler.sample(global_steps=2, partition_id="train", batch_size=4)
+            sampler.sample(global_steps=3, partition_id="train", batch_size=4)
     finally:
         _clear(tq)
