@@ -282,8 +282,8 @@ class MMRGroupSampler:
     verl's buffer samples again, until the batch is full or `max_num_gen_batches` is
     reached (`mmr.rl.filter_groups.Collector`). `sampler_kwargs.gen_batch_size` (DAPO's
     generation batch, in prompts; default the step's batch size) makes each generation
-    batch larger: the first step's surplus prompts are submitted as soon as the step
-    samples, so vLLM generates them beside the trainer's batch.
+    batch larger: the surplus of each step's first batch (over the prompts the trainer
+    submitted) is submitted as soon as the step samples, so vLLM generates it beside them.
     """
 
     def __init__(
