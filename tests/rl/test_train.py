@@ -151,6 +151,20 @@ def test_settings_that_bypass_the_sampler_hook_are_refused(setting):
         compose_verl_config(cfg)
 
 
+def test_bypass_mode_needs_the_rollouts_log_probs():
+    # verl's bypass mode reads vLLM's log-probs as the old ones; without them verl fails at
+    # its first step deep in TransferQueue, so composing refuses it, naming both keys.
+    bypass = "verl.algorithm.rollout_correction.bypass_mode=true"
+    off = "verl.actor_rollout_ref.rollout.calculate_log_probs=false"
+    cfg = load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml", [bypass, off])
+    with pytest.raises(ConfigError, match=r"bypass_mode=true.*calculate_log_probs=true"):
+        compose_verl_config(cfg)
+    # verl's own default computes them (its rollout_probs_diff metrics compare them)
+    config = compose_verl_config(load_config(RLConfig, RECIPES / "omr_7b_gspo.yaml", [bypass]))
+    assert config.algorithm.rollout_correction.bypass_mode is True
+    assert config.actor_rollout_ref.rollout.calculate_log_probs is True
+
+
 def test_filter_groups_reaches_the_sampler_hook_and_its_metric_is_checked():
     from omegaconf import OmegaConf
 
