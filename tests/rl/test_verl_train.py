@@ -62,6 +62,7 @@ SFT_STEPS = 40
 # demo's RL prompts are its train tasks of rl.kinds, `largest`: a third; verl stops where
 # its one epoch ends).
 DEMO_TASKS = 60
+BYPASS = "verl.algorithm.rollout_correction.bypass_mode=true"
 
 
 def _demo_argv(root: Path) -> list[str]:
@@ -91,8 +92,9 @@ def verl_runs(tmp_path_factory) -> dict:
     first = run([str(MAIN_BIN / "mmr"), "demo", *_demo_argv(root)], root / "run1.log", env)
     rl_dir = root / "demo" / "rl"
     first["metrics"] = _metrics(rl_dir / "verl_metrics.jsonl")
-    # Run 2: the same command, one step more, as a user extends a run.
-    cmd = [*_train_command(root / "run1.log"), "verl.trainer.total_training_steps=4"]
+    # Run 2: the same command, one step more, as a user extends a run; its old log-probs
+    # vLLM's own (verl's bypass mode, as the demo's rl.verl_overrides set it).
+    cmd = [*_train_command(root / "run1.log"), "verl.trainer.total_training_steps=4", BYPASS]
     env2 = {**env, "VERL_FILE_LOGGER_PATH": str(root / "run2.metrics.jsonl")}
     resumed = run(cmd, root / "run2.log", env2)
     resumed["metrics"] = _metrics(root / "run2.metrics.jsonl")
@@ -207,11 +209,25 @@ def test_verl_run_rollout_and_actor_agree_after_weight_sync(verl_runs):
     # (verl's default, before mmr honoured dtype) this fixture gave mean 3-5e-4, max
     # 0.004-0.11; with vLLM's image normalization broken (load_format dummy): mean
     # 0.05-0.06, max 0.5-0.6.
-    steps = [*verl_runs["first"]["metrics"].values(), *verl_runs["resumed"]["metrics"].values()]
-    for step in steps:
+    for step in verl_runs["first"]["metrics"].values():
         assert step["training/rollout_probs_diff_valid"] == 1
         assert step["training/rollout_probs_diff_mean"] < 1e-3
         assert step["training/rollout_probs_diff_max"] < 0.05
+
+
+def test_verl_run_in_bypass_mode_takes_the_old_log_probs_from_vllm(verl_runs):
+    # Run 2 (bypass mode): no actor pass before the update, hence none of verl's rollout/
+    # actor comparisons; the update's first pass compares the actor with vLLM's log-probs
+    # instead, so its actor/ppo_kl is the rollout/actor KL that run 1's recomputed steps
+    # logged as rollout_corr/kl (this fixture's weak, flat model: ~0.01 a token; the demo's
+    # SFT model: 3e-6 to 1e-5, where GSPO's 3e-4/4e-4 clip then clips nothing).
+    log = (verl_runs["root"] / "run2.log").read_text(errors="replace")
+    assert "'bypass_mode': True" in log
+    (step,) = verl_runs["resumed"]["metrics"].values()
+    assert "training/rollout_probs_diff_mean" not in step
+    recomputed = [m["rollout_corr/kl"] for m in verl_runs["first"]["metrics"].values()]
+    assert 0 < max(recomputed) < 0.05
+    assert abs(step["actor/ppo_kl"]) <= 2 * max(recomputed), (step["actor/ppo_kl"], recomputed)
 
 
 def test_verl_run_resumes_at_the_saved_step(verl_runs):
