@@ -15,7 +15,6 @@ verl generation batch is vLLM's own work. Figures: benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import io
 import time
 from pathlib import Path
 
@@ -29,24 +28,21 @@ def main() -> None:
                         "sends them, instead of one request of n answers per prompt")  # fmt: skip
     args = p.parse_args()
 
-    import pyarrow.parquet as pq
-    from PIL import Image
-    from transformers import AutoProcessor
+    from itertools import islice
+
     from vllm import LLM, SamplingParams
 
+    from mmr.data.chat import decode_images
+    from mmr.data.io import read_samples
+    from mmr.eval.generate import build_prompts
+    from mmr.models import load_processor
+
     model = str(Path(args.demo) / "sft" / "final")
-    processor = AutoProcessor.from_pretrained(model)
-    rows = pq.read_table(Path(args.demo) / "tasks_rl.parquet").slice(0, 32).to_pylist()
-    prompts = []
-    for row in rows:
-        text = row["question"].replace("<image>\n", "")
-        chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-        image = row["images"][0]
-        image = image["bytes"] if isinstance(image, dict) else image
-        prompts.append({
-            "prompt": processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False),
-            "multi_modal_data": {"image": Image.open(io.BytesIO(image)).convert("RGB")},
-        })  # fmt: skip
+    samples = list(islice(read_samples(Path(args.demo) / "tasks_rl.parquet"), 32))
+    # The prompts as `mmr eval --backend vllm` builds them (the chat template, the images).
+    texts = build_prompts(samples, load_processor(model))
+    prompts = [{"prompt": text, "multi_modal_data": {"image": decode_images(sample)}}
+               for sample, text in zip(samples, texts)]  # fmt: skip
     # As the recipe: fp32, eager, 2048 batched tokens, 256 sequences; a third of the memory
     # (vLLM-CPU reserves the fraction up front).
     llm = LLM(model=model, dtype="float32", enforce_eager=True, max_num_seqs=256,
