@@ -121,12 +121,19 @@ class DataSection:
     # The teacher's verbosity: 0..max_rechecks redundant re-checking sentences per trace,
     # by a hash of the task, independent of correctness (teacher_server --max-rechecks).
     max_rechecks: int = 0
+    # The share of option-letter traces (`largest`) whose teacher names the letter at once
+    # instead of reading the options out, by a hash of the task (teacher_server --skip-lookup).
+    skip_lookup: float = 0.0
 
     def __post_init__(self) -> None:
-        from mmr.config import check_choice
-        from mmr.data.synthetic import RECHECKS
+        from mmr.config import ConfigError, check_choice
+        from mmr.data.synthetic import RECHECKS, check_skip_lookup
 
         check_choice("data.max_rechecks", self.max_rechecks, range(len(RECHECKS) + 1))
+        try:
+            check_skip_lookup(self.skip_lookup)
+        except ValueError as err:
+            raise ConfigError(f"data.skip_lookup: {err}") from None
 
 
 @dataclass
@@ -648,7 +655,9 @@ def curate(cfg: DemoConfig, train_file: Path, data_dir: Path) -> Path:
     from mmr.data.teacher_server import RuleTeacher
     from mmr.llm.server import OpenAIServer
 
-    teacher = RuleTeacher([train_file], max_rechecks=cfg.data.max_rechecks)
+    teacher = RuleTeacher(
+        [train_file], max_rechecks=cfg.data.max_rechecks, skip_lookup=cfg.data.skip_lookup
+    )
     server = OpenAIServer(teacher).start()
     try:
         argv = ["run", "--config", recipe(cfg.data.config), "--step", "all", "--input", str(train_file),

@@ -269,6 +269,8 @@ def test_wilson_interval():
 def test_new_keys_are_checked_naming_them(capsys, tmp_path):
     assert main([f"output_dir={tmp_path}", "data.max_rechecks=9"]) == 2
     assert "data.max_rechecks" in capsys.readouterr().err
+    assert main([f"output_dir={tmp_path}", "data.skip_lookup=1.5"]) == 2
+    assert "data.skip_lookup" in capsys.readouterr().err
     assert main([f"output_dir={tmp_path}", "eval.headroom_n=-1"]) == 2
     assert "eval.headroom_n" in capsys.readouterr().err
     assert main([f"output_dir={tmp_path}", "rl.kinds=[colour,bars]"]) == 2

@@ -21,7 +21,9 @@ Everything a task shows lives in `meta` (`kind`, `level`, `form`, `scene`, `opti
 `render(meta)` redraws the image from it, `solve(meta)` gives the answer and
 `teacher_response(meta)` writes a short `<think>` trace that "reads" the scene from it,
 stating the visual fact that decides the answer before deriving the answer from it
-(`max_rechecks=N`: then 0..N redundant re-checks of that fact, a hash of the task).
+(`max_rechecks=N`: then 0..N redundant re-checks of that fact, a hash of the task;
+`skip_lookup=p`: a share p of the option-letter traces name the letter without reading the
+options out, another hash).
 
 `generate_descriptions` draws the same scenes and asks for what they show instead, field by
 field (`describe`: colours, counts, sizes, positions), with `score_description` matching
@@ -63,6 +65,7 @@ __all__ = [
     "KINDS",
     "chance_accuracy",
     "check_max_rechecks",
+    "check_skip_lookup",
     "describe",
     "description_text",
     "generate_descriptions",
@@ -71,6 +74,7 @@ __all__ = [
     "recheck_count",
     "render",
     "score_description",
+    "skips_lookup",
     "solve",
     "teacher_response",
     "write_synthetic",
@@ -347,7 +351,7 @@ def _units(n: int) -> str:
     return f"{n} unit" if n == 1 else f"{n} units"
 
 
-def _think(meta: dict[str, Any]) -> str:
+def _think(meta: dict[str, Any], skip: bool = False) -> str:
     """The trace states the visual fact that decides the answer first, then derives it.
 
     Order matters for what a model learns from these traces: a trace that first lists fine
@@ -375,11 +379,11 @@ def _think(meta: dict[str, Any]) -> str:
                 f"The {x} bar is {_units(values[x])} tall and the {y} bar is "
                 f"{_units(values[y])} tall. {values[x]} - {values[y]} = {answer}."
             )
-        return f"The {form} bar is {_pick(meta)}. {_lookup(meta)}"
-    return f"The largest shape is {_pick(meta)}. {_lookup(meta)}"
+        return f"The {form} bar is {_pick(meta)}{_lookup(meta, skip)}"
+    return f"The largest shape is {_pick(meta)}{_lookup(meta, skip)}"
 
 
-def _lookup(meta: dict[str, Any]) -> str:
+def _lookup(meta: dict[str, Any], skip: bool = False) -> str:
     """The option letter, found by reading the options in order up to the picked colour.
 
     "which is option C" right after the colour asks a model to find that colour among the
@@ -387,11 +391,16 @@ def _lookup(meta: dict[str, Any]) -> str:
     it (it named the largest shape's colour right in 95% of held-out tasks and the letter at
     chance, issue 16). Read out one by one, each step is a copy from the prompt and a yes/no
     comparison with the colour already named, and the letter is the one just written.
+
+    `skip`: the teacher names the letter at once (", which is option C."), the lookup done
+    in its head: as right as the read-out, and a step the tiny student copies only at chance.
     """
     answer = solve(meta)
+    if skip:
+        return f", which is option {answer}. So the answer is {answer}."
     read = [f"option {letter} is {colour}" for letter, colour in zip(LETTERS, meta["options"])]
     read = ", ".join(read[: LETTERS.index(answer) + 1])
-    return f"O{read[1:]}. So the answer is {answer}."
+    return f". O{read[1:]}. So the answer is {answer}."
 
 
 # Redundant re-checks a long-CoT teacher writes, each restating the deciding fact. The
@@ -459,15 +468,40 @@ def _rechecks(meta: dict[str, Any], max_rechecks: int) -> str:
     return "".join(" " + t.format(fact) for t in random.Random(seed).sample(RECHECKS, count))
 
 
-def teacher_response(sample_or_task: Sample | dict[str, Any], max_rechecks: int = 0) -> str:
+def check_skip_lookup(skip_lookup: float) -> None:
+    """ValueError unless 0 <= skip_lookup <= 1 (a share of the option-lookup traces)."""
+    if not (isinstance(skip_lookup, (int, float)) and 0.0 <= skip_lookup <= 1.0):
+        raise ValueError(f"skip_lookup must be a share in [0, 1], got {skip_lookup!r}")
+
+
+def skips_lookup(meta: dict[str, Any], skip_lookup: float) -> bool:
+    """Whether the task's trace names the option letter at once instead of reading the
+    options out (`_lookup`): tasks answered by an option letter only (`largest`, the
+    tallest/shortest `bars`), a share `skip_lookup` of them by a hash of the task's
+    content, so the choice says nothing about the answer or the task's difficulty."""
+    check_skip_lookup(skip_lookup)
+    if meta["kind"] != "largest" and (meta["kind"] != "bars" or meta["form"] == "diff"):
+        return False
+    return int(_task_hash(meta, "skip_lookup")[:8], 16) < skip_lookup * 16**8
+
+
+def teacher_response(
+    sample_or_task: Sample | dict[str, Any], max_rechecks: int = 0, skip_lookup: float = 0.0
+) -> str:
     """A correct, short `<think>...</think>` trace followed by `\\boxed{answer}`.
 
     `max_rechecks` > 0 makes the traces vary in verbosity independently of correctness, as
     long-CoT teachers' do: 0..max_rechecks redundant re-checking sentences (`RECHECKS`,
     `recheck_count`) before `</think>`; the first sentence and the answer stay the same.
+    `skip_lookup` > 0 makes the teacher skip a step in that share of the option-letter
+    traces (`skips_lookup`), as a strong teacher leaves out steps it does in its head: the
+    letter named right after the colour instead of read out from the options. Both
+    traces are correct (the pipeline's answer check keeps both); a small student copies
+    the read-out reliably and the skipped step at chance, so its traces mix a strategy
+    that works with one that does not: what RL on verifiable rewards can choose between.
     """
     meta = sample_or_task.meta if isinstance(sample_or_task, Sample) else sample_or_task
-    think = _think(meta) + _rechecks(meta, max_rechecks)
+    think = _think(meta, skips_lookup(meta, skip_lookup)) + _rechecks(meta, max_rechecks)
     return f"<think>{think}</think>\n\\boxed{{{solve(meta)}}}"
 
 

@@ -41,7 +41,7 @@ from PIL import Image
 
 from mmr.data.io import read_samples
 from mmr.data.schema import IMAGE_PLACEHOLDER
-from mmr.data.synthetic import check_max_rechecks, teacher_response
+from mmr.data.synthetic import check_max_rechecks, check_skip_lookup, teacher_response
 from mmr.llm.server import OpenAIServer
 
 __all__ = ["RuleJudge", "RuleTeacher", "pixel_key"]
@@ -72,9 +72,13 @@ def _request_parts(body: dict[str, Any]) -> tuple[str, list[bytes]]:
 class RuleTeacher:
     """The server's script: a request's JSON body -> the rule teacher's trace, or an error."""
 
-    def __init__(self, task_files: Iterable[str | Path], max_rechecks: int = 0) -> None:
+    def __init__(
+        self, task_files: Iterable[str | Path], max_rechecks: int = 0, skip_lookup: float = 0.0
+    ) -> None:
         check_max_rechecks(max_rechecks)
+        check_skip_lookup(skip_lookup)
         self.max_rechecks = max_rechecks
+        self.skip_lookup = skip_lookup
         self.tasks: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for file in task_files:
             for sample in read_samples(file):
@@ -104,7 +108,9 @@ class RuleTeacher:
             return None
         for question, meta in self.tasks.get(pixel_key(images[0]), []):
             if question in " ".join(text.split()) or question in text:
-                return teacher_response(meta, max_rechecks=self.max_rechecks)
+                return teacher_response(
+                    meta, max_rechecks=self.max_rechecks, skip_lookup=self.skip_lookup
+                )
         return None
 
 
@@ -180,8 +186,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="delay every reply (a model's latency, for throughput benchmarks)")  # fmt: skip
     parser.add_argument("--max-rechecks", type=int, default=0,
                         help="0..N redundant re-checks per trace, by a hash of the task (0: none)")  # fmt: skip
+    parser.add_argument("--skip-lookup", type=float, default=0.0,
+                        help="share of option-letter traces that name the letter without "
+                             "reading the options out, by a hash of the task (0: none)")  # fmt: skip
     args = parser.parse_args(argv)
-    teacher = RuleTeacher(args.tasks, max_rechecks=args.max_rechecks)
+    teacher = RuleTeacher(args.tasks, max_rechecks=args.max_rechecks, skip_lookup=args.skip_lookup)
     server = OpenAIServer(teacher, host=args.host, port=args.port)
     server.latency_s = args.latency_s
     print(f"rule teacher for {sum(map(len, teacher.tasks.values()))} tasks at {server.base_url}")

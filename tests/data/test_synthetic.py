@@ -24,6 +24,7 @@ from mmr.data.synthetic import (
     recheck_count,
     render,
     score_description,
+    skips_lookup,
     teacher_response,
     write_synthetic,
 )
@@ -205,6 +206,42 @@ def test_rechecks_follow_the_task_hash_not_the_answer(train: list[Sample]) -> No
     assert teacher_response(train[0], max_rechecks=0) == train[0].response
     with pytest.raises(ValueError, match="max_rechecks"):
         teacher_response(train[0], max_rechecks=7)
+
+
+def test_skipped_lookups_follow_the_task_hash_and_stay_correct(train: list[Sample]) -> None:
+    skipped, by_answer = Counter(), {}
+    for sample in train:
+        meta = sample.meta
+        lookup = meta["kind"] == "largest" or (meta["kind"] == "bars" and meta["form"] != "diff")
+        short = teacher_response(sample, skip_lookup=0.6)
+        # The same task, the same choice, whatever a pipeline adds to meta.
+        skip = skips_lookup(meta, 0.6)
+        assert skip == skips_lookup({**meta, "path": 0, "teacher": "rule-teacher"}, 0.6)
+        assert not skips_lookup(meta, 0.0) and skips_lookup(meta, 1.0) == lookup
+        assert extract_final_answer(short) == (sample.answer, "boxed")
+        if not skip:
+            assert short == sample.response, short
+            continue
+        assert lookup, meta
+        # The colour the answer turns on, then the letter at once: no option read out.
+        head = sample.response.split(". ")[0]
+        assert short == (
+            f"{head}, which is option {sample.answer}. So the answer is "
+            f"{sample.answer}.</think>\n\\boxed{{{sample.answer}}}"
+        ), short
+        assert "option a is" not in short.lower()
+        skipped[meta["kind"]] += 1
+        by_answer.setdefault(sample.answer, 0)
+        by_answer[sample.answer] += 1
+    n = sum(s.meta["kind"] == "largest" for s in train)
+    assert 0.4 * n < skipped["largest"] < 0.8 * n, (skipped, n)
+    assert set(by_answer) == set("ABCD"), by_answer  # independent of the answer
+    # With re-checks too: the skipped step and the re-checks compose.
+    both = teacher_response(train[0], max_rechecks=3, skip_lookup=1.0)
+    assert both.startswith(teacher_response(train[0], skip_lookup=1.0).split("</think>")[0])
+    for bad in (-0.1, 1.5, "half"):
+        with pytest.raises(ValueError, match="skip_lookup"):
+            teacher_response(train[0], skip_lookup=bad)
 
 
 def test_colour_tasks_show_one_shape_that_shrinks_with_level(train: list[Sample]) -> None:

@@ -67,6 +67,12 @@ def test_max_rechecks_on_the_command_line_reaches_the_traces(tmp_path, monkeypat
     ]
     with pytest.raises(ValueError, match="max_rechecks"):
         RuleTeacher([tmp_path / "t.parquet"], max_rechecks=-1)
+    with pytest.raises(ValueError, match="skip_lookup"):
+        RuleTeacher([tmp_path / "t.parquet"], skip_lookup=2.0)
+    teacher = RuleTeacher([tmp_path / "t.parquet"], skip_lookup=1.0)
+    short = [teacher({"messages": user_message(s, s.question)}) for s in tasks]
+    assert short == [teacher_response(s, skip_lookup=1.0) for s in tasks]
+    assert sum(a != b for a, b in zip(short, texts)) >= 1  # the option-letter tasks' traces
 
 
 def test_rule_judge_answers_mmrs_judge_through_its_real_client():
