@@ -92,6 +92,12 @@ class TasksSection:
     test: int = 200  # held-out test-split tasks every model is evaluated on
     kinds: list[str] = field(default_factory=lambda: ["colour", "count", "largest"])
     levels: list[int] = field(default_factory=lambda: [1])  # difficulty levels used
+    # The train split's kinds, drawn in turn: a kind listed twice gets twice the tasks
+    # (empty: `kinds`). The held-out split always takes `kinds`, one share each.
+    train_kinds: list[str] = field(default_factory=list)
+
+    def train_kinds_or_all(self) -> list[str]:
+        return self.train_kinds or self.kinds
 
 
 @dataclass
@@ -248,11 +254,18 @@ class DemoConfig:
     def __post_init__(self) -> None:
         from mmr.config import ConfigError
 
-        unknown = [k for k in self.rl.kinds if k not in self.tasks.kinds]
+        extra = [k for k in self.tasks.train_kinds if k not in self.tasks.kinds]
+        if extra:
+            raise ConfigError(
+                f"config key 'tasks.train_kinds' names {extra}, which tasks.kinds "
+                f"({', '.join(self.tasks.kinds)}) does not hold out"
+            )
+        train_kinds = self.tasks.train_kinds_or_all()
+        unknown = [k for k in self.rl.kinds if k not in train_kinds]
         if unknown:
             raise ConfigError(
-                f"config key 'rl.kinds' names {unknown}, which tasks.kinds "
-                f"({', '.join(self.tasks.kinds)}) does not generate"
+                f"config key 'rl.kinds' names {unknown}, which the train tasks "
+                f"({', '.join(train_kinds)}) do not include"
             )
 
 
@@ -625,7 +638,7 @@ def write_tasks(cfg: DemoConfig, out: Path) -> tuple[Path, Path]:
 
     kw = {"seed": cfg.seed, "kinds": cfg.tasks.kinds, "levels": cfg.tasks.levels}
     train = write_synthetic(out / "tasks_train.parquet", cfg.tasks.train, split="train",
-                            with_response=False, **kw)  # fmt: skip
+                            with_response=False, **{**kw, "kinds": cfg.tasks.train_kinds_or_all()})  # fmt: skip
     test = write_synthetic(out / "tasks_test.parquet", cfg.tasks.test, split="test", **kw)
     chance = chance_accuracy(generate_tasks(cfg.tasks.test, split="test", **kw))
     print(f"{cfg.tasks.train} train and {cfg.tasks.test} test tasks; chance accuracy {chance:.3f}")
@@ -638,7 +651,7 @@ def rl_prompts(cfg: DemoConfig, train_file: Path, path: Path) -> Path:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    if not cfg.rl.kinds or set(cfg.rl.kinds) >= set(cfg.tasks.kinds):
+    if not cfg.rl.kinds or set(cfg.rl.kinds) >= set(cfg.tasks.train_kinds_or_all()):
         return train_file
     table = pq.read_table(train_file)
     sources = pa.array([f"synthetic/{kind}" for kind in cfg.rl.kinds])

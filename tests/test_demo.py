@@ -275,6 +275,40 @@ def test_new_keys_are_checked_naming_them(capsys, tmp_path):
     assert "eval.headroom_n" in capsys.readouterr().err
     assert main([f"output_dir={tmp_path}", "rl.kinds=[colour,bars]"]) == 2
     assert "'rl.kinds' names ['bars']" in capsys.readouterr().err
+    assert main([f"output_dir={tmp_path}", "tasks.train_kinds=[colour,digits]"]) == 2
+    assert "'tasks.train_kinds' names ['digits']" in capsys.readouterr().err
+    argv = [f"output_dir={tmp_path}", "tasks.train_kinds=[colour,count]", "rl.kinds=[largest]"]
+    assert main(argv) == 2  # GSPO's prompts come from the train tasks
+    assert "'rl.kinds' names ['largest']" in capsys.readouterr().err
+
+
+def test_train_kinds_weight_the_train_split_and_leave_the_test_split_balanced(tmp_path):
+    from collections import Counter
+
+    from mmr.demo import DemoConfig, rl_prompts, write_tasks
+
+    argv = ["tasks.train=40", "tasks.test=30", "tasks.train_kinds=[colour,largest,largest,count]",
+            "rl.kinds=[largest]"]  # fmt: skip
+    cfg = load_config(DemoConfig, None, argv)
+    train, test = write_tasks(cfg, tmp_path)
+    kinds = Counter(s.meta["kind"] for s in read_samples(train))
+    assert kinds == {"colour": 10, "count": 10, "largest": 20}
+    assert Counter(s.meta["kind"] for s in read_samples(test)) == {
+        "colour": 10,
+        "count": 10,
+        "largest": 10,
+    }
+    prompts = list(read_samples(rl_prompts(cfg, train, tmp_path / "rl.parquet")))
+    assert len(prompts) == 20 and {s.meta["kind"] for s in prompts} == {"largest"}
+    # Without train_kinds both splits take tasks.kinds.
+    cfg = load_config(DemoConfig, None, ["tasks.train=30", "tasks.test=30"])
+    (tmp_path / "plain").mkdir()
+    train, _ = write_tasks(cfg, tmp_path / "plain")
+    assert Counter(s.meta["kind"] for s in read_samples(train)) == {
+        "colour": 10,
+        "count": 10,
+        "largest": 10,
+    }
 
 
 def test_rl_overrides_set_verls_run_too():
