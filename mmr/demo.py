@@ -855,6 +855,11 @@ def summarize_run(
             else None
         ),
         length_ablation=ablation,
+        lookup_strategy={
+            name: lookup_strategies(out / "eval" / name)
+            for name in ("sft", "rl", "sft_headroom", "rl_headroom")
+            if (out / "eval" / name / "generations.jsonl").exists()
+        },
         sft_steps=len(sft_log),
         sft_final_loss=sft_log[-1]["train/loss"] if sft_log else None,
         rl_steps=len(rl_log),
@@ -942,6 +947,34 @@ def length_ablation(results: dict[str, dict[str, Any]], out: Path) -> dict[str, 
             "length_term_keeps_thinking": on["empty_think_share"] <= off["empty_think_share"],
         },
     }
+
+
+# How an answer to an option-letter task found its letter (the rule teacher's two traces,
+# mmr.data.synthetic._lookup): read the options out up to the colour, or named it at once.
+_READ_OUT = re.compile(r"\b[Oo]ption A is ")
+_SKIPPED = ", which is option "
+
+
+def lookup_strategies(folder: Path) -> dict[str, Any] | None:
+    """The option-letter answers (gold A-D) of an eval folder by how they found the letter:
+    `read_out`, `skipped` or `other`, each with its count and accuracy, and the read-out
+    share. What GSPO can choose between where the teacher skipped the lookup in some traces
+    (data.skip_lookup); None without such answers."""
+    rows = [r for r in read_jsonl(folder / "generations.jsonl")
+            if str(r.get("ground_truth")) in ("A", "B", "C", "D")]  # fmt: skip
+    if not rows:
+        return None
+    found: dict[str, list[float]] = {"read_out": [], "skipped": [], "other": []}
+    for row in rows:
+        text = str(row.get("response") or "")
+        way = "skipped" if _SKIPPED in text else "read_out" if _READ_OUT.search(text) else "other"
+        found[way].append(float(row["accuracy"] == 1))
+    table: dict[str, Any] = {
+        way: {"answers": len(v), "accuracy": round(sum(v) / len(v), 4) if v else None}
+        for way, v in found.items()
+    }
+    table["read_out_share"] = round(len(found["read_out"]) / len(rows), 4)
+    return table
 
 
 def paired_comparison(first: Path, second: Path) -> dict[str, Any]:

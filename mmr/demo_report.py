@@ -134,6 +134,7 @@ def write_report(
         *headroom_lines(s["headroom"]),
         *rl_headroom_lines(s),
         *ablation_lines(s["length_ablation"]),
+        *strategy_lines(s.get("lookup_strategy") or {}),
         "## Accuracy per task type (held-out, 95% intervals)", "",
         "| data_source | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|",
     ]  # fmt: skip
@@ -162,6 +163,23 @@ def write_report(
 
 def interval(ci: list[float]) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def strategy_lines(tables: dict[str, Any]) -> list[str]:
+    """report.md's lookup section: how each model's option-letter answers found the letter."""
+    tables = {name: t for name, t in tables.items() if t}
+    if not tables:
+        return []
+    lines = ["## How the option-letter answers found the letter", "",
+             "Read the options out up to the named colour, or named the letter at once (the "
+             "teacher's skipped lookup, data.skip_lookup): answers (accuracy).", "",
+             "| answers of | read out | skipped | other | read-out share |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for name, t in tables.items():
+        cells = [f"{t[w]['answers']} ({t[w]['accuracy']:.3f})" if t[w]["answers"] else "0"
+                 for w in ("read_out", "skipped", "other")]  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {t['read_out_share']:.3f} |")
+    return [*lines, ""]
 
 
 def ablation_lines(a: dict[str, Any] | None) -> list[str]:
@@ -256,6 +274,11 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
         head += f"RL pass@1 {s['rl_pass_at_1']:.3f}, pass@{n} {s['rl_pass_at_n']:.3f}; "
     print(f"[mmr demo] {head}RL vs SFT: {paired['discordant']} of {paired['tasks']} tasks "
           f"discordant, sign test p = {paired['p_value']:.3f}")  # fmt: skip
+    ways = s.get("lookup_strategy") or {}
+    if ways.get("sft") and ways.get("rl"):
+        print("[mmr demo] option-letter answers that read the options out: "
+              + ", ".join(f"{name.upper()} {ways[name]['read_out_share']:.3f}"
+                          for name in ("sft", "rl")))  # fmt: skip
     described = s["pretrain_description_accuracy"]
     print(f"[mmr demo] pretrained (cache {s['pretrain_cache']}): held-out description "
           f"accuracy {'n/a' if described is None else f'{described:.3f}'}; SFT froze "

@@ -18,6 +18,7 @@ from mmr.demo import (
     DEFAULT_CONFIG,
     DemoConfig,
     empty_think_share,
+    lookup_strategies,
     main,
     pretrain,
     pretrain_key,
@@ -426,6 +427,38 @@ def test_empty_think_share():
     responses = ["<think>The shape is red.</think>\\boxed{red}", "<think> \n</think>\\boxed{1}",
                  "\\boxed{2}", "<think>\nI count.\n</think> \\boxed{3}"]  # fmt: skip
     assert empty_think_share(responses) == 0.5 and empty_think_share([]) == 0.0
+
+
+def test_lookup_strategies_sort_option_answers_by_how_they_found_the_letter(tmp_path):
+    from mmr.data.synthetic import generate_tasks
+    from mmr.demo_report import strategy_lines
+
+    tasks = generate_tasks(6, kinds=["largest"], levels=[1])
+    rows = [  # the teacher's own two traces, one wrong answer of each, and two others
+        {"id": "a", "ground_truth": tasks[0].answer, "accuracy": 1.0,
+         "response": teacher_response(tasks[0])},
+        {"id": "b", "ground_truth": tasks[1].answer, "accuracy": 0.0,
+         "response": teacher_response(tasks[1])},
+        {"id": "c", "ground_truth": tasks[2].answer, "accuracy": 1.0,
+         "response": teacher_response(tasks[2], skip_lookup=1.0)},
+        {"id": "d", "ground_truth": tasks[3].answer, "accuracy": 0.0,
+         "response": teacher_response(tasks[3], skip_lookup=1.0)},
+        {"id": "e", "ground_truth": "B", "accuracy": 0.0, "response": "<think>B</think>"},
+        {"id": "f", "ground_truth": "3", "accuracy": 1.0, "response": "Option A is red"},
+    ]  # fmt: skip
+    (tmp_path / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = lookup_strategies(tmp_path)
+    assert table == {
+        "read_out": {"answers": 2, "accuracy": 0.5},
+        "skipped": {"answers": 2, "accuracy": 0.5},
+        "other": {"answers": 1, "accuracy": 0.0},
+        "read_out_share": 0.4,  # of the 5 option-letter answers (f's gold is a number)
+    }
+    lines = strategy_lines({"sft": table, "rl": None})
+    assert "| sft | 2 (0.500) | 2 (0.500) | 1 (0.000) | 0.400 |" in lines
+    assert not any(line.startswith("| rl ") for line in lines)
+    (tmp_path / "generations.jsonl").write_text(json.dumps(rows[-1]) + "\n")
+    assert lookup_strategies(tmp_path) is None and strategy_lines({"sft": None}) == []
 
 
 def test_sign_test_p():
