@@ -130,12 +130,14 @@ class DataSection:
     # The share of option-letter traces (`largest`) whose teacher names the letter at once
     # instead of reading the options out, by a hash of the task (teacher_server --skip-lookup).
     skip_lookup: float = 0.0
+    skip_form: str = "lookup"  # what those traces leave out: the lookup, or every step (answer)
 
     def __post_init__(self) -> None:
         from mmr.config import ConfigError, check_choice
-        from mmr.data.synthetic import RECHECKS, check_skip_lookup
+        from mmr.data.synthetic import RECHECKS, SKIP_FORMS, check_skip_lookup
 
         check_choice("data.max_rechecks", self.max_rechecks, range(len(RECHECKS) + 1))
+        check_choice("data.skip_form", self.skip_form, SKIP_FORMS)
         try:
             check_skip_lookup(self.skip_lookup)
         except ValueError as err:
@@ -669,7 +671,10 @@ def curate(cfg: DemoConfig, train_file: Path, data_dir: Path) -> Path:
     from mmr.llm.server import OpenAIServer
 
     teacher = RuleTeacher(
-        [train_file], max_rechecks=cfg.data.max_rechecks, skip_lookup=cfg.data.skip_lookup
+        [train_file],
+        max_rechecks=cfg.data.max_rechecks,
+        skip_lookup=cfg.data.skip_lookup,
+        skip_form=cfg.data.skip_form,
     )
     server = OpenAIServer(teacher).start()
     try:
@@ -952,7 +957,7 @@ def length_ablation(results: dict[str, dict[str, Any]], out: Path) -> dict[str, 
 # How an answer to an option-letter task found its letter (the rule teacher's two traces,
 # mmr.data.synthetic._lookup): read the options out up to the colour, or named it at once.
 _READ_OUT = re.compile(r"\b[Oo]ption A is ")
-_SKIPPED = ", which is option "
+_SKIPPED = re.compile(r", which is option |\bThe answer is option ")
 
 
 def lookup_strategies(folder: Path) -> dict[str, Any] | None:
@@ -967,7 +972,13 @@ def lookup_strategies(folder: Path) -> dict[str, Any] | None:
     found: dict[str, list[float]] = {"read_out": [], "skipped": [], "other": []}
     for row in rows:
         text = str(row.get("response") or "")
-        way = "skipped" if _SKIPPED in text else "read_out" if _READ_OUT.search(text) else "other"
+        way = (
+            "skipped"
+            if _SKIPPED.search(text)
+            else "read_out"
+            if _READ_OUT.search(text)
+            else "other"
+        )
         found[way].append(float(row["accuracy"] == 1))
     table: dict[str, Any] = {
         way: {"answers": len(v), "accuracy": round(sum(v) / len(v), 4) if v else None}

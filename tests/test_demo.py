@@ -272,6 +272,8 @@ def test_new_keys_are_checked_naming_them(capsys, tmp_path):
     assert "data.max_rechecks" in capsys.readouterr().err
     assert main([f"output_dir={tmp_path}", "data.skip_lookup=1.5"]) == 2
     assert "data.skip_lookup" in capsys.readouterr().err
+    assert main([f"output_dir={tmp_path}", "data.skip_form=colour"]) == 2
+    assert "data.skip_form" in capsys.readouterr().err
     assert main([f"output_dir={tmp_path}", "eval.headroom_n=-1"]) == 2
     assert "eval.headroom_n" in capsys.readouterr().err
     assert main([f"output_dir={tmp_path}", "rl.kinds=[colour,bars]"]) == 2
@@ -444,18 +446,20 @@ def test_lookup_strategies_sort_option_answers_by_how_they_found_the_letter(tmp_
         {"id": "d", "ground_truth": tasks[3].answer, "accuracy": 0.0,
          "response": teacher_response(tasks[3], skip_lookup=1.0)},
         {"id": "e", "ground_truth": "B", "accuracy": 0.0, "response": "<think>B</think>"},
+        {"id": "g", "ground_truth": tasks[4].answer, "accuracy": 1.0,
+         "response": teacher_response(tasks[4], skip_lookup=1.0, skip_form="answer")},
         {"id": "f", "ground_truth": "3", "accuracy": 1.0, "response": "Option A is red"},
     ]  # fmt: skip
     (tmp_path / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     table = lookup_strategies(tmp_path)
     assert table == {
         "read_out": {"answers": 2, "accuracy": 0.5},
-        "skipped": {"answers": 2, "accuracy": 0.5},
+        "skipped": {"answers": 3, "accuracy": 0.6667},
         "other": {"answers": 1, "accuracy": 0.0},
-        "read_out_share": 0.4,  # of the 5 option-letter answers (f's gold is a number)
+        "read_out_share": 0.3333,  # of the 6 option-letter answers (f's gold is a number)
     }
     lines = strategy_lines({"sft": table, "rl": None})
-    assert "| sft | 2 (0.500) | 2 (0.500) | 1 (0.000) | 0.400 |" in lines
+    assert "| sft | 2 (0.500) | 3 (0.667) | 1 (0.000) | 0.333 |" in lines
     assert not any(line.startswith("| rl ") for line in lines)
     (tmp_path / "generations.jsonl").write_text(json.dumps(rows[-1]) + "\n")
     assert lookup_strategies(tmp_path) is None and strategy_lines({"sft": None}) == []

@@ -63,6 +63,7 @@ from mmr.data.schema import IMAGE_PLACEHOLDER, Sample
 
 __all__ = [
     "KINDS",
+    "SKIP_FORMS",
     "chance_accuracy",
     "check_max_rechecks",
     "check_skip_lookup",
@@ -351,7 +352,7 @@ def _units(n: int) -> str:
     return f"{n} unit" if n == 1 else f"{n} units"
 
 
-def _think(meta: dict[str, Any], skip: bool = False) -> str:
+def _think(meta: dict[str, Any], skip: bool = False, skip_form: str = "lookup") -> str:
     """The trace states the visual fact that decides the answer first, then derives it.
 
     Order matters for what a model learns from these traces: a trace that first lists fine
@@ -362,6 +363,8 @@ def _think(meta: dict[str, Any], skip: bool = False) -> str:
     """
     kind, form, scene = meta["kind"], meta["form"], meta["scene"]
     answer = solve(meta)
+    if skip and skip_form == "answer":  # the letter alone: no colour named, nothing read out
+        return f"The answer is option {answer}."
     if kind == "colour":
         return f"The {scene['objects'][0]['shape']} in the image is {answer}."
     if kind == "count":
@@ -468,10 +471,18 @@ def _rechecks(meta: dict[str, Any], max_rechecks: int) -> str:
     return "".join(" " + t.format(fact) for t in random.Random(seed).sample(RECHECKS, count))
 
 
-def check_skip_lookup(skip_lookup: float) -> None:
-    """ValueError unless 0 <= skip_lookup <= 1 (a share of the option-lookup traces)."""
+# What a skipped trace leaves out: the lookup ("The largest shape is green, which is
+# option B."), or every step ("The answer is option B.").
+SKIP_FORMS = ("lookup", "answer")
+
+
+def check_skip_lookup(skip_lookup: float, skip_form: str = "lookup") -> None:
+    """ValueError unless 0 <= skip_lookup <= 1 (a share of the option-lookup traces) and
+    skip_form is one of SKIP_FORMS."""
     if not (isinstance(skip_lookup, (int, float)) and 0.0 <= skip_lookup <= 1.0):
         raise ValueError(f"skip_lookup must be a share in [0, 1], got {skip_lookup!r}")
+    if skip_form not in SKIP_FORMS:
+        raise ValueError(f"skip_form must be one of {SKIP_FORMS}, got {skip_form!r}")
 
 
 def skips_lookup(meta: dict[str, Any], skip_lookup: float) -> bool:
@@ -486,7 +497,10 @@ def skips_lookup(meta: dict[str, Any], skip_lookup: float) -> bool:
 
 
 def teacher_response(
-    sample_or_task: Sample | dict[str, Any], max_rechecks: int = 0, skip_lookup: float = 0.0
+    sample_or_task: Sample | dict[str, Any],
+    max_rechecks: int = 0,
+    skip_lookup: float = 0.0,
+    skip_form: str = "lookup",
 ) -> str:
     """A correct, short `<think>...</think>` trace followed by `\\boxed{answer}`.
 
@@ -499,9 +513,13 @@ def teacher_response(
     traces are correct (the pipeline's answer check keeps both); a small student copies
     the read-out reliably and the skipped step at chance, so its traces mix a strategy
     that works with one that does not: what RL on verifiable rewards can choose between.
+    `skip_form="answer"` skips every step of those traces ("The answer is option B."), as
+    a teacher that answers an easy-looking question without reasoning.
     """
     meta = sample_or_task.meta if isinstance(sample_or_task, Sample) else sample_or_task
-    think = _think(meta, skips_lookup(meta, skip_lookup)) + _rechecks(meta, max_rechecks)
+    check_skip_lookup(skip_lookup, skip_form)
+    skip = skips_lookup(meta, skip_lookup)
+    think = _think(meta, skip, skip_form) + _rechecks(meta, max_rechecks)
     return f"<think>{think}</think>\n\\boxed{{{solve(meta)}}}"
 
 

@@ -41,7 +41,12 @@ from PIL import Image
 
 from mmr.data.io import read_samples
 from mmr.data.schema import IMAGE_PLACEHOLDER
-from mmr.data.synthetic import check_max_rechecks, check_skip_lookup, teacher_response
+from mmr.data.synthetic import (
+    SKIP_FORMS,
+    check_max_rechecks,
+    check_skip_lookup,
+    teacher_response,
+)
 from mmr.llm.server import OpenAIServer
 
 __all__ = ["RuleJudge", "RuleTeacher", "pixel_key"]
@@ -73,12 +78,16 @@ class RuleTeacher:
     """The server's script: a request's JSON body -> the rule teacher's trace, or an error."""
 
     def __init__(
-        self, task_files: Iterable[str | Path], max_rechecks: int = 0, skip_lookup: float = 0.0
+        self,
+        task_files: Iterable[str | Path],
+        max_rechecks: int = 0,
+        skip_lookup: float = 0.0,
+        skip_form: str = "lookup",
     ) -> None:
         check_max_rechecks(max_rechecks)
-        check_skip_lookup(skip_lookup)
+        check_skip_lookup(skip_lookup, skip_form)
         self.max_rechecks = max_rechecks
-        self.skip_lookup = skip_lookup
+        self.skip_lookup, self.skip_form = skip_lookup, skip_form
         self.tasks: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for file in task_files:
             for sample in read_samples(file):
@@ -109,7 +118,10 @@ class RuleTeacher:
         for question, meta in self.tasks.get(pixel_key(images[0]), []):
             if question in " ".join(text.split()) or question in text:
                 return teacher_response(
-                    meta, max_rechecks=self.max_rechecks, skip_lookup=self.skip_lookup
+                    meta,
+                    max_rechecks=self.max_rechecks,
+                    skip_lookup=self.skip_lookup,
+                    skip_form=self.skip_form,
                 )
         return None
 
@@ -189,8 +201,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--skip-lookup", type=float, default=0.0,
                         help="share of option-letter traces that name the letter without "
                              "reading the options out, by a hash of the task (0: none)")  # fmt: skip
+    parser.add_argument("--skip-form", default="lookup", choices=SKIP_FORMS,
+                        help="what a skipped trace leaves out: the lookup, or every step")  # fmt: skip
     args = parser.parse_args(argv)
-    teacher = RuleTeacher(args.tasks, max_rechecks=args.max_rechecks, skip_lookup=args.skip_lookup)
+    teacher = RuleTeacher(args.tasks, max_rechecks=args.max_rechecks,
+                          skip_lookup=args.skip_lookup, skip_form=args.skip_form)  # fmt: skip
     server = OpenAIServer(teacher, host=args.host, port=args.port)
     server.latency_s = args.latency_s
     print(f"rule teacher for {sum(map(len, teacher.tasks.values()))} tasks at {server.base_url}")

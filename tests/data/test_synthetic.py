@@ -242,6 +242,17 @@ def test_skipped_lookups_follow_the_task_hash_and_stay_correct(train: list[Sampl
     for bad in (-0.1, 1.5, "half"):
         with pytest.raises(ValueError, match="skip_lookup"):
             teacher_response(train[0], skip_lookup=bad)
+    # skip_form="answer": the same tasks skip every step, the letter alone.
+    for sample in train:
+        bare = teacher_response(sample, skip_lookup=0.6, skip_form="answer")
+        if skips_lookup(sample.meta, 0.6):
+            assert bare == (
+                f"<think>The answer is option {sample.answer}.</think>\n\\boxed{{{sample.answer}}}"
+            )
+        else:
+            assert bare == sample.response
+    with pytest.raises(ValueError, match="skip_form"):
+        teacher_response(train[0], skip_lookup=0.5, skip_form="colour")
 
 
 def test_colour_tasks_show_one_shape_that_shrinks_with_level(train: list[Sample]) -> None:
