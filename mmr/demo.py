@@ -954,12 +954,6 @@ def length_ablation(results: dict[str, dict[str, Any]], out: Path) -> dict[str, 
     }
 
 
-# How an answer to an option-letter task found its letter (the rule teacher's two traces,
-# mmr.data.synthetic._lookup): read the options out up to the colour, or named it at once.
-_READ_OUT = re.compile(r"\b[Oo]ption A is ")
-_SKIPPED = re.compile(r", which is option |\bThe answer is option ")
-
-
 def lookup_strategies(folder: Path) -> dict[str, Any] | None:
     """The option-letter answers (gold A-D) of an eval folder by how they found the letter:
     `read_out`, `skipped` or `other`, each with its count and accuracy, and the read-out
@@ -969,17 +963,11 @@ def lookup_strategies(folder: Path) -> dict[str, Any] | None:
             if str(r.get("ground_truth")) in ("A", "B", "C", "D")]  # fmt: skip
     if not rows:
         return None
+    from mmr.data.synthetic import lookup_way
+
     found: dict[str, list[float]] = {"read_out": [], "skipped": [], "other": []}
     for row in rows:
-        text = str(row.get("response") or "")
-        way = (
-            "skipped"
-            if _SKIPPED.search(text)
-            else "read_out"
-            if _READ_OUT.search(text)
-            else "other"
-        )
-        found[way].append(float(row["accuracy"] == 1))
+        found[lookup_way(str(row.get("response") or ""))].append(float(row["accuracy"] == 1))
     table: dict[str, Any] = {
         way: {"answers": len(v), "accuracy": round(sum(v) / len(v), 4) if v else None}
         for way, v in found.items()

@@ -51,6 +51,7 @@ import hashlib
 import io
 import json
 import random
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -71,6 +72,7 @@ __all__ = [
     "description_text",
     "generate_descriptions",
     "generate_tasks",
+    "lookup_way",
     "parse_description",
     "recheck_count",
     "render",
@@ -364,7 +366,7 @@ def _think(meta: dict[str, Any], skip: bool = False, skip_form: str = "lookup") 
     kind, form, scene = meta["kind"], meta["form"], meta["scene"]
     answer = solve(meta)
     if skip and skip_form == "answer":  # the letter alone: no colour named, nothing read out
-        return f"The answer is option {answer}."
+        return f"{SKIPPED_ANSWER}{answer}."
     if kind == "colour":
         return f"The {scene['objects'][0]['shape']} in the image is {answer}."
     if kind == "count":
@@ -400,7 +402,7 @@ def _lookup(meta: dict[str, Any], skip: bool = False) -> str:
     """
     answer = solve(meta)
     if skip:
-        return f", which is option {answer}. So the answer is {answer}."
+        return f"{SKIPPED_LOOKUP}{answer}. So the answer is {answer}."
     read = [f"option {letter} is {colour}" for letter, colour in zip(LETTERS, meta["options"])]
     read = ", ".join(read[: LETTERS.index(answer) + 1])
     return f". O{read[1:]}. So the answer is {answer}."
@@ -472,8 +474,19 @@ def _rechecks(meta: dict[str, Any], max_rechecks: int) -> str:
 
 
 # What a skipped trace leaves out: the lookup ("The largest shape is green, which is
-# option B."), or every step ("The answer is option B.").
+# option B."), or every step ("The answer is option B."). The words before the letter of
+# each, written by `_lookup` / `_think` and read back by `lookup_way`.
 SKIP_FORMS = ("lookup", "answer")
+SKIPPED_LOOKUP, SKIPPED_ANSWER = ", which is option ", "The answer is option "
+_READ_OUT = re.compile(r"\b[Oo]ption A is ")  # `_lookup`'s read-out always starts at A
+
+
+def lookup_way(text: str) -> str:
+    """How a response to an option-letter task found its letter, in the teacher's words:
+    `skipped` (either skip form), `read_out` (the options read out in order) or `other`."""
+    if SKIPPED_LOOKUP in text or SKIPPED_ANSWER in text:
+        return "skipped"
+    return "read_out" if _READ_OUT.search(text) else "other"
 
 
 def check_skip_lookup(skip_lookup: float, skip_form: str = "lookup") -> None:
@@ -491,7 +504,11 @@ def skips_lookup(meta: dict[str, Any], skip_lookup: float) -> bool:
     tallest/shortest `bars`), a share `skip_lookup` of them by a hash of the task's
     content, so the choice says nothing about the answer or the task's difficulty."""
     check_skip_lookup(skip_lookup)
-    if meta["kind"] != "largest" and (meta["kind"] != "bars" or meta["form"] == "diff"):
+    return _skips_lookup(meta, skip_lookup)
+
+
+def _skips_lookup(meta: dict[str, Any], skip_lookup: float) -> bool:
+    if not meta.get("options"):  # not answered by an option letter
         return False
     return int(_task_hash(meta, "skip_lookup")[:8], 16) < skip_lookup * 16**8
 
@@ -518,7 +535,7 @@ def teacher_response(
     """
     meta = sample_or_task.meta if isinstance(sample_or_task, Sample) else sample_or_task
     check_skip_lookup(skip_lookup, skip_form)
-    skip = skips_lookup(meta, skip_lookup)
+    skip = _skips_lookup(meta, skip_lookup)
     think = _think(meta, skip, skip_form) + _rechecks(meta, max_rechecks)
     return f"<think>{think}</think>\n\\boxed{{{solve(meta)}}}"
 
