@@ -162,18 +162,42 @@ def test_verl_run_group_length_term_changed_rewards(verl_runs):
 
 
 def test_verl_run_trains_on_groups_whose_accuracy_differs(verl_runs):
-    # verl's rollout dump holds each step's trained batch; scored again here (the same
-    # reward config), a group whose accuracy is all the same is one the filter kept only
-    # because max_num_gen_batches ran out.
+    # verl's rollout dump holds each step's trained batch (text and total score; not the
+    # accuracy part). Scored again here with the reward the run had, a group whose accuracy
+    # is all the same is one the filter kept only because max_num_gen_batches ran out. The
+    # run's reward had the demo's rule judge on (rl.judge), which accepts answers the rules
+    # cannot confirm ("green" for option B's colour); a rescoring without it turns such a
+    # row's accuracy 1 into 0 and can make a group look all-same (CI, session 16). The
+    # rules read the question too (an option's text for its letter): each dumped prompt's
+    # question is found in the run's prepared train parquet, as verl's reward had it.
     from mmr.config import load_config
+    from mmr.demo import RLSection, judge_server
     from mmr.rewards import score_batch
     from mmr.rl.train import RLConfig
 
-    reward_cfg = load_config(RLConfig, RECIPE).reward
+    with judge_server(RLSection()) as (judge, overrides):
+        assert judge is not None  # the demo's default: the judge on
+        _check_trained_groups(verl_runs, load_config(RLConfig, RECIPE, overrides).reward,
+                              score_batch)  # fmt: skip
+
+
+def _questions(rl_dir: Path) -> list[str]:
+    """The judge's question text of every prepared RL prompt, longest first."""
+    import pyarrow.parquet as pq
+
+    infos = pq.read_table(rl_dir / "data" / "train.parquet", columns=["extra_info"])
+    return sorted({info["question"] for info in infos.column(0).to_pylist()}, key=len,
+                  reverse=True)  # fmt: skip
+
+
+def _check_trained_groups(verl_runs, reward_cfg, score_batch) -> None:
     steps = {**verl_runs["first"]["metrics"], **verl_runs["resumed"]["metrics"]}
+    questions = _questions(verl_runs["rl"])
     rows_of = defaultdict(list)
     for path in sorted((verl_runs["root"] / "rollouts").glob("*.jsonl")):
         for row in map(json.loads, path.read_text().splitlines()):
+            row["question"] = next((q for q in questions if q in row["input"]), None)
+            assert row["question"] is not None, row["input"]
             rows_of[row["step"]].append(row)
     filtered = 0
     for step, m in steps.items():
@@ -187,13 +211,15 @@ def test_verl_run_trains_on_groups_whose_accuracy_differs(verl_runs):
         assert m["reward/groups_flat_kept"] == 0 or m["reward/gen_batches"] == MAX_GEN_BATCHES
         filtered += m["reward/groups_filtered"]
         rows = rows_of[step]
-        scored = score_batch([{"response": r["output"], "ground_truth": r["gts"]} for r in rows],
-                             reward_cfg)  # fmt: skip
+        items = [{"response": r["output"], "ground_truth": r["gts"], "question": r["question"]}
+                 for r in rows]  # fmt: skip
+        scored = score_batch(items, reward_cfg)
         groups = defaultdict(set)
         for row, s in zip(rows, scored):
             groups[row["uid"].rsplit("_", 2)[0]].add(s["accuracy"])
         assert len(groups) == 2, step  # a full batch of train_batch_size prompts
-        assert sum(len(accs) == 1 for accs in groups.values()) == m["reward/groups_flat_kept"]
+        flat = sum(len(accs) == 1 for accs in groups.values())
+        assert flat == m["reward/groups_flat_kept"], (step, dict(groups), m)
     print(
         f"\nfilter_groups: {filtered:.0f} all-same groups dropped in {len(steps)} steps; "
         f"generation batches {[steps[s]['reward/gen_batches'] for s in sorted(steps)]}"
