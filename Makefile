@@ -118,11 +118,15 @@ demo: setup
 # The overthinking ablation (README, "The demo"): verbose teacher traces, GSPO with and
 # without the length term from the same SFT model, 160-token rollouts so that nothing is
 # truncated; ~5 min on 2 cores with the pretraining cached. Extra keys: ARGS="seed=1".
+# Every trace reasons here (no skipped steps): a short bare answer would otherwise be what
+# the length term rewards, and the ablation measures thinking, not a change of strategy.
+OVERTHINKING_DATA = data.skip_lookup=0 "tasks.train_kinds=[]" tasks.train=4096 \
+	"sft.overrides=[trainer.max_steps=1000]"
 OVERTHINKING_RL = rollout.max_new_tokens=160,reward.length.mode=group,reward.length.weight=0.3,optim.lr=1.0e-4,trainer.max_steps=32,algorithm.filter_groups.enable=true,algorithm.filter_groups.metric=acc,algorithm.filter_groups.max_num_gen_batches=2
 demo-overthinking: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline $(BIN)/mmr demo \
 		output_dir=runs/demo-overthinking rl.engine=local rl.length_ablation=true \
-		data.max_rechecks=3 eval.max_new_tokens=160 eval.headroom_n=0 \
+		data.max_rechecks=3 $(OVERTHINKING_DATA) eval.max_new_tokens=160 eval.headroom_n=0 \
 		"rl.overrides=[$(OVERTHINKING_RL)]" $(ARGS)
 
 # Prints ratios measured in one run; figures and the machine they came from: benchmarks/RESULTS.md.

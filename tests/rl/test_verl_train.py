@@ -59,8 +59,8 @@ def _metrics(path: Path) -> dict[int, dict]:
 # equal, and GSPO's advantages (and gradient) exactly 0.
 SFT_STEPS = 40
 # Enough train prompts for 4 steps of 2 prompts with up to 2 generation batches each (the
-# demo's RL prompts are its train tasks of rl.kinds, `largest`: a third; verl stops where
-# its one epoch ends).
+# demo's RL prompts are its train tasks of rl.kinds, `largest`: half of them, demo.yaml's
+# tasks.train_kinds; verl stops where its one epoch ends).
 DEMO_TASKS = 60
 BYPASS = "verl.algorithm.rollout_correction.bypass_mode=true"
 
