@@ -324,6 +324,15 @@ def install() -> bool:
     for key, value in CPU_ENV.items():
         os.environ.setdefault(key, value)
     _plain_gloo_backend()
-    _unpinned_offload()
     _vllm_cpu_metadata()
+    return True
+
+
+def install_engine() -> bool:
+    """Where the platform is active, the workarounds inside verl's FSDP engine module. The
+    plugin runs this after `mmr.rl.verl_fixes`: importing the engine imports
+    verl/workers/engine/base.py, which binds a function fix B replaces by name."""
+    if not cpu_platform_active():
+        return False
+    _unpinned_offload()
     return True

@@ -14,7 +14,10 @@ installs, in this order:
    (text-only micro-batches; equal-length batches of 3-D position ids; an ignored
    `actor.freeze_vision_tower`), on every platform. After the platform: importing verl's
    FSDP engine (fix C) makes verl settle its device, which must see the platform first.
-3. `mmr.rl.advantage`: the `mmr_grpo` advantage estimator (verl's GRPO, exactly 0 on a
+3. `mmr.rl.verl_cpu.install_engine`: the CPU workarounds inside verl's FSDP engine module
+   (a KL reference model offloaded without pinned memory). After the fixes: importing
+   that module binds fix B's function by name in verl/workers/engine/base.py.
+4. `mmr.rl.advantage`: the `mmr_grpo` advantage estimator (verl's GRPO, exactly 0 on a
    group whose rewards are all equal), registered with verl's `register_adv_est`.
 
 `VERL_USE_EXTERNAL_PLUGINS=none` turns the plugin off (verl's own switch).
@@ -47,6 +50,12 @@ try:  # after the platform: fix C imports verl's FSDP engine, which settles verl
     INSTALLED["fixes"] = verl_fixes.install()
 except Exception:
     logger.warning("mmr: verl fixes not installed", exc_info=True)
+try:  # after the fixes: it imports verl's FSDP engine, which binds fix B's function by name
+    from mmr.rl import verl_cpu
+
+    INSTALLED["cpu_engine"] = verl_cpu.install_engine()
+except Exception:
+    logger.warning("mmr: verl's CPU workarounds in its FSDP engine not installed", exc_info=True)
 try:
     from mmr.rl import advantage
 

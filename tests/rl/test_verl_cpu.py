@@ -59,6 +59,9 @@ def test_verl_cpu_offloads_a_reference_model_without_pinning(tmp_path):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
 
+    from mmr.rl import verl_plugin
+
+    assert verl_plugin.INSTALLED["cpu_engine"] is True  # after the fixes (test_verl_fixes.py)
     assert impl.CPUOffloadPolicy._mmr_cpu
     policy = impl.CPUOffloadPolicy(pin_memory=True)  # verl's call
     assert isinstance(policy, CPUOffloadPolicy) and policy.pin_memory is False
