@@ -172,13 +172,11 @@ def test_verl_run_trains_on_groups_whose_accuracy_differs(verl_runs):
     # question is found in the run's prepared train parquet, as verl's reward had it.
     from mmr.config import load_config
     from mmr.demo import RLSection, judge_server
-    from mmr.rewards import score_batch
     from mmr.rl.train import RLConfig
 
     with judge_server(RLSection()) as (judge, overrides):
         assert judge is not None  # the demo's default: the judge on
-        _check_trained_groups(verl_runs, load_config(RLConfig, RECIPE, overrides).reward,
-                              score_batch)  # fmt: skip
+        _check_trained_groups(verl_runs, load_config(RLConfig, RECIPE, overrides).reward)
 
 
 def _questions(rl_dir: Path) -> list[str]:
@@ -190,7 +188,9 @@ def _questions(rl_dir: Path) -> list[str]:
                   reverse=True)  # fmt: skip
 
 
-def _check_trained_groups(verl_runs, reward_cfg, score_batch) -> None:
+def _check_trained_groups(verl_runs, reward_cfg) -> None:
+    from mmr.rewards import score_batch
+
     steps = {**verl_runs["first"]["metrics"], **verl_runs["resumed"]["metrics"]}
     questions = _questions(verl_runs["rl"])
     rows_of = defaultdict(list)
