@@ -94,7 +94,8 @@ format: setup
 
 # pytest exits 5 when it collected no tests; that is reported, not a failure.
 # The verl tests (tests/rl/test_verl_*.py, `-k verl`) run verl's real trainer from the RL
-# venv; the fixes for verl's bugs are tested under both venvs' transformers releases.
+# venv; the fixes for verl's bugs and the image cache inside the processor are tested under
+# both venvs' transformers releases.
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 # Two workers, each running whole test files (module fixtures built once), verl's end-to-end
 # file first (tests/conftest.py): CI ~20 min against ~29 serial. Serial: PYTEST_WORKERS=
@@ -102,7 +103,7 @@ PYTEST_WORKERS ?= -n 2 --dist loadfile --no-loadscope-reorder
 test: lint setup-rl
 	$(TEST_ENV) $(BIN)/pytest -q --durations=15 $(PYTEST_WORKERS) tests; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; rc=0; fi; exit $$rc
-	$(TEST_ENV) $(RL_BIN)/pytest -q -p no:cacheprovider tests/rl/test_verl_fixes.py tests/rl/test_verl_cpu.py
+	$(TEST_ENV) $(RL_BIN)/pytest -q -p no:cacheprovider tests/rl/test_verl_fixes.py tests/rl/test_verl_cpu.py tests/rl/test_image_cache.py
 
 # Only verl's real path on CPU: what a user debugging the RL stage runs.
 test-verl: setup setup-rl

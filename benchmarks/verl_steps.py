@@ -3,12 +3,15 @@
     .venv/bin/python benchmarks/verl_steps.py --demo runs/demo --steps 6
     .venv/bin/python benchmarks/verl_steps.py --demo runs/demo --steps 6 \
         --variant verl.actor_rollout_ref.rollout.max_num_batched_tokens=16384
+    .venv/bin/python benchmarks/verl_steps.py --demo runs/demo --steps 6 \
+        --variant-env MMR_IMAGE_CACHE_MB=0
 
 What runs: the demo's own GSPO stage on verl (`mmr.demo.run_rl`: `mmr rl prepare`, `mmr rl
 train` with recipes/demo/tiny_gspo_verl.yaml and the demo's `rl.verl_overrides`, its rule
 judge served, `mmr rl merge`) from the SFT model of a finished demo (`--demo`: its `sft/final` and
 `tasks_rl.parquet`), cut to `--steps` steps; then the same with the `--variant` overrides
-added, when given. Each prints verl's own per-step timings (`timing_s/step`, `gen`,
+added (or with `--variant-env` variables in the environment of `mmr rl train`, which its
+local Ray cluster's workers inherit), when given. Each prints verl's own per-step timings (`timing_s/step`, `gen`,
 `old_log_prob`, `update_actor`, from `VERL_FILE_LOGGER_PATH`) and vLLM's probability gap to
 the actor (`training/rollout_probs_diff_max`); the first step (vLLM's warm-up) is shown but
 left out of the mean. With a variant, the ratio of its mean step time to the baseline's,
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -67,20 +71,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demo", required=True, help="a finished demo's output_dir")
     p.add_argument("--steps", type=int, default=6, help="GSPO steps per run (>= 2)")
     p.add_argument("--variant", nargs="*", default=[], help="overrides to compare, verl.k=v")
+    p.add_argument(
+        "--variant-env", nargs="*", default=[], help="KEY=VALUE for the variant's workers"
+    )
     p.add_argument("--out", default=None, help="where the runs go (default: a temp folder)")
     args = p.parse_args(argv)
     demo = Path(args.demo)
     if not (demo / "sft" / "final").is_dir() or args.steps < 2:
         p.error("--demo needs a finished demo (sft/final) and --steps >= 2")
+    env = dict(item.split("=", 1) for item in args.variant_env if "=" in item)
+    if len(env) != len(args.variant_env):
+        p.error("--variant-env takes KEY=VALUE items")
     out = Path(args.out or tempfile.mkdtemp(prefix="verl_steps_"))
+    variant = [*args.variant, *(f"env:{k}={v}" for k, v in env.items())]
     means = {}
-    for name, extra in [("baseline", []), *([("variant", args.variant)] if args.variant else [])]:
+    for name, extra in [("baseline", []), *([("variant", args.variant)] if variant else [])]:
         start = time.perf_counter()
-        rows = run(demo, args.steps, extra, out / name)
-        means[name] = show(f"{name} {' '.join(extra)}".strip(), rows, time.perf_counter() - start)
+        saved = {k: os.environ.get(k) for k in env}
+        if name == "variant":
+            os.environ.update(env)
+        try:
+            rows = run(demo, args.steps, extra, out / name)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        label = " ".join(variant) if name == "variant" else ""
+        means[name] = show(f"{name} {label}".strip(), rows, time.perf_counter() - start)
     if "variant" in means:
         ratio = means["variant"] / means["baseline"]
-        print(f"\nvariant / baseline mean step time: {ratio:.2f}x ({' '.join(args.variant)})")
+        print(f"\nvariant / baseline mean step time: {ratio:.2f}x ({' '.join(variant)})")
     return 0
 
 

@@ -17,7 +17,10 @@ installs, in this order:
 3. `mmr.rl.verl_cpu.install_engine`: the CPU workarounds inside verl's FSDP engine module
    (a KL reference model offloaded without pinned memory). After the fixes: importing
    that module binds fix B's function by name in verl/workers/engine/base.py.
-4. `mmr.rl.advantage`: the `mmr_grpo` advantage estimator (verl's GRPO, exactly 0 on a
+4. `mmr.rl.image_cache`: the image processor's features computed once per image in the
+   agent loop (verl runs the processor on a prompt's images 3 times for each rollout), on
+   every platform; `MMR_IMAGE_CACHE_MB=0` turns it off.
+5. `mmr.rl.advantage`: the `mmr_grpo` advantage estimator (verl's GRPO, exactly 0 on a
    group whose rewards are all equal), registered with verl's `register_adv_est`.
 
 `VERL_USE_EXTERNAL_PLUGINS=none` turns the plugin off (verl's own switch).
@@ -56,6 +59,12 @@ try:  # after the fixes: it imports verl's FSDP engine, which binds fix B's func
     INSTALLED["cpu_engine"] = verl_cpu.install_engine()
 except Exception:
     logger.warning("mmr: verl's CPU workarounds in its FSDP engine not installed", exc_info=True)
+try:
+    from mmr.rl import image_cache
+
+    INSTALLED["image_cache"] = image_cache.install_verl()
+except Exception:
+    logger.warning("mmr: the image-feature cache for verl's rollouts not installed", exc_info=True)
 try:
     from mmr.rl import advantage
 
