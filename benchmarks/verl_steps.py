@@ -13,7 +13,9 @@ judge served, `mmr rl merge`) from the SFT model of a finished demo (`--demo`: i
 added (or with `--variant-env` variables in the environment of `mmr rl train`, which its
 local Ray cluster's workers inherit), when given. Each prints verl's own per-step timings (`timing_s/step`, `gen`,
 `old_log_prob`, `update_actor`, from `VERL_FILE_LOGGER_PATH`) and vLLM's probability gap to
-the actor (`training/rollout_probs_diff_max`); the first step (vLLM's warm-up) is shown but
+the actor (`training/rollout_probs_diff_max`; with the demo's bypass mode, where vLLM's
+log-probs are the old ones, `actor/ppo_kl` is that gap: ~3e-6, and a variant that sends vLLM
+another prompt than the actor trains on shows it at once); the first step (vLLM's warm-up) is shown but
 left out of the mean. With a variant, the ratio of its mean step time to the baseline's,
 both measured in this run. Needs the RL venv (`make setup-rl`); both runs are serial, so
 load from other work slows both alike only if it lasts: run it on a quiet machine.
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 COLUMNS = ("timing_s/step", "timing_s/gen", "timing_s/old_log_prob", "timing_s/update_actor",
-           "training/rollout_probs_diff_max")  # fmt: skip
+           "training/rollout_probs_diff_max", "actor/ppo_kl", "reward/gen_batches")  # fmt: skip
 
 
 def run(demo: Path, steps: int, extra: list[str], out: Path) -> list[dict]:

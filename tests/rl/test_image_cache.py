@@ -106,6 +106,12 @@ def test_inputs_it_cannot_key_go_to_the_image_processor_uncached(tiny_qwen2_5_vl
     assert torch.equal(got["pixel_values"], want["pixel_values"])
     assert (cache.uncached, cache.misses, cache.hits) == (1, 0, 0)
     assert image_cache.image_key([_decoded(_png(0)), "a/path.png"]) is None
+    # Palette images with the same indices and other palettes are other images.
+    a = Image.new("P", (8, 8))
+    a.putpalette([255, 0, 0] * 256)
+    b = a.copy()
+    b.putpalette([0, 0, 255] * 256)
+    assert a.tobytes() == b.tobytes() and image_cache.image_key(a) != image_cache.image_key(b)
     assert image_cache.image_key(np.zeros((4, 4, 3), np.uint8)) is not None
 
 
@@ -133,6 +139,16 @@ def test_cached_processor_saves_copies_and_pickles_as_the_plain_one(tiny_qwen2_5
     ):
         assert type(clone.image_processor) is inner
     assert type(copy.copy(cached.image_processor)) is inner
+    # What the cache stands in for answers as the image processor, its class included: verl's
+    # vLLM server dedups Qwen-VL's image tokens only where the class name says Qwen2VL (a cache
+    # that named itself there sent vLLM a prompt with every image token doubled up: the demo's
+    # GSPO sampled from another prompt than the actor trained on, actor/ppo_kl 0.09, not 0).
+    from verl.workers.rollout.utils import qwen2_5_vl_dedup_image_tokens
+
+    assert cached.image_processor.__class__ is inner and isinstance(cached.image_processor, inner)
+    ids = [1, plain.image_token_id, plain.image_token_id, plain.image_token_id, 2]
+    assert qwen2_5_vl_dedup_image_tokens(ids, cached) == qwen2_5_vl_dedup_image_tokens(ids, plain)
+    assert qwen2_5_vl_dedup_image_tokens(ids, cached) == [1, plain.image_token_id, 2]
     # Attribute reads and writes are the image processor's.
     assert cached.image_processor.patch_size == plain.image_processor.patch_size
     cached.image_processor.merge_size = cached.image_processor.merge_size
