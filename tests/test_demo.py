@@ -363,7 +363,7 @@ def test_both_engines_run_gspo_with_the_same_settings(overrides):
     actor, rollout = verl.actor_rollout_ref.actor, verl.actor_rollout_ref.rollout
     algo = local.algorithm
     shared = ("loss_agg_mode", "clip_ratio_low", "clip_ratio_high", "entropy_coeff")
-    shared += ("use_kl_loss", "ppo_epochs")
+    shared += ("use_kl_loss", "kl_loss_coef", "kl_loss_type", "ppo_epochs")
     sampling = ("n", "temperature", "top_p", "top_k")
     mini = algo.ppo_mini_batch_size or local.data.batch_size  # 0: the whole batch
     pairs = {

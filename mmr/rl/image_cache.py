@@ -4,15 +4,19 @@ verl 0.9.1's agent loop runs the model's processor on a prompt's images three ti
 each of its n rollouts (verl/experimental/agent_loop/agent_loop.py: the prompt's tokens in
 `ct_build_initial_tokens`, the actor's multimodal inputs in `_agent_loop_postprocess` and
 again for the reward batch in `_compute_score`): 3n runs of the same images per prompt, 24
-at GSPO's n=8. The image processor's part (resize, rescale, normalize, patchify) was 40% of
-the agent-loop worker's CPU in the demo's GSPO on the 2-core CPU machine (py-spy,
-benchmarks/RESULTS.md); on a GPU node it is host work beside the generation.
+at GSPO's n=8. The image processor's part (resize, rescale, normalize, patchify) was 27% of
+the agent-loop worker's CPU in the demo's GSPO on the 2-core CPU machine (py-spy; a step
+~1 s faster with the cache, benchmarks/RESULTS.md); on a GPU node it is host work beside
+the generation, and real images cost more to process than the demo's 112 x 112 ones.
 
 `ImageFeatureCache` stands in for a processor's `image_processor` and memoises its call by
 the images' content (and the call's arguments): the first call computes the features,
 later calls with equal images get a copy of them. Image processors are deterministic, so
 the features are the ones the wrapped processor computes (tests/rl/test_image_cache.py
-compares them tensor for tensor). Bounded: least recently used entries go first beyond
+compares them tensor for tensor). It answers as the image processor it wraps, `__class__`
+included: verl's vLLM server collapses a Qwen-VL prompt's image tokens only where the class
+name says Qwen2VL, and a cache that named itself sent vLLM every image token doubled up
+(GSPO then trains on rollouts of another prompt; `actor/ppo_kl` shows it). Bounded: least recently used entries go first beyond
 `MMR_IMAGE_CACHE_MB` (default 512 MiB per process; 0 turns the cache off). Set it for
 verl's workers in `ray_kwargs.ray_init.runtime_env.env_vars`.
 
