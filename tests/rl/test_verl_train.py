@@ -63,6 +63,9 @@ SFT_STEPS = 40
 # tasks.train_kinds; verl stops where its one epoch ends).
 DEMO_TASKS = 60
 BYPASS = "verl.algorithm.rollout_correction.bypass_mode=true"
+KL_COEF = 0.1  # demo.yaml's rl.overrides
+KL = ["verl.actor_rollout_ref.actor.use_kl_loss=true",
+      f"verl.actor_rollout_ref.actor.kl_loss_coef={KL_COEF}"]  # fmt: skip
 
 
 def _demo_argv(root: Path) -> list[str]:
@@ -93,8 +96,10 @@ def verl_runs(tmp_path_factory) -> dict:
     rl_dir = root / "demo" / "rl"
     first["metrics"] = _metrics(rl_dir / "verl_metrics.jsonl")
     # Run 2: the same command, one step more, as a user extends a run; its old log-probs
-    # vLLM's own (verl's bypass mode, as the demo's rl.verl_overrides set it).
-    cmd = [*_train_command(root / "run1.log"), "verl.trainer.total_training_steps=4", BYPASS]
+    # vLLM's own (verl's bypass mode, as the demo's rl.verl_overrides set it), and a KL loss
+    # to the SFT model, as the demo's GSPO has (a reference model on mmr's CPU platform).
+    cmd = [*_train_command(root / "run1.log"), "verl.trainer.total_training_steps=4", BYPASS,
+           *KL]  # fmt: skip
     env2 = {**env, "VERL_FILE_LOGGER_PATH": str(root / "run2.metrics.jsonl")}
     resumed = run(cmd, root / "run2.log", env2)
     resumed["metrics"] = _metrics(root / "run2.metrics.jsonl")
@@ -234,7 +239,8 @@ def test_verl_run_rollout_and_actor_agree_after_weight_sync(verl_runs):
     # demo's SFT model mean 2-3e-6, max 1e-4 to 2e-3 (48 steps). With the actor in bf16
     # (verl's default, before mmr honoured dtype) this fixture gave mean 3-5e-4, max
     # 0.004-0.11; with vLLM's image normalization broken (load_format dummy): mean
-    # 0.05-0.06, max 0.5-0.6.
+    # 0.05-0.06, max 0.5-0.6. The agent loop's image features come from mmr's image cache
+    # (mmr.rl.image_cache); a first version of it sent vLLM another prompt (ppo_kl 0.09).
     for step in verl_runs["first"]["metrics"].values():
         assert step["training/rollout_probs_diff_valid"] == 1
         assert step["training/rollout_probs_diff_mean"] < 1e-3
@@ -254,6 +260,18 @@ def test_verl_run_in_bypass_mode_takes_the_old_log_probs_from_vllm(verl_runs):
     recomputed = [m["rollout_corr/kl"] for m in verl_runs["first"]["metrics"].values()]
     assert 0 < max(recomputed) < 0.05
     assert abs(step["actor/ppo_kl"]) <= 2 * max(recomputed), (step["actor/ppo_kl"], recomputed)
+
+
+def test_verl_run_with_a_kl_loss_builds_the_reference_and_computes_the_kl(verl_runs):
+    # Run 2's KL loss: verl builds a reference model (the SFT model, forward only; on CPU
+    # offloaded without pinned memory, mmr.rl.verl_cpu), takes its log-probs each step and
+    # adds kl_loss_coef x KL(actor || reference) to the loss. The actor has trained 3 steps
+    # at lr 1e-3 since the SFT model, so the KL is above 0 (and small).
+    (step,) = verl_runs["resumed"]["metrics"].values()
+    assert step["timing_s/ref"] > 0
+    assert step["actor/kl_coef"] == pytest.approx(KL_COEF)
+    assert 0 < step["actor/kl_loss"] < 1.0, step["actor/kl_loss"]
+    assert "actor/kl_loss" not in verl_runs["first"]["metrics"][3]  # run 1: no KL loss
 
 
 def test_verl_run_resumes_at_the_saved_step(verl_runs):
