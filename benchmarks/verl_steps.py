@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -89,17 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     means = {}
     for name, extra in [("baseline", []), *([("variant", args.variant)] if variant else [])]:
         start = time.perf_counter()
-        saved = {k: os.environ.get(k) for k in env}
-        if name == "variant":
-            os.environ.update(env)
-        try:
+        with mock.patch.dict(os.environ, env if name == "variant" else {}):
             rows = run(demo, args.steps, extra, out / name)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         label = " ".join(variant) if name == "variant" else ""
         means[name] = show(f"{name} {label}".strip(), rows, time.perf_counter() - start)
     if "variant" in means:

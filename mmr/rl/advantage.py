@@ -65,8 +65,9 @@ def equal_groups(scores: torch.Tensor, index: np.ndarray) -> np.ndarray:
     return np.array([k in flat for k in keys], dtype=bool)
 
 
-def register() -> None:
-    """Register `grpo_advantages` with verl as `mmr_grpo` (idempotent)."""
+def register() -> str:
+    """Register `grpo_advantages` with verl as `mmr_grpo` (idempotent); returns that name."""
     from verl.trainer.ppo.core_algos import register_adv_est
 
     register_adv_est(NAME)(grpo_advantages)
+    return NAME

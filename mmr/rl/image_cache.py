@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import logging
 import os
 import threading
 from collections import OrderedDict
@@ -39,8 +38,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-
-logger = logging.getLogger(__name__)
 
 CACHE_ENV = "MMR_IMAGE_CACHE_MB"
 DEFAULT_MB = 512

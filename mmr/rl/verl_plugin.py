@@ -28,47 +28,31 @@ installs, in this order:
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 logger = logging.getLogger("mmr.rl.verl_plugin")
 
 INSTALLED: dict[str, object] = {}
 
-try:
-    from mmr import env_secrets
+# (INSTALLED's key, module, its install function, what a failure leaves out), run in this
+# order (the list above says why).
+STEPS = (
+    ("secrets", "mmr.env_secrets", "load_secrets", "the secrets file was not read"),
+    ("cpu_platform", "mmr.rl.verl_cpu", "install", "verl's CPU platform not installed"),
+    # after the platform: fix C imports verl's FSDP engine, which settles verl's device
+    ("fixes", "mmr.rl.verl_fixes", "install", "verl fixes not installed"),
+    # after the fixes: it imports verl's FSDP engine, which binds fix B's function by name
+    ("cpu_engine", "mmr.rl.verl_cpu", "install_engine",
+     "verl's CPU workarounds in its FSDP engine not installed"),
+    ("image_cache", "mmr.rl.image_cache", "install_verl",
+     "the image-feature cache for verl's rollouts not installed"),
+    ("adv_estimator", "mmr.rl.advantage", "register",
+     "the mmr_grpo advantage estimator not registered"),
+)  # fmt: skip
 
-    INSTALLED["secrets"] = env_secrets.load_secrets()  # names only
-except Exception:
-    logger.warning("mmr: the secrets file was not read", exc_info=True)
-
-try:
-    from mmr.rl import verl_cpu
-
-    INSTALLED["cpu_platform"] = verl_cpu.install()
-except Exception:
-    logger.warning("mmr: verl's CPU platform not installed", exc_info=True)
-try:  # after the platform: fix C imports verl's FSDP engine, which settles verl's device
-    from mmr.rl import verl_fixes
-
-    INSTALLED["fixes"] = verl_fixes.install()
-except Exception:
-    logger.warning("mmr: verl fixes not installed", exc_info=True)
-try:  # after the fixes: it imports verl's FSDP engine, which binds fix B's function by name
-    from mmr.rl import verl_cpu
-
-    INSTALLED["cpu_engine"] = verl_cpu.install_engine()
-except Exception:
-    logger.warning("mmr: verl's CPU workarounds in its FSDP engine not installed", exc_info=True)
-try:
-    from mmr.rl import image_cache
-
-    INSTALLED["image_cache"] = image_cache.install_verl()
-except Exception:
-    logger.warning("mmr: the image-feature cache for verl's rollouts not installed", exc_info=True)
-try:
-    from mmr.rl import advantage
-
-    advantage.register()
-    INSTALLED["adv_estimator"] = advantage.NAME
-except Exception:
-    logger.warning("mmr: the mmr_grpo advantage estimator not registered", exc_info=True)
+for _key, _module, _install, _failure in STEPS:
+    try:
+        INSTALLED[_key] = getattr(importlib.import_module(_module), _install)()
+    except Exception:
+        logger.warning("mmr: %s", _failure, exc_info=True)
